@@ -1,0 +1,96 @@
+// swift-tools-version:6.2
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "vsphere",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "vsphere-agent", targets: ["vsphere-agent"]),
+        .executable(name: "vsphere-controller", targets: ["vsphere-controller"]),
+        .executable(name: "vsphere-ctl", targets: ["vsphere-ctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
+    ],
+    targets: [
+        // System libraries: module maps only.
+        .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
+        .systemLibrary(name: "CLibXML2", pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
+
+        // Pure: the VM spec, its validation and service-level arithmetic. No I/O.
+        .target(name: "ClusterModel", swiftSettings: strict),
+        // Pure: VM spec -> libvirt domain XML and back, built with libxml2's tree API.
+        .target(name: "DomainXML", dependencies: ["ClusterModel", "CLibXML2"], swiftSettings: strict),
+        // Safe wrapper over libvirt's C API.
+        .target(
+            name: "Libvirt",
+            dependencies: [
+                "CLibvirt",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
+        // Wire types of the agent's HTTP API (Schemas/agent-api.json).
+        .target(name: "AgentAPI", dependencies: ["ClusterModel"], swiftSettings: strict),
+        // The host agent service.
+        .target(
+            name: "HostAgent",
+            dependencies: [
+                "AgentAPI", "ClusterModel", "DomainXML", "Libvirt",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "X509", package: "swift-certificates"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "vsphere-agent",
+            dependencies: [
+                "HostAgent",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "vsphere-controller",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "vsphere-ctl",
+            dependencies: [
+                "ClusterModel",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
+
+        .testTarget(name: "ClusterModelTests", dependencies: ["ClusterModel"]),
+        .testTarget(name: "DomainXMLTests", dependencies: ["DomainXML", "ClusterModel"]),
+        .testTarget(name: "LibvirtTests", dependencies: ["Libvirt"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: [
+                "AgentAPI", "ClusterModel",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+            ]),
+    ]
+)

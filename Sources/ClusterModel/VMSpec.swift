@@ -1,0 +1,198 @@
+/// The VM spec of the contract as the agent receives it: what runs, with what resources and service levels.
+///
+/// The controller resolves manifest-level references (storage pools, networks) into host-level facts
+/// (disk paths, bridge names) before it sends a spec to an agent; both forms share this type.
+public struct VMSpec: Codable, Sendable, Equatable {
+    public var name: String
+    /// Stable identity across hosts; libvirt generates one when absent.
+    public var uuid: String?
+    public var cpus: Int
+    public var memoryMiB: Int
+    public var topology: CPUTopology?
+    /// QEMU machine type, e.g. `pc` or `q35`. Defaults to `pc`.
+    public var machine: String?
+    /// A named CPU model (`qemu64`, `Haswell`, ...) or `host-model`; host-passthrough is refused on
+    /// some nested hosts, so the model stays a setting. Defaults to `qemu64`.
+    public var cpuModel: String?
+    public var boot: Boot?
+    public var disks: [Disk]
+    public var nics: [NIC]
+    public var resources: ServiceLevels?
+    public var resourcePool: String?
+
+    public init(
+        name: String, uuid: String? = nil, cpus: Int, memoryMiB: Int, topology: CPUTopology? = nil,
+        machine: String? = nil, cpuModel: String? = nil, boot: Boot? = nil, disks: [Disk] = [],
+        nics: [NIC] = [], resources: ServiceLevels? = nil, resourcePool: String? = nil
+    ) {
+        self.name = name
+        self.uuid = uuid
+        self.cpus = cpus
+        self.memoryMiB = memoryMiB
+        self.topology = topology
+        self.machine = machine
+        self.cpuModel = cpuModel
+        self.boot = boot
+        self.disks = disks
+        self.nics = nics
+        self.resources = resources
+        self.resourcePool = resourcePool
+    }
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case name, uuid, cpus, memoryMiB, topology, machine, cpuModel, boot, disks, nics, resources, resourcePool
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(String.self, forKey: .name)
+        uuid = try c.decodeIfPresent(String.self, forKey: .uuid)
+        cpus = try c.decode(Int.self, forKey: .cpus)
+        memoryMiB = try c.decode(Int.self, forKey: .memoryMiB)
+        topology = try c.decodeIfPresent(CPUTopology.self, forKey: .topology)
+        machine = try c.decodeIfPresent(String.self, forKey: .machine)
+        cpuModel = try c.decodeIfPresent(String.self, forKey: .cpuModel)
+        boot = try c.decodeIfPresent(Boot.self, forKey: .boot)
+        disks = try c.decodeIfPresent([Disk].self, forKey: .disks) ?? []
+        nics = try c.decodeIfPresent([NIC].self, forKey: .nics) ?? []
+        resources = try c.decodeIfPresent(ServiceLevels.self, forKey: .resources)
+        resourcePool = try c.decodeIfPresent(String.self, forKey: .resourcePool)
+    }
+
+    public struct CPUTopology: Codable, Sendable, Equatable {
+        public var sockets: Int
+        public var cores: Int
+        public var threads: Int
+        public init(sockets: Int, cores: Int, threads: Int) {
+            self.sockets = sockets
+            self.cores = cores
+            self.threads = threads
+        }
+    }
+
+    /// Direct kernel boot.
+    public struct Boot: Codable, Sendable, Equatable {
+        public var kernel: String
+        public var initrd: String?
+        public var cmdline: String?
+        public init(kernel: String, initrd: String? = nil, cmdline: String? = nil) {
+            self.kernel = kernel
+            self.initrd = initrd
+            self.cmdline = cmdline
+        }
+    }
+
+    public struct Disk: Codable, Sendable, Equatable {
+        /// Host path of the image (agent level).
+        public var path: String?
+        /// `qcow2` or `raw`; defaults to `qcow2`.
+        public var format: String?
+        public var readonly: Bool?
+        /// Manifest level: the storage pool, size and source image the controller resolves into `path`.
+        public var pool: String?
+        public var sizeGiB: Int?
+        public var from: String?
+        public init(
+            path: String? = nil, format: String? = nil, readonly: Bool? = nil, pool: String? = nil,
+            sizeGiB: Int? = nil, from: String? = nil
+        ) {
+            self.path = path
+            self.format = format
+            self.readonly = readonly
+            self.pool = pool
+            self.sizeGiB = sizeGiB
+            self.from = from
+        }
+    }
+
+    public struct NIC: Codable, Sendable, Equatable {
+        /// Manifest level: the cluster network's name.
+        public var network: String?
+        /// Host level: the Linux bridge the NIC plugs into.
+        public var bridge: String?
+        public var mac: String?
+        /// `virtio` (default), `e1000`, `rtl8139`.
+        public var model: String?
+        public init(network: String? = nil, bridge: String? = nil, mac: String? = nil, model: String? = nil) {
+            self.network = network
+            self.bridge = bridge
+            self.mac = mac
+            self.model = model
+        }
+    }
+}
+
+/// vSphere-style service levels: reservation, shares and limit for CPU and memory.
+public struct ServiceLevels: Codable, Sendable, Equatable {
+    public var cpu: CPULevels?
+    public var memory: MemoryLevels?
+    public init(cpu: CPULevels? = nil, memory: MemoryLevels? = nil) {
+        self.cpu = cpu
+        self.memory = memory
+    }
+
+    public struct CPULevels: Codable, Sendable, Equatable {
+        public var reservationMHz: Int?
+        public var shares: Shares?
+        public var limitMHz: Int?
+        public init(reservationMHz: Int? = nil, shares: Shares? = nil, limitMHz: Int? = nil) {
+            self.reservationMHz = reservationMHz
+            self.shares = shares
+            self.limitMHz = limitMHz
+        }
+    }
+
+    public struct MemoryLevels: Codable, Sendable, Equatable {
+        public var reservationMiB: Int?
+        public var shares: Shares?
+        public var limitMiB: Int?
+        public init(reservationMiB: Int? = nil, shares: Shares? = nil, limitMiB: Int? = nil) {
+            self.reservationMiB = reservationMiB
+            self.shares = shares
+            self.limitMiB = limitMiB
+        }
+    }
+}
+
+/// Shares as vSphere names them (`low`, `normal`, `high`) or a custom number.
+public enum Shares: Codable, Sendable, Equatable {
+    case low, normal, high
+    case custom(Int)
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if let n = try? c.decode(Int.self) {
+            self = .custom(n)
+            return
+        }
+        let s = try c.decode(String.self)
+        switch s {
+        case "low": self = .low
+        case "normal": self = .normal
+        case "high": self = .high
+        default:
+            throw DecodingError.dataCorruptedError(
+                in: c, debugDescription: "must be low, normal, high or a number")
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .low: try c.encode("low")
+        case .normal: try c.encode("normal")
+        case .high: try c.encode("high")
+        case .custom(let n): try c.encode(n)
+        }
+    }
+
+    /// vSphere's convention: per vCPU, low = 500, normal = 1000, high = 2000 shares.
+    public func cpuShares(vcpus: Int) -> Int {
+        switch self {
+        case .low: return 500 * vcpus
+        case .normal: return 1000 * vcpus
+        case .high: return 2000 * vcpus
+        case .custom(let n): return n
+        }
+    }
+}

@@ -1,0 +1,227 @@
+import CLibvirt
+import Foundation
+
+/// A libvirt typed parameter value (stats, memory and scheduler parameters).
+public enum TypedValue: Sendable, Equatable, Codable {
+    case int(Int64)
+    case uint(UInt64)
+    case double(Double)
+    case bool(Bool)
+    case string(String)
+
+    public var intValue: Int64? {
+        switch self {
+        case .int(let v): return v
+        case .uint(let v): return v > UInt64(Int64.max) ? Int64.max : Int64(v)
+        case .double(let v): return Int64(v)
+        case .bool(let v): return v ? 1 : 0
+        case .string: return nil
+        }
+    }
+
+    public var uintValue: UInt64? {
+        if case .uint(let v) = self { return v }
+        return intValue.map { UInt64(max(0, $0)) }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .int(let v): try c.encode(v)
+        case .uint(let v): try c.encode(v)
+        case .double(let v): try c.encode(v)
+        case .bool(let v): try c.encode(v)
+        case .string(let v): try c.encode(v)
+        }
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if let v = try? c.decode(Bool.self) { self = .bool(v) }
+        else if let v = try? c.decode(Int64.self) { self = .int(v) }
+        else if let v = try? c.decode(UInt64.self) { self = .uint(v) }
+        else if let v = try? c.decode(Double.self) { self = .double(v) }
+        else { self = .string(try c.decode(String.self)) }
+    }
+
+    static func decode(_ params: virTypedParameterPtr?, count: Int32) -> [String: TypedValue] {
+        guard let params else { return [:] }
+        var out: [String: TypedValue] = [:]
+        for i in 0..<Int(count) {
+            let p = params[i]
+            let field = withUnsafeBytes(of: p.field) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            let value: TypedValue
+            switch Int32(p.type) {
+            case Int32(VIR_TYPED_PARAM_INT.rawValue): value = .int(Int64(p.value.i))
+            case Int32(VIR_TYPED_PARAM_UINT.rawValue): value = .uint(UInt64(p.value.ui))
+            case Int32(VIR_TYPED_PARAM_LLONG.rawValue): value = .int(p.value.l)
+            case Int32(VIR_TYPED_PARAM_ULLONG.rawValue): value = .uint(p.value.ul)
+            case Int32(VIR_TYPED_PARAM_DOUBLE.rawValue): value = .double(p.value.d)
+            case Int32(VIR_TYPED_PARAM_BOOLEAN.rawValue): value = .bool(p.value.b != 0)
+            case Int32(VIR_TYPED_PARAM_STRING.rawValue): value = .string(p.value.s.map { String(cString: $0) } ?? "")
+            default: continue
+            }
+            out[field] = value
+        }
+        return out
+    }
+}
+
+/// Domain states as libvirt reports them.
+public enum DomainState: String, Sendable, Codable {
+    case nostate, running, blocked, paused, shutdown, shutoff, crashed, pmsuspended
+
+    init(_ raw: Int32) {
+        switch raw {
+        case Int32(VIR_DOMAIN_RUNNING.rawValue): self = .running
+        case Int32(VIR_DOMAIN_BLOCKED.rawValue): self = .blocked
+        case Int32(VIR_DOMAIN_PAUSED.rawValue): self = .paused
+        case Int32(VIR_DOMAIN_SHUTDOWN.rawValue): self = .shutdown
+        case Int32(VIR_DOMAIN_SHUTOFF.rawValue): self = .shutoff
+        case Int32(VIR_DOMAIN_CRASHED.rawValue): self = .crashed
+        case Int32(VIR_DOMAIN_PMSUSPENDED.rawValue): self = .pmsuspended
+        default: self = .nostate
+        }
+    }
+
+    /// Whether a QEMU process exists for the domain.
+    public var isActive: Bool { self != .shutoff && self != .crashed && self != .nostate }
+}
+
+public struct DomainInfo: Sendable, Equatable, Codable {
+    public var state: DomainState
+    public var maxMemoryKiB: UInt64
+    public var memoryKiB: UInt64
+    public var vcpus: Int
+    public var cpuTimeNs: UInt64
+}
+
+/// One reference to a libvirt domain, freed on release. Domain handles are thread-safe in libvirt.
+public final class Domain: @unchecked Sendable {
+    let ptr: OpaquePointer
+
+    init(_ ptr: OpaquePointer) { self.ptr = ptr }
+    deinit { virDomainFree(ptr) }
+
+    public var name: String { String(cString: virDomainGetName(ptr)) }
+
+    public var uuid: String {
+        var buf = [CChar](repeating: 0, count: Int(VIR_UUID_STRING_BUFLEN))
+        _ = virDomainGetUUIDString(ptr, &buf)
+        return String(cString: buf)
+    }
+
+    /// The running domain's ID, nil when it is not running.
+    public var id: UInt32? {
+        let id = virDomainGetID(ptr)
+        return id == UInt32.max ? nil : id
+    }
+
+    public func state() throws(LibvirtError) -> (DomainState, reason: Int32) {
+        var state: Int32 = 0
+        var reason: Int32 = 0
+        if virDomainGetState(ptr, &state, &reason, 0) < 0 { throw LibvirtError.last("cannot get state of \(name)") }
+        return (DomainState(state), reason)
+    }
+
+    public func info() throws(LibvirtError) -> DomainInfo {
+        var info = virDomainInfo()
+        if virDomainGetInfo(ptr, &info) < 0 { throw LibvirtError.last("cannot get info of \(name)") }
+        return DomainInfo(
+            state: DomainState(Int32(info.state)), maxMemoryKiB: UInt64(info.maxMem), memoryKiB: UInt64(info.memory),
+            vcpus: Int(info.nrVirtCpu), cpuTimeNs: UInt64(info.cpuTime))
+    }
+
+    public func isPersistent() -> Bool { virDomainIsPersistent(ptr) == 1 }
+
+    /// The domain XML; `inactive` gives the persistent definition rather than the live one.
+    public func xml(inactive: Bool = false) throws(LibvirtError) -> String {
+        let flags = inactive ? UInt32(VIR_DOMAIN_XML_INACTIVE.rawValue) : 0
+        guard let s = virDomainGetXMLDesc(ptr, flags) else { throw LibvirtError.last("cannot get XML of \(name)") }
+        defer { free(s) }
+        return String(cString: s)
+    }
+
+    public func start() throws(LibvirtError) {
+        if virDomainCreate(ptr) < 0 { throw LibvirtError.last("cannot start \(name)") }
+    }
+
+    /// Asks the guest to shut down (ACPI power button).
+    public func shutdown() throws(LibvirtError) {
+        if virDomainShutdownFlags(ptr, UInt32(VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN.rawValue)) < 0 {
+            throw LibvirtError.last("cannot shut down \(name)")
+        }
+    }
+
+    /// Stops the domain at once (power off).
+    public func destroy() throws(LibvirtError) {
+        if virDomainDestroy(ptr) < 0 { throw LibvirtError.last("cannot destroy \(name)") }
+    }
+
+    public func reboot() throws(LibvirtError) {
+        if virDomainReboot(ptr, UInt32(VIR_DOMAIN_REBOOT_ACPI_POWER_BTN.rawValue)) < 0 {
+            throw LibvirtError.last("cannot reboot \(name)")
+        }
+    }
+
+    public func suspend() throws(LibvirtError) {
+        if virDomainSuspend(ptr) < 0 { throw LibvirtError.last("cannot suspend \(name)") }
+    }
+
+    public func resume() throws(LibvirtError) {
+        if virDomainResume(ptr) < 0 { throw LibvirtError.last("cannot resume \(name)") }
+    }
+
+    /// Removes the persistent definition (and managed save image, snapshot metadata, NVRAM).
+    public func undefine() throws(LibvirtError) {
+        let flags = UInt32(VIR_DOMAIN_UNDEFINE_MANAGED_SAVE.rawValue | VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA.rawValue
+            | VIR_DOMAIN_UNDEFINE_NVRAM.rawValue)
+        if virDomainUndefineFlags(ptr, flags) < 0 { throw LibvirtError.last("cannot undefine \(name)") }
+    }
+
+    /// Sets memory cgroup limits (KiB); `live` affects the running domain, `config` the definition.
+    public func setMemoryParameters(hardLimitKiB: UInt64? = nil, softLimitKiB: UInt64? = nil, live: Bool, config: Bool) throws(LibvirtError) {
+        var params: virTypedParameterPtr?
+        var n: Int32 = 0
+        var max: Int32 = 0
+        defer { virTypedParamsFree(params, n) }
+        if let hardLimitKiB { _ = virTypedParamsAddULLong(&params, &n, &max, VIR_DOMAIN_MEMORY_HARD_LIMIT, hardLimitKiB) }
+        if let softLimitKiB { _ = virTypedParamsAddULLong(&params, &n, &max, VIR_DOMAIN_MEMORY_SOFT_LIMIT, softLimitKiB) }
+        guard n > 0 else { return }
+        var flags: UInt32 = 0
+        if live { flags |= UInt32(VIR_DOMAIN_AFFECT_LIVE.rawValue) }
+        if config { flags |= UInt32(VIR_DOMAIN_AFFECT_CONFIG.rawValue) }
+        if virDomainSetMemoryParameters(ptr, params, n, flags) < 0 {
+            throw LibvirtError.last("cannot set memory parameters of \(name)")
+        }
+    }
+
+    /// memtune as libvirt reports it (KiB; unlimited is a very large number).
+    public func memoryParameters(live: Bool = true) throws(LibvirtError) -> [String: TypedValue] {
+        let flags = UInt32(live ? VIR_DOMAIN_AFFECT_LIVE.rawValue : VIR_DOMAIN_AFFECT_CONFIG.rawValue)
+        var n: Int32 = 0
+        if virDomainGetMemoryParameters(ptr, nil, &n, flags) < 0 { throw LibvirtError.last("cannot get memory parameters of \(name)") }
+        var params = [virTypedParameter](repeating: virTypedParameter(), count: Int(n))
+        if virDomainGetMemoryParameters(ptr, &params, &n, flags) < 0 {
+            throw LibvirtError.last("cannot get memory parameters of \(name)")
+        }
+        return params.withUnsafeMutableBufferPointer { TypedValue.decode($0.baseAddress, count: n) }
+    }
+
+    /// cputune as libvirt reports it (cpu_shares, global_period, global_quota, vcpu_period, ...).
+    public func schedulerParameters(live: Bool = true) throws(LibvirtError) -> [String: TypedValue] {
+        let flags = UInt32(live ? VIR_DOMAIN_AFFECT_LIVE.rawValue : VIR_DOMAIN_AFFECT_CONFIG.rawValue)
+        var n: Int32 = 0
+        guard let type = virDomainGetSchedulerType(ptr, &n) else {
+            throw LibvirtError.last("cannot get scheduler type of \(name)")
+        }
+        free(type)
+        var params = [virTypedParameter](repeating: virTypedParameter(), count: Int(n))
+        if virDomainGetSchedulerParametersFlags(ptr, &params, &n, flags) < 0 {
+            throw LibvirtError.last("cannot get scheduler parameters of \(name)")
+        }
+        return params.withUnsafeMutableBufferPointer { TypedValue.decode($0.baseAddress, count: n) }
+    }
+}
