@@ -257,3 +257,25 @@ public enum DomainXML {
         }
     }
 }
+
+/// The parts of libvirt's host capabilities XML the agent reports.
+public enum CapabilitiesXML {
+    public struct Cell: Sendable, Equatable {
+        public var id: Int
+        public var memoryKiB: Int
+        public var cpus: [Int]
+    }
+
+    /// NUMA cells of `<host><topology><cells>`.
+    public static func numaCells(_ xml: String) throws(DomainXMLError) -> [Cell] {
+        let doc = try XMLDocument(parsing: xml)
+        guard let cells = doc.root.child("host")?.child("topology")?.child("cells") else { return [] }
+        return cells.all("cell").map { cell in
+            let mem = cell.child("memory")
+            return Cell(
+                id: cell.attribute("id").flatMap(Int.init) ?? 0,
+                memoryKiB: mem.flatMap { m in Int(m.text).map { DomainXML.toKiB($0, unit: m.attribute("unit")) } } ?? 0,
+                cpus: cell.child("cpus")?.all("cpu").compactMap { $0.attribute("id").flatMap(Int.init) } ?? [])
+        }
+    }
+}

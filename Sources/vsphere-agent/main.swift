@@ -1,1 +1,70 @@
-// placeholder
+import ArgumentParser
+import Foundation
+import HostAgent
+import Logging
+import ServiceLifecycle
+
+@main
+struct AgentCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vsphere-agent",
+        abstract: "Per-host agent: drives this host's libvirtd and serves the controller over HTTPS.",
+        version: HostAgent.version)
+
+    @Option(help: "Config file (JSON). Missing is fine at the default path.")
+    var config: String = "/etc/vsphere/agent.json"
+    @Option(help: "Address to listen on.") var listen: String?
+    @Option(help: "HTTPS port.") var port: Int?
+    @Option(name: .customLong("libvirt-uri"), help: "libvirt URI, e.g. qemu:///system.") var libvirtURI: String?
+    @Option(help: "auto, kvm or tcg.") var accelerator: String?
+    @Option(name: .customLong("data-dir"), help: "State directory (TLS identity).") var dataDir: String?
+    @Option(name: .customLong("console-log-dir"), help: "Where serial consoles are logged.") var consoleLogDir: String?
+    @Option(name: .customLong("host-name"), help: "Host name to report.") var hostName: String?
+    @Option(name: .customLong("tls-san"), help: "Extra name or address for the generated certificate (repeatable).")
+    var tlsSAN: [String] = []
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
+
+    func run() async throws {
+        var cfg = AgentConfig()
+        if FileManager.default.fileExists(atPath: config) {
+            do { cfg = try AgentConfig.load(path: config) } catch { throw ValidationError("\(error)") }
+        } else if config != "/etc/vsphere/agent.json" {
+            throw ValidationError("--config: \(config) does not exist")
+        }
+        if let listen { cfg.listen = listen }
+        if let port { cfg.port = port }
+        if let libvirtURI { cfg.libvirtURI = libvirtURI }
+        if let accelerator { cfg.accelerator = accelerator }
+        if let dataDir { cfg.dataDir = dataDir }
+        if let consoleLogDir { cfg.consoleLogDir = consoleLogDir }
+        if let hostName { cfg.hostName = hostName }
+        cfg.tlsSubjectAltNames += tlsSAN
+        do { try cfg.check() } catch { throw ValidationError("\(error)") }
+        guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level \(logLevel)") }
+
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "vsphere-agent")
+        let hub = EventHub()
+        let agent = HostAgent(config: cfg, hub: hub, logger: logger)
+        var names = ["localhost", "127.0.0.1", ProcessInfo.processInfo.hostName] + cfg.tlsSubjectAltNames
+        if cfg.listen != "0.0.0.0" && cfg.listen != "::" { names.insert(cfg.listen, at: 0) }
+        if !cfg.hostName.isEmpty { names.insert(cfg.hostName, at: 0) }
+        let identity = try TLSIdentity.loadOrCreate(config: cfg, names: names)
+        let app = try AgentServer.application(agent: agent, tls: try identity.serverConfiguration(), logger: logger)
+        logger.info("vsphere-agent starting", metadata: [
+            "listen": "\(cfg.listen):\(cfg.port)", "libvirt": "\(cfg.libvirtURI)", "accelerator": "\(agent.accelerator)",
+            "certificate": "\(identity.certificatePath)",
+        ])
+        // Shutdown runs in reverse order: the supervisor ends the event streams first, then the server drains.
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: app), .init(service: agent.supervisor)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
+        logger.info("vsphere-agent stopped")
+    }
+}

@@ -1,0 +1,120 @@
+import Foundation
+
+/// The agent's settings: /etc/vsphere/agent.json, overridden by command-line flags.
+public struct AgentConfig: Codable, Sendable, Equatable {
+    /// Address to listen on; `0.0.0.0` for all.
+    public var listen: String = "0.0.0.0"
+    public var port: Int = 7443
+    /// libvirt connection URI.
+    public var libvirtURI: String = "qemu:///system"
+    /// `auto`, `kvm` or `tcg`.
+    public var accelerator: String = "auto"
+    /// The CPU model given to guests whose spec names none.
+    public var cpuModel: String = "qemu64"
+    /// Host name reported in the inventory; the libvirt host name when empty.
+    public var hostName: String = ""
+    /// Where the agent keeps its state (TLS key and certificate).
+    public var dataDir: String = "/var/lib/vsphere/agent"
+    /// TLS certificate and key (PEM); generated self-signed in dataDir when absent.
+    public var tlsCertificate: String?
+    public var tlsKey: String?
+    /// Extra names and addresses for the generated certificate.
+    public var tlsSubjectAltNames: [String] = []
+    /// Where QEMU's serial console is logged, one file per VM.
+    public var consoleLogDir: String = "/var/log/libvirt/qemu"
+    /// How long a graceful (ACPI) shutdown may take before the VM is powered off.
+    public var shutdownTimeoutSeconds: Int = 60
+    /// `auto` (from CAP_SYS_RESOURCE), `definition` or `live`: where the memory hard limit is applied.
+    public var hardLimitMode: String = "auto"
+    /// Memory (MiB) kept for the host itself, never reserved for VMs.
+    public var hostReservedMemoryMiB: Int = 0
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case listen, port, libvirtURI, accelerator, cpuModel, hostName, dataDir, tlsCertificate, tlsKey
+        case tlsSubjectAltNames, consoleLogDir, shutdownTimeoutSeconds, hardLimitMode, hostReservedMemoryMiB
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let d = AgentConfig()
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        listen = try c.decodeIfPresent(String.self, forKey: .listen) ?? d.listen
+        port = try c.decodeIfPresent(Int.self, forKey: .port) ?? d.port
+        libvirtURI = try c.decodeIfPresent(String.self, forKey: .libvirtURI) ?? d.libvirtURI
+        accelerator = try c.decodeIfPresent(String.self, forKey: .accelerator) ?? d.accelerator
+        cpuModel = try c.decodeIfPresent(String.self, forKey: .cpuModel) ?? d.cpuModel
+        hostName = try c.decodeIfPresent(String.self, forKey: .hostName) ?? d.hostName
+        dataDir = try c.decodeIfPresent(String.self, forKey: .dataDir) ?? d.dataDir
+        tlsCertificate = try c.decodeIfPresent(String.self, forKey: .tlsCertificate)
+        tlsKey = try c.decodeIfPresent(String.self, forKey: .tlsKey)
+        tlsSubjectAltNames = try c.decodeIfPresent([String].self, forKey: .tlsSubjectAltNames) ?? d.tlsSubjectAltNames
+        consoleLogDir = try c.decodeIfPresent(String.self, forKey: .consoleLogDir) ?? d.consoleLogDir
+        shutdownTimeoutSeconds = try c.decodeIfPresent(Int.self, forKey: .shutdownTimeoutSeconds) ?? d.shutdownTimeoutSeconds
+        hardLimitMode = try c.decodeIfPresent(String.self, forKey: .hardLimitMode) ?? d.hardLimitMode
+        hostReservedMemoryMiB = try c.decodeIfPresent(Int.self, forKey: .hostReservedMemoryMiB) ?? d.hostReservedMemoryMiB
+    }
+
+    /// Loads a config file; unknown fields and bad values are reported with their names.
+    public static func load(path: String) throws -> AgentConfig {
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        if let obj = try JSONSerialization.jsonObject(with: data) as? [String: Any] {
+            let known = Set(CodingKeys.allCases.map(\.rawValue))
+            if let unknown = obj.keys.sorted().first(where: { !known.contains($0) }) {
+                throw ConfigError("\(path): \(unknown): unknown field")
+            }
+        }
+        let config: AgentConfig
+        do {
+            config = try JSONDecoder().decode(AgentConfig.self, from: data)
+        } catch let DecodingError.typeMismatch(_, ctx) {
+            throw ConfigError("\(path): \(ctx.codingPath.map(\.stringValue).joined(separator: ".")): wrong type")
+        }
+        try config.check()
+        return config
+    }
+
+    public func check() throws {
+        if !(1...65535).contains(port) { throw ConfigError("port: must be between 1 and 65535") }
+        if !["auto", "kvm", "tcg"].contains(accelerator) { throw ConfigError("accelerator: must be auto, kvm or tcg") }
+        if !["auto", "definition", "live"].contains(hardLimitMode) {
+            throw ConfigError("hardLimitMode: must be auto, definition or live")
+        }
+        if shutdownTimeoutSeconds < 0 { throw ConfigError("shutdownTimeoutSeconds: must be at least 0") }
+        if hostReservedMemoryMiB < 0 { throw ConfigError("hostReservedMemoryMiB: must be at least 0") }
+    }
+}
+
+public struct ConfigError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// Facts about this host that decide how guests run.
+public enum HostFacts {
+    /// `auto` picks KVM only where /dev/kvm opens and the CPU flags show vmx or svm (nested KVM without
+    /// them crawls); otherwise TCG.
+    public static func accelerator(setting: String) -> String {
+        switch setting {
+        case "kvm", "tcg": return setting
+        default:
+            let fd = open("/dev/kvm", O_RDWR)
+            guard fd >= 0 else { return "tcg" }
+            close(fd)
+            let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+            let flags = cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") } ?? ""
+            let words = Set(flags.split(separator: " "))
+            return words.contains("vmx") || words.contains("svm") ? "kvm" : "tcg"
+        }
+    }
+
+    /// Whether this process holds CAP_SYS_RESOURCE (libvirt needs it to raise QEMU's memlock limit when
+    /// a hard limit is part of the definition).
+    public static func hasSysResource() -> Bool {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+            let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
+            let caps = UInt64(line.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16)
+        else { return false }
+        return caps & (1 << 24) != 0
+    }
+}

@@ -1,0 +1,171 @@
+import AgentAPI
+import ClusterModel
+import Foundation
+import Hummingbird
+import HummingbirdTLS
+import HTTPTypes
+import Logging
+import NIOCore
+import NIOSSL
+
+/// The agent's HTTPS API (Schemas/agent-api.json).
+public enum AgentServer {
+    public static func router(agent: HostAgent) -> Router<BasicRequestContext> {
+        let router = Router(context: BasicRequestContext.self)
+        router.get("/healthz") { _, _ in
+            json(200, ["status": agent.supervisor.isConnected ? "ok" : "libvirt-disconnected"])
+        }
+        router.get("/v1/host") { _, _ in await respond { try await agent.inventory() } }
+        router.get("/v1/vms") { _, _ in await respond { try await agent.list() } }
+        router.get("/v1/stats") { _, _ in await respond { try await agent.stats(nil) } }
+        router.get("/v1/vms/:name") { _, ctx in
+            await respond { try await agent.status(try name(ctx)) }
+        }
+        router.put("/v1/vms/:name") { request, ctx in
+            await respond(created: true) {
+                let vmName = try name(ctx)
+                let body = try await request.body.collect(upTo: 1 << 20)
+                let spec: VMSpec
+                do {
+                    spec = try VMSpec.decodeValidated(Data(buffer: body))
+                } catch let failure as ValidationFailure {
+                    throw AgentError.invalid(failure.problems)
+                }
+                if spec.name != vmName {
+                    throw AgentError.invalid([ValidationProblem("name", "must equal the name in the path (\(vmName))")])
+                }
+                return try await agent.define(spec)
+            }
+        }
+        router.delete("/v1/vms/:name") { request, ctx in
+            await respond {
+                let force = request.uri.queryParameters.get("force").map { $0 == "true" || $0 == "1" } ?? false
+                try await agent.undefine(try name(ctx), force: force)
+                return ["deleted": try name(ctx)]
+            }
+        }
+        router.post("/v1/vms/:name/:action") { request, ctx in
+            await respond {
+                let vmName = try name(ctx)
+                let action = ctx.parameters.get("action") ?? ""
+                switch action {
+                case "start":
+                    return try await agent.start(vmName)
+                case "shutdown":
+                    let raw = request.uri.queryParameters.get("timeoutSeconds")
+                    let timeout: Int
+                    if let raw {
+                        guard let t = Int(raw), t >= 0, t <= 3600 else {
+                            throw AgentError.invalid([ValidationProblem("timeoutSeconds", "must be an integer between 0 and 3600")])
+                        }
+                        timeout = t
+                    } else {
+                        timeout = agent.config.shutdownTimeoutSeconds
+                    }
+                    return try await agent.shutdown(vmName, timeout: .seconds(timeout))
+                case "destroy", "reboot", "suspend", "resume":
+                    return try await agent.simple(vmName, action: action)
+                default:
+                    throw AgentError.notFound("no action \(action); use start, shutdown, destroy, reboot, suspend or resume")
+                }
+            }
+        }
+        router.get("/v1/vms/:name/stats") { _, ctx in
+            await respond {
+                guard let s = try await agent.stats(try name(ctx)).first else { throw AgentError.notFound("no stats") }
+                return s
+            }
+        }
+        router.get("/v1/vms/:name/tuning") { _, ctx in await respond { try await agent.tuning(try name(ctx)) } }
+        router.get("/v1/vms/:name/console") { _, ctx in
+            do {
+                let text = try await agent.console(try name(ctx))
+                return Response(
+                    status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
+                    body: .init(byteBuffer: ByteBuffer(string: text)))
+            } catch {
+                return failure(error)
+            }
+        }
+        router.get("/v1/events") { request, _ in
+            var since: Int64? = nil
+            if let raw = request.uri.queryParameters.get("since") ?? request.headers[.lastEventID] {
+                guard let s = Int64(raw), s >= 0 else {
+                    return failure(AgentError.invalid([ValidationProblem("since", "must be a non-negative integer")]))
+                }
+                since = s
+            }
+            let stream = agent.hub.subscribe(since: since)
+            return Response(
+                status: .ok,
+                headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+                body: ResponseBody { writer in
+                    let encoder = JSONEncoder()
+                    encoder.outputFormatting = [.sortedKeys]
+                    try await writer.write(ByteBuffer(string: ": vsphere-agent events\n\n"))
+                    for await event in stream {
+                        let data = String(decoding: try encoder.encode(event), as: UTF8.self)
+                        try await writer.write(ByteBuffer(string: "id: \(event.seq)\nevent: \(event.kind)\ndata: \(data)\n\n"))
+                    }
+                    try await writer.finish(nil)
+                })
+        }
+        return router
+    }
+
+    static func name(_ ctx: BasicRequestContext) throws -> String {
+        let n = ctx.parameters.get("name") ?? ""
+        guard Names.isValid(n) else { throw AgentError.invalid([ValidationProblem("name", "must match ^[a-z][a-z0-9-]{0,62}$")]) }
+        return n
+    }
+
+    static func respond<T: Encodable>(created: Bool = false, _ body: () async throws -> T) async -> Response {
+        do {
+            return json(200, try await body())
+        } catch {
+            return failure(error)
+        }
+    }
+
+    static func respond(created: Bool, _ body: () async throws -> (VMStatus, created: Bool)) async -> Response {
+        do {
+            let (status, wasCreated) = try await body()
+            return json(wasCreated ? 201 : 200, status)
+        } catch {
+            return failure(error)
+        }
+    }
+
+    static func failure(_ error: any Error) -> Response {
+        let e: AgentError
+        switch error {
+        case let a as AgentError: e = a
+        case let h as HTTPError where h.status == .contentTooLarge:
+            e = .invalid([ValidationProblem("", "request body too large")])
+        default: e = .internalError("\(error)")
+        }
+        return json(e.status, e.body)
+    }
+
+    static func json<T: Encodable>(_ status: Int, _ value: T) -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
+        return Response(
+            status: HTTPResponse.Status(code: status), headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    /// The HTTPS application; run it with the supervisor in one ServiceGroup.
+    public static func application(agent: HostAgent, tls: TLSConfiguration, logger: Logger) throws -> some ApplicationProtocol {
+        Application(
+            router: router(agent: agent),
+            server: try .tls(.http1(), tlsConfiguration: tls),
+            configuration: .init(address: .hostname(agent.config.listen, port: agent.config.port), serverName: "vsphere-agent"),
+            logger: logger)
+    }
+}
+
+extension HTTPField.Name {
+    static let lastEventID = HTTPField.Name("Last-Event-ID")!
+}

@@ -1,0 +1,73 @@
+import AgentAPI
+import Foundation
+import Synchronization
+
+/// Fans the agent's events out to every stream subscriber, numbering them, and keeps the most recent
+/// ones so that a client that reconnects with `since` (or Last-Event-ID) misses nothing still held.
+public final class EventHub: Sendable {
+    struct State {
+        var nextSeq: Int64 = 1
+        var recent: [AgentEvent] = []
+        var subscribers: [Int: AsyncStream<AgentEvent>.Continuation] = [:]
+        var nextID = 0
+        var closed = false
+    }
+
+    private let state = Mutex(State())
+    private let keep: Int
+
+    public init(keep: Int = 2048) { self.keep = keep }
+
+    @discardableResult
+    public func publish(
+        kind: String, domain: String? = nil, uuid: String? = nil, event: String? = nil, detail: String? = nil,
+        info: [String: String] = [:]
+    ) -> AgentEvent {
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        return state.withLock { s in
+            let e = AgentEvent(seq: s.nextSeq, timeMs: now, kind: kind, domain: domain, uuid: uuid, event: event, detail: detail, info: info)
+            s.nextSeq += 1
+            s.recent.append(e)
+            if s.recent.count > keep { s.recent.removeFirst(s.recent.count - keep) }
+            for c in s.subscribers.values { c.yield(e) }
+            return e
+        }
+    }
+
+    /// Events after `since` still held, then every new one, with no gap between the two.
+    public func subscribe(since: Int64?) -> AsyncStream<AgentEvent> {
+        let (stream, continuation) = AsyncStream<AgentEvent>.makeStream(bufferingPolicy: .bufferingNewest(8192))
+        let id: Int? = state.withLock { s in
+            if let since { for e in s.recent where e.seq > since { continuation.yield(e) } }
+            if s.closed { return nil }
+            let id = s.nextID
+            s.nextID += 1
+            s.subscribers[id] = continuation
+            return id
+        }
+        guard let id else {
+            continuation.finish()
+            return stream
+        }
+        continuation.onTermination = { [weak self] _ in
+            _ = self?.state.withLock { $0.subscribers.removeValue(forKey: id) }
+        }
+        return stream
+    }
+
+    public func recent(since: Int64) -> [AgentEvent] {
+        state.withLock { s in s.recent.filter { $0.seq > since } }
+    }
+
+    public var lastSeq: Int64 { state.withLock { $0.nextSeq - 1 } }
+
+    /// Ends every stream (graceful shutdown).
+    public func closeAll() {
+        let subs = state.withLock { s in
+            s.closed = true
+            defer { s.subscribers = [:] }
+            return Array(s.subscribers.values)
+        }
+        for c in subs { c.finish() }
+    }
+}

@@ -1,0 +1,314 @@
+import AgentAPI
+import ClusterModel
+import DomainXML
+import Foundation
+import Libvirt
+import Logging
+
+/// The agent's operations on its host's libvirtd. Every libvirt call runs on the libvirt thread pool;
+/// every failure becomes an `AgentError`; a lost connection is reported to the supervisor.
+public final class HostAgent: Sendable {
+    public static let version = "0.1.0"
+
+    public let config: AgentConfig
+    public let supervisor: LibvirtSupervisor
+    public let hub: EventHub
+    public let accelerator: String
+    let hardLimitInDefinition: Bool
+    let logger: Logger
+
+    public init(config: AgentConfig, hub: EventHub, logger: Logger) {
+        self.config = config
+        self.hub = hub
+        self.logger = logger
+        self.supervisor = LibvirtSupervisor(uri: config.libvirtURI, hub: hub, logger: logger)
+        self.accelerator = HostFacts.accelerator(setting: config.accelerator)
+        switch config.hardLimitMode {
+        case "definition": hardLimitInDefinition = true
+        case "live": hardLimitInDefinition = false
+        default: hardLimitInDefinition = HostFacts.hasSysResource()
+        }
+    }
+
+    /// Runs `body` with the live connection off the cooperative pool, mapping errors.
+    func withLibvirt<T: Sendable>(_ body: @escaping @Sendable (Connection) throws -> T) async throws(AgentError) -> T {
+        let conn = try supervisor.connection()
+        do {
+            return try await conn.run(body)
+        } catch let e as AgentError {
+            throw e
+        } catch let e as LibvirtError {
+            if e.isConnectionLost { supervisor.reportLost(conn, reason: e.message) }
+            throw AgentError.libvirt(e)
+        } catch {
+            throw AgentError.internalError("\(error)")
+        }
+    }
+
+    // MARK: Inventory
+
+    public func inventory() async throws(AgentError) -> HostInventory {
+        let accelerator = self.accelerator
+        let configuredName = config.hostName
+        let reserve = config.hostReservedMemoryMiB
+        return try await withLibvirt { c in
+            let node = try c.nodeInfo()
+            let cells = (try? CapabilitiesXML.numaCells(try c.capabilitiesXML())) ?? []
+            let free = try c.freeMemory()
+            let usage = try Self.usage(c)
+            let totalMiB = Int(node.memoryKiB / 1024)
+            let totalMHz = node.cpus * node.mhz
+            return HostInventory(
+                hostname: configuredName.isEmpty ? try c.hostname() : configuredName,
+                agentVersion: Self.version, libvirtVersion: try c.libvirtVersion(),
+                qemuVersion: try c.hypervisorVersion(), accelerator: accelerator,
+                cpu: .init(model: node.model, cpus: node.cpus, mhz: node.mhz, sockets: node.sockets, cores: node.cores, threads: node.threads),
+                numa: cells.map { .init(id: $0.id, memoryMiB: $0.memoryKiB / 1024, cpus: $0.cpus) },
+                memory: .init(totalMiB: totalMiB, freeMiB: Int(free / 1024 / 1024)),
+                capacity: .init(
+                    vms: usage.vms, runningVMs: usage.running, allocatedVCPUs: usage.vcpus,
+                    allocatedMemoryMiB: usage.memoryMiB, reservedMemoryMiB: usage.reservedMemoryMiB,
+                    reservedCPUMHz: usage.reservedMHz, freeMemoryMiB: Int(free / 1024 / 1024),
+                    unreservedMemoryMiB: max(0, totalMiB - reserve - usage.reservedMemoryMiB),
+                    unreservedCPUMHz: max(0, totalMHz - usage.reservedMHz)),
+                connected: true)
+        }
+    }
+
+    struct Usage {
+        var vms = 0, running = 0, vcpus = 0, memoryMiB = 0, reservedMemoryMiB = 0, reservedMHz = 0
+    }
+
+    /// What the running domains take; reservations come from the specs they were defined from.
+    static func usage(_ c: Connection, excluding: String? = nil) throws -> Usage {
+        var u = Usage()
+        for d in try c.domains() where d.name != excluding {
+            u.vms += 1
+            let info = try d.info()
+            guard info.state.isActive else { continue }
+            u.running += 1
+            u.vcpus += info.vcpus
+            u.memoryMiB += Int(info.maxMemoryKiB / 1024)
+            if let spec = try? DomainXML.parse(d.xml(inactive: true)).spec {
+                u.reservedMemoryMiB += spec.resources?.memory?.reservationMiB ?? 0
+                u.reservedMHz += spec.resources?.cpu?.reservationMHz ?? 0
+            }
+        }
+        return u
+    }
+
+    // MARK: VMs
+
+    public func list() async throws(AgentError) -> [VMStatus] {
+        try await withLibvirt { c in try c.domains().map(Self.status).sorted { $0.name < $1.name } }
+    }
+
+    public func status(_ name: String) async throws(AgentError) -> VMStatus {
+        try await withLibvirt { c in try Self.status(try c.domain(named: name)) }
+    }
+
+    static func status(_ d: Domain) throws -> VMStatus {
+        let info = try d.info()
+        let spec = try? DomainXML.parse(d.xml(inactive: true)).spec
+        return VMStatus(
+            name: d.name, uuid: d.uuid, state: info.state.rawValue, persistent: d.isPersistent(), vcpus: info.vcpus,
+            memoryMiB: Int(info.maxMemoryKiB / 1024), spec: spec)
+    }
+
+    func domainOptions(hostCoreMHz: Int, name: String) -> DomainOptions {
+        DomainOptions(
+            type: accelerator == "kvm" ? .kvm : .qemu, hostCoreMHz: hostCoreMHz,
+            hardLimitInDefinition: hardLimitInDefinition, consoleLogPath: consoleLogPath(name))
+    }
+
+    func consoleLogPath(_ name: String) -> String { "\(config.consoleLogDir)/\(name).console.log" }
+
+    /// Defines a VM from its spec, or updates the definition of an existing one (applies at next boot).
+    /// Returns whether it was created.
+    public func define(_ spec: VMSpec) async throws(AgentError) -> (VMStatus, created: Bool) {
+        var spec = spec
+        if spec.cpuModel == nil { spec.cpuModel = config.cpuModel }
+        let problems = spec.validate()
+        if !problems.isEmpty { throw AgentError.invalid(problems) }
+        if spec.disks.contains(where: { $0.path == nil }) {
+            throw AgentError.invalid(spec.disks.indices.filter { spec.disks[$0].path == nil }.map {
+                ValidationProblem("disks[\($0)].path", "is required by the agent (the controller resolves pools into paths)")
+            })
+        }
+        if spec.nics.contains(where: { $0.bridge == nil && $0.network == nil }) {
+            throw AgentError.invalid([ValidationProblem("nics", "every NIC needs a bridge")])
+        }
+        let fixed = spec
+        let options = { @Sendable (mhz: Int) in self.domainOptions(hostCoreMHz: mhz, name: fixed.name) }
+        return try await withLibvirt { c in
+            var existing: Domain?
+            do { existing = try c.domain(named: fixed.name) } catch let e as LibvirtError where e.isNotFound { existing = nil }
+            if let existing, let uuid = fixed.uuid, existing.uuid.lowercased() != uuid.lowercased() {
+                throw AgentError.conflict("a VM named \(fixed.name) exists with another uuid (\(existing.uuid))")
+            }
+            var toDefine = fixed
+            if toDefine.uuid == nil, let existing { toDefine.uuid = existing.uuid }
+            let xml = DomainXML.build(toDefine, options: options(try c.nodeInfo().mhz))
+            let d = try c.defineDomain(xml: xml)
+            return (try Self.status(d), existing == nil)
+        }
+    }
+
+    public func undefine(_ name: String, force: Bool) async throws(AgentError) {
+        try await withLibvirt { c in
+            let d = try c.domain(named: name)
+            if try d.state().0.isActive {
+                guard force else { throw AgentError.conflict("\(name) is running; stop it first or pass force=true") }
+                try d.destroy()
+            }
+            try d.undefine()
+        }
+    }
+
+    /// Starts a VM after admission control: its memory and CPU reservations must fit what the host has
+    /// not reserved yet. Applies the memory hard limit live where the definition cannot carry it.
+    public func start(_ name: String) async throws(AgentError) -> ActionResult {
+        let reserve = config.hostReservedMemoryMiB
+        let live = !hardLimitInDefinition
+        return try await withLibvirt { c in
+            let d = try c.domain(named: name)
+            let def = try DomainXML.parse(d.xml(inactive: true))
+            if try d.state().0.isActive { throw AgentError.conflict("\(name) is already running") }
+            let node = try c.nodeInfo()
+            let usage = try Self.usage(c, excluding: name)
+            let wantMem = def.spec?.resources?.memory?.reservationMiB ?? 0
+            let wantMHz = def.spec?.resources?.cpu?.reservationMHz ?? 0
+            let freeMem = Int(node.memoryKiB / 1024) - reserve - usage.reservedMemoryMiB
+            let freeMHz = node.cpus * node.mhz - usage.reservedMHz
+            if wantMem > freeMem {
+                throw AgentError.conflict("cannot reserve \(wantMem) MiB for \(name): \(max(0, freeMem)) MiB unreserved on this host")
+            }
+            if wantMHz > freeMHz {
+                throw AgentError.conflict("cannot reserve \(wantMHz) MHz for \(name): \(max(0, freeMHz)) MHz unreserved on this host")
+            }
+            try d.start()
+            if live, let spec = def.spec {
+                let tuning = HostTuning.from(spec, hostCoreMHz: node.mhz)
+                if let hard = tuning.memoryHardLimitKiB {
+                    do {
+                        try d.setMemoryParameters(hardLimitKiB: UInt64(hard), live: true, config: false)
+                    } catch {
+                        try? d.destroy()
+                        throw error
+                    }
+                }
+            }
+            return ActionResult(name: name, action: "start", state: try d.state().0.rawValue, how: nil)
+        }
+    }
+
+    /// ACPI shutdown; powers the VM off once `timeout` has passed.
+    public func shutdown(_ name: String, timeout: Duration) async throws(AgentError) -> ActionResult {
+        try await withLibvirt { c in
+            let d = try c.domain(named: name)
+            guard try d.state().0.isActive else { throw AgentError.conflict("\(name) is not running") }
+            try d.shutdown()
+        }
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            let state = try await withLibvirt { c in try c.domain(named: name).state().0 }
+            if !state.isActive { return ActionResult(name: name, action: "shutdown", state: state.rawValue, how: "acpi") }
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        let state = try await withLibvirt { c -> DomainState in
+            let d = try c.domain(named: name)
+            if try d.state().0.isActive {
+                do { try d.destroy() } catch let e as LibvirtError where e.code == .operationInvalid {}
+            }
+            return try d.state().0
+        }
+        logger.info("shutdown timed out; powered off", metadata: ["vm": "\(name)"])
+        return ActionResult(name: name, action: "shutdown", state: state.rawValue, how: "forced")
+    }
+
+    public func simple(_ name: String, action: String) async throws(AgentError) -> ActionResult {
+        try await withLibvirt { c in
+            let d = try c.domain(named: name)
+            switch action {
+            case "destroy": try d.destroy()
+            case "reboot": try d.reboot()
+            case "suspend": try d.suspend()
+            case "resume": try d.resume()
+            default: throw AgentError.notFound("no action \(action)")
+            }
+            return ActionResult(name: name, action: action, state: try d.state().0.rawValue, how: nil)
+        }
+    }
+
+    public func stats(_ name: String?) async throws(AgentError) -> [VMStats] {
+        try await withLibvirt { c in
+            if let name { _ = try c.domain(named: name) }
+            let all = try c.allDomainStats()
+            return all.filter { name == nil || $0.key == name }.map { (n, raw) in
+                VMStats(
+                    name: n, state: raw["state.state"].flatMap { $0.intValue }.map { Self.stateName(Int32($0)) } ?? "unknown",
+                    cpuTimeNs: raw["cpu.time"]?.intValue ?? 0, vcpus: Int(raw["vcpu.current"]?.intValue ?? 0),
+                    memoryKiB: raw["balloon.current"]?.intValue ?? 0, raw: raw.mapValues(Self.scalar))
+            }.sorted { $0.name < $1.name }
+        }
+    }
+
+    static func stateName(_ raw: Int32) -> String {
+        ["nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed", "pmsuspended"][safe: Int(raw)] ?? "nostate"
+    }
+
+    static func scalar(_ v: TypedValue) -> Scalar {
+        switch v {
+        case .int(let i): return .int(i)
+        case .uint(let u): return u > UInt64(Int64.max) ? .double(Double(u)) : .int(Int64(u))
+        case .double(let d): return .double(d)
+        case .bool(let b): return .bool(b)
+        case .string(let s): return .string(s)
+        }
+    }
+
+    /// Live cputune/memtune from libvirt and the cgroups the kernel enforces them in.
+    public func tuning(_ name: String) async throws(AgentError) -> VMTuning {
+        try await withLibvirt { c in
+            let d = try c.domain(named: name)
+            guard try d.state().0.isActive else { throw AgentError.conflict("\(name) is not running") }
+            let sched = try d.schedulerParameters().mapValues(Self.scalar)
+            let mem = try d.memoryParameters().mapValues(Self.scalar)
+            return VMTuning(name: name, scheduler: sched, memory: mem, cgroups: Self.cgroups(ofDomain: name))
+        }
+    }
+
+    /// cgroup v1 paths of the domain's QEMU process (from libvirt's pid file, in this host's /run).
+    static func cgroups(ofDomain name: String) -> [String: String] {
+        guard let pid = (try? String(contentsOfFile: "/run/libvirt/qemu/\(name).pid", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines),
+            let text = try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)
+        else { return [:] }
+        var out: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
+            guard parts.count == 3 else { continue }
+            // libvirt moves QEMU's own threads into an `emulator` child; the domain's limits sit one level up.
+            var path = String(parts[2])
+            if path.hasSuffix("/emulator") { path.removeLast("/emulator".count) }
+            for controller in parts[1].split(separator: ",") { out[String(controller)] = path }
+            if parts[1].isEmpty { out["unified"] = String(parts[2]) }
+        }
+        return out
+    }
+
+    /// The tail of the VM's serial console log.
+    public func console(_ name: String, maxBytes: Int = 65536) async throws(AgentError) -> String {
+        _ = try await withLibvirt { c in try c.domain(named: name).name }
+        guard let handle = FileHandle(forReadingAtPath: consoleLogPath(name)) else { return "" }
+        defer { try? handle.close() }
+        let size = (try? handle.seekToEnd()) ?? 0
+        try? handle.seek(toOffset: size > UInt64(maxBytes) ? size - UInt64(maxBytes) : 0)
+        let data = (try? handle.readToEnd()) ?? Data()
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+extension Array {
+    subscript(safe i: Int) -> Element? { indices.contains(i) ? self[i] : nil }
+}

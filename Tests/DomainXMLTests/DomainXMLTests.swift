@@ -1,0 +1,189 @@
+import ClusterModel
+import DomainXML
+import Foundation
+import Testing
+
+@Suite struct DomainXMLRoundTrip {
+    static let options = DomainOptions(type: .qemu, hostCoreMHz: 2000, hardLimitInDefinition: true, consoleLogPath: "/var/log/libvirt/qemu/web1.console.log")
+
+    static func fullSpec() -> VMSpec {
+        VMSpec(
+            name: "web1", uuid: "6f1c1a2e-6a0e-4c2b-9d1e-2b7c9c0f8a11", cpus: 4, memoryMiB: 512,
+            topology: .init(sockets: 2, cores: 2, threads: 1), machine: "q35", cpuModel: "Haswell",
+            boot: .init(kernel: "/srv/guest/vmlinuz", initrd: "/srv/guest/initrd.img", cmdline: "console=ttyS0 vs.ip=10.0.0.5/24"),
+            disks: [.init(path: "/var/lib/vsphere/pools/local/web1.qcow2", format: "qcow2"), .init(path: "/srv/data.raw", format: "raw", readonly: true)],
+            nics: [.init(bridge: "vsbr1", mac: "52:54:00:aa:bb:01", model: "virtio"), .init(network: "default", model: "e1000")],
+            resources: .init(
+                cpu: .init(reservationMHz: 500, shares: .high, limitMHz: 3000),
+                memory: .init(reservationMiB: 256, shares: .normal, limitMiB: 400)),
+            resourcePool: "gold")
+    }
+
+    @Test func everyFieldSurvivesTheRoundTrip() throws {
+        let spec = Self.fullSpec()
+        let def = try DomainXML.parse(DomainXML.build(spec, options: Self.options))
+        #expect(def.type == "qemu")
+        #expect(def.name == "web1")
+        #expect(def.uuid == spec.uuid)
+        #expect(def.vcpus == 4)
+        #expect(def.memoryKiB == 512 * 1024)
+        #expect(def.machine == "q35")
+        #expect(def.cpuModel == "Haswell")
+        #expect(def.topology == .init(sockets: 2, cores: 2, threads: 1))
+        #expect(def.kernel == "/srv/guest/vmlinuz")
+        #expect(def.initrd == "/srv/guest/initrd.img")
+        #expect(def.cmdline == "console=ttyS0 vs.ip=10.0.0.5/24")
+        #expect(def.disks == [
+            .init(path: "/var/lib/vsphere/pools/local/web1.qcow2", format: "qcow2", target: "vda", readonly: false),
+            .init(path: "/srv/data.raw", format: "raw", target: "vdb", readonly: true),
+        ])
+        #expect(def.nics == [
+            .init(bridge: "vsbr1", network: nil, mac: "52:54:00:aa:bb:01", model: "virtio"),
+            .init(bridge: nil, network: "default", mac: nil, model: "e1000"),
+        ])
+        #expect(def.consoleLogPath == "/var/log/libvirt/qemu/web1.console.log")
+        #expect(def.spec == spec)
+        #expect(def.tuning == HostTuning.from(spec, hostCoreMHz: 2000))
+    }
+
+    @Test func kvmAndDefaults() throws {
+        let spec = VMSpec(name: "a", cpus: 2, memoryMiB: 64)
+        let xml = DomainXML.build(spec, options: .init(type: .kvm, hostCoreMHz: 2400))
+        let def = try DomainXML.parse(xml)
+        #expect(def.type == "kvm")
+        #expect(def.machine == "pc")
+        #expect(def.cpuModel == "qemu64")
+        #expect(def.topology == .init(sockets: 1, cores: 2, threads: 1))
+        #expect(def.tuning.isEmpty)
+        #expect(!xml.contains("<cputune>"))
+        #expect(!xml.contains("<memtune>"))
+    }
+
+    @Test func hardLimitLeftOutWhenAppliedLive() throws {
+        var o = Self.options
+        o.hardLimitInDefinition = false
+        let def = try DomainXML.parse(DomainXML.build(Self.fullSpec(), options: o))
+        #expect(def.tuning.memoryHardLimitKiB == nil)
+        #expect(def.tuning.memorySoftLimitKiB == 256 * 1024)
+    }
+
+    /// Seeded random specs: whatever the values, parse(build(spec)) gives the spec back.
+    @Test(arguments: 0..<200) func randomSpecsRoundTrip(seed: Int) throws {
+        var rng = SplitMix(seed: UInt64(seed))
+        let cpus = Int(rng.next() % 16) + 1
+        let mem = Int(rng.next() % 8192) + 16
+        let shares: [Shares?] = [nil, .low, .normal, .high, .custom(Int(rng.next() % 10000) + 2)]
+        let spec = VMSpec(
+            name: "vm-\(seed)", cpus: cpus, memoryMiB: mem,
+            boot: .init(kernel: "/k/\(rng.next())", cmdline: rng.next() % 2 == 0 ? nil : "a=\(rng.next()) <b> & 'c' \"d\""),
+            disks: (0..<Int(rng.next() % 4)).map { .init(path: "/d/\($0)&<x>.img", format: $0 % 2 == 0 ? "qcow2" : "raw") },
+            resources: .init(
+                cpu: .init(shares: shares[Int(rng.next() % 5)], limitMHz: rng.next() % 2 == 0 ? nil : Int(rng.next() % 5000) + 100),
+                memory: .init(reservationMiB: Int(rng.next() % UInt64(mem)), limitMiB: rng.next() % 2 == 0 ? nil : Int(rng.next() % UInt64(mem)) + 16)))
+        let def = try DomainXML.parse(DomainXML.build(spec, options: .init(type: .qemu, hostCoreMHz: 2000)))
+        #expect(def.spec == spec)
+        #expect(def.vcpus == cpus)
+        #expect(def.memoryKiB == mem * 1024)
+        #expect(def.disks.map(\.path) == spec.disks.map { $0.path! })
+        #expect(def.tuning == HostTuning.from(spec, hostCoreMHz: 2000))
+    }
+}
+
+@Suite struct HostileInput {
+    /// Names, paths and cmdlines that try to break out of their element stay text.
+    @Test(arguments: [
+        "</cmdline><devices><disk type='file'><source file='/etc/shadow'/></disk></devices><cmdline>",
+        "a\" onload=\"x", "&lt;&amp;&#x41;", "]]><!--", "<?xml version='1.0'?><!DOCTYPE x [<!ENTITY e SYSTEM 'file:///etc/passwd'>]>&e;",
+        "ünïcödé ✓ 🚀",
+    ])
+    func cmdlineStaysText(_ evil: String) throws {
+        let spec = VMSpec(name: "evil", cpus: 1, memoryMiB: 64, boot: .init(kernel: "/k" + evil.filter { $0 != "." }, cmdline: evil))
+        let xml = DomainXML.build(spec, options: .init(type: .qemu, hostCoreMHz: 1000))
+        let def = try DomainXML.parse(xml)
+        #expect(def.cmdline == evil)
+        #expect(def.kernel == "/k" + evil.filter { $0 != "." })
+        #expect(def.disks.isEmpty)
+        #expect(def.spec == spec)
+    }
+
+    @Test func diskPathCannotAddDevices() throws {
+        let evil = "/x'/><disk type='block'><source dev='/dev/sda'/></disk><x a='"
+        let spec = VMSpec(name: "d", cpus: 1, memoryMiB: 64, disks: [.init(path: evil)])
+        let def = try DomainXML.parse(DomainXML.build(spec, options: .init(type: .qemu, hostCoreMHz: 1000)))
+        #expect(def.disks.count == 1)
+        #expect(def.disks[0].path == evil)
+    }
+
+    @Test func externalEntitiesAreNotExpanded() throws {
+        let secret = FileManager.default.temporaryDirectory.appendingPathComponent("vs-xxe-\(getpid()).txt")
+        try "SECRET-CONTENT".write(to: secret, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: secret) }
+        let xml = """
+            <?xml version="1.0"?><!DOCTYPE domain [<!ENTITY x SYSTEM "file://\(secret.path)">]>
+            <domain type="qemu"><name>n&x;</name><vcpu>1</vcpu><memory>1024</memory></domain>
+            """
+        let def = try DomainXML.parse(xml)
+        #expect(!def.name.contains("SECRET"))
+    }
+
+    @Test func malformedIsAnError() {
+        #expect(throws: DomainXMLError.self) { try DomainXML.parse("<domain><name>x</domain>") }
+        #expect(throws: DomainXMLError.self) { try DomainXML.parse("<pool/>") }
+    }
+}
+
+@Suite struct ServiceLevelMapping {
+    func spec(cpus: Int = 2, mem: Int = 1024, _ r: ServiceLevels) -> VMSpec {
+        VMSpec(name: "s", cpus: cpus, memoryMiB: mem, resources: r)
+    }
+
+    @Test func sharesFollowVSphere() {
+        #expect(HostTuning.from(spec(.init(cpu: .init(shares: .low))), hostCoreMHz: 2000).cpuShares == 1000)
+        #expect(HostTuning.from(spec(.init(cpu: .init(shares: .normal))), hostCoreMHz: 2000).cpuShares == 2000)
+        #expect(HostTuning.from(spec(.init(cpu: .init(shares: .high))), hostCoreMHz: 2000).cpuShares == 4000)
+        #expect(HostTuning.from(spec(.init(cpu: .init(shares: .custom(777)))), hostCoreMHz: 2000).cpuShares == 777)
+    }
+
+    @Test func limitBecomesQuota() {
+        // 1000 MHz on 2000 MHz cores = half a core: 50 ms per 100 ms period, for the whole VM.
+        let t = HostTuning.from(spec(.init(cpu: .init(limitMHz: 1000))), hostCoreMHz: 2000)
+        #expect(t.cpuPeriodMicros == 100_000)
+        #expect(t.cpuQuotaMicros == 50_000)
+        // A limit at or above the VM's full speed is no limit.
+        #expect(HostTuning.from(spec(.init(cpu: .init(limitMHz: 4000))), hostCoreMHz: 2000).cpuQuotaMicros == nil)
+        // Tiny limits are clamped to the kernel's 1 ms minimum.
+        #expect(HostTuning.from(spec(.init(cpu: .init(limitMHz: 1))), hostCoreMHz: 3000).cpuQuotaMicros == 1000)
+    }
+
+    @Test func memoryLevels() {
+        let t = HostTuning.from(spec(.init(memory: .init(reservationMiB: 256, limitMiB: 768))), hostCoreMHz: 2000)
+        #expect(t.memoryHardLimitKiB == 768 * 1024)
+        #expect(t.memorySoftLimitKiB == 256 * 1024)
+        #expect(HostTuning.from(spec(.init(memory: .init(limitMiB: 1024))), hostCoreMHz: 2000).memoryHardLimitKiB == nil)
+    }
+}
+
+@Suite struct Capabilities {
+    @Test func numaCells() throws {
+        let xml = """
+            <capabilities><host><topology><cells num="2">
+            <cell id="0"><memory unit="KiB">1048576</memory><cpus num="2"><cpu id="0"/><cpu id="1"/></cpus></cell>
+            <cell id="1"><memory unit="KiB">2097152</memory><cpus num="1"><cpu id="2"/></cpus></cell>
+            </cells></topology></host></capabilities>
+            """
+        let cells = try CapabilitiesXML.numaCells(xml)
+        #expect(cells == [.init(id: 0, memoryKiB: 1_048_576, cpus: [0, 1]), .init(id: 1, memoryKiB: 2_097_152, cpus: [2])])
+    }
+}
+
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

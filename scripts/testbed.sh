@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# The testbed: several real libvirt hosts on this machine.
+#
+#   testbed.sh up HOSTS [SITES]   start hosts h1..hN (each: network + mount + UTS namespace, its own
+#                                 libvirtd, virtlogd and vsphere-agent), sites joined by a WAN link
+#   testbed.sh down               stop and remove everything (idempotent; safe after a failed run)
+#   testbed.sh status             list hosts, their processes and addresses
+#   testbed.sh exec HOST CMD...   run a command inside a host (its network, mounts and hostname)
+#   testbed.sh restart-libvirtd HOST
+#
+# Addressing (shared/CONTRACT.md): site s = 10.250.s.0/24 on bridge vsbr<s>, host i at 10.250.s.i,
+# the root namespace at .254 (set up before anything talks to a host, so no packet leaves this
+# machine), the site's WAN router at .253. Between sites: a routed link through a userspace relay that
+# delays each frame (this kernel has no netem) and a tbf rate cap.
+set -euo pipefail
+
+TB=${VSPHERE_TESTBED_DIR:-/var/lib/vsphere-testbed}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+AGENT=${VSPHERE_AGENT:-$ROOT/.build/debug/vsphere-agent}
+WAN_DELAY_MS=${WAN_DELAY_MS:-15}
+WAN_RATE=${WAN_RATE:-100mbit}
+
+log() { echo "testbed: $*" >&2; }
+
+site_of() { # host index, hosts, sites -> site number (contiguous blocks)
+    local i=$1 n=$2 m=$3 per
+    per=$(((n + m - 1) / m))
+    echo $(((i - 1) / per + 1))
+}
+
+holder() { cat "$TB/$1/holder.pid"; }
+
+in_host() { # HOST CMD...: enter the host's network, mount and UTS namespaces
+    local h=$1
+    shift
+    nsenter -t "$(holder "$h")" -n -m -u -- "$@"
+}
+
+wait_for() { # SECONDS DESCRIPTION CMD...
+    local limit=$1 what=$2 i=0
+    shift 2
+    while ! "$@" >/dev/null 2>&1; do
+        i=$((i + 1))
+        if [ $i -gt $((limit * 10)) ]; then
+            log "timed out waiting for $what"
+            return 1
+        fi
+        sleep 0.1
+    done
+}
+
+start_libvirtd() {
+    local h=$1
+    in_host "$h" virtlogd -d
+    in_host "$h" libvirtd -d --listen
+    wait_for 30 "libvirtd on $h" in_host "$h" virsh -c qemu:///system version
+}
+
+make_host() { # NAME ADDR SITE GW
+    local h=$1 addr=$2 site=$3 gw=$4 dir="$TB/$1"
+    mkdir -p "$dir"/{lib,cache,log,etc,agent}
+    cp -a /etc/libvirt/. "$dir/etc/"
+    rm -f "$dir"/etc/qemu/networks/autostart/*.xml
+    local uuid
+    uuid=$(cat /proc/sys/kernel/random/uuid)
+    cat >>"$dir/etc/libvirtd.conf" <<EOF
+
+# vsphere testbed host $h
+host_uuid = "$uuid"
+listen_tcp = 1
+listen_tls = 0
+auth_tcp = "none"
+tcp_port = "16509"
+listen_addr = "$addr"
+EOF
+    cat >>"$dir/etc/qemu.conf" <<EOF
+
+# vsphere testbed host $h
+user = "root"
+group = "root"
+security_driver = "none"
+migration_address = "$addr"
+migration_host = "$addr"
+EOF
+    # Network: a veth from the site bridge into the host's namespace.
+    ip netns add "vs-$h"
+    ip link add "vs-$h" type veth peer name eth0 netns "vs-$h"
+    ip link set "vs-$h" master "vsbr$site" up
+    ip -n "vs-$h" link set lo up
+    ip -n "vs-$h" link set eth0 up
+    # Guests plug into br0, which carries the host's address and its uplink (eth0) to the site bridge.
+    ip -n "vs-$h" link add br0 type bridge
+    ip -n "vs-$h" link set eth0 master br0
+    ip -n "vs-$h" link set br0 up
+    ip -n "vs-$h" addr add "$addr/24" dev br0
+    [ -n "$gw" ] && ip -n "vs-$h" route add 10.250.0.0/16 via "$gw"
+
+    # Mounts and hostname: a private mount namespace held open by a sleeping process.
+    rm -f "$dir/ready"
+    ip netns exec "vs-$h" unshare -m -u --propagation private sh -c "
+        mount -t tmpfs -o mode=0755 tmpfs /run &&
+        mkdir -p /run/libvirt /run/lock &&
+        mount --bind '$dir/lib' /var/lib/libvirt &&
+        mount --bind '$dir/cache' /var/cache/libvirt &&
+        mount --bind '$dir/log' /var/log/libvirt &&
+        mount --bind '$dir/etc' /etc/libvirt &&
+        hostname '$h' &&
+        touch '$dir/ready' &&
+        exec sleep infinity" </dev/null >"$dir/holder.log" 2>&1 &
+    echo $! >"$dir/holder.pid"
+    wait_for 10 "namespace of $h" test -e "$dir/ready"
+    echo "$addr" >"$dir/address"
+    echo "$site" >"$dir/site"
+    start_libvirtd "$h"
+}
+
+start_agent() {
+    local h=$1 dir="$TB/$1" addr
+    addr=$(cat "$dir/address")
+    [ -x "$AGENT" ] || { log "no agent binary at $AGENT (run swift build first)"; return 1; }
+    in_host "$h" setsid "$AGENT" --config "$dir/agent.json" \
+        </dev/null >>"$dir/agent.log" 2>&1 &
+    echo $! >"$dir/agent.pid"
+    wait_for 60 "agent on $h" curl -sfk "https://$addr:7443/healthz"
+}
+
+write_agent_config() {
+    local h=$1 dir="$TB/$1" addr
+    addr=$(cat "$dir/address")
+    cat >"$dir/agent.json" <<EOF
+{
+  "listen": "$addr",
+  "port": 7443,
+  "libvirtURI": "qemu:///system",
+  "accelerator": "tcg",
+  "hostName": "$h",
+  "dataDir": "$dir/agent",
+  "consoleLogDir": "/var/log/libvirt/qemu",
+  "shutdownTimeoutSeconds": 30,
+  "tlsSubjectAltNames": ["$addr", "$h"]
+}
+EOF
+}
+
+make_wan() { # SITES: routers r<s> at 10.250.s.253, linked pairwise to r1 through delayed taps
+    local m=$1 s
+    for s in $(seq 1 "$m"); do
+        ip netns add "vs-r$s"
+        ip link add "vs-r$s" type veth peer name lan netns "vs-r$s"
+        ip link set "vs-r$s" master "vsbr$s" up
+        ip -n "vs-r$s" link set lo up
+        ip -n "vs-r$s" link set lan up
+        ip -n "vs-r$s" addr add "10.250.$s.253/24" dev lan
+        ip netns exec "vs-r$s" sysctl -qw net.ipv4.ip_forward=1
+    done
+    # Site s (s >= 2) reaches site 1 over a point-to-point WAN link 10.250.0.(4s)/30 through the relay.
+    for s in $(seq 2 "$m"); do
+        local a="10.250.0.$((4 * s + 1))" b="10.250.0.$((4 * s + 2))"
+        python3 "$ROOT/scripts/wan-relay.py" --ns-a "vs-r1" --tap-a "wan$s" --ns-b "vs-r$s" --tap-b "wan1" \
+            --delay-ms "$WAN_DELAY_MS" --pidfile "$TB/wan$s.pid" </dev/null >"$TB/wan$s.log" 2>&1 &
+        wait_for 10 "WAN relay $s" ip -n "vs-r$s" link show wan1
+        wait_for 10 "WAN relay $s" ip -n "vs-r1" link show "wan$s"
+        ip -n vs-r1 addr add "$a/30" dev "wan$s"
+        ip -n vs-r1 link set "wan$s" up
+        ip -n "vs-r$s" addr add "$b/30" dev wan1
+        ip -n "vs-r$s" link set wan1 up
+        tc -n vs-r1 qdisc add dev "wan$s" root tbf rate "$WAN_RATE" burst 64kb latency 100ms
+        tc -n "vs-r$s" qdisc add dev wan1 root tbf rate "$WAN_RATE" burst 64kb latency 100ms
+        ip -n "vs-r$s" route add 10.250.0.0/16 via "$a"
+        ip -n vs-r1 route add "10.250.$s.0/24" via "$b"
+    done
+}
+
+up() {
+    local n=${1:-2} m=${2:-1} i s
+    [ "$n" -ge 1 ] && [ "$n" -le 50 ] || { log "HOSTS must be between 1 and 50"; exit 2; }
+    [ "$m" -ge 1 ] && [ "$m" -le 8 ] && [ "$m" -le "$n" ] || { log "SITES must be between 1 and min(8, HOSTS)"; exit 2; }
+    if [ -e "$TB/hosts" ]; then
+        log "a testbed is already up ($(cat "$TB/hosts")); run 'make testbed-down' first"
+        exit 1
+    fi
+    mkdir -p "$TB"
+    : >"$TB/hosts"
+    trap 'log "setup failed; tearing down"; down; exit 1' ERR
+    # Root namespace addresses on every bridge first: every packet to a test host stays here.
+    for s in $(seq 1 "$m"); do
+        ip link add "vsbr$s" type bridge
+        ip addr add "10.250.$s.254/24" dev "vsbr$s"
+        ip link set "vsbr$s" up
+        echo "vsbr$s" >>"$TB/bridges"
+        ip route get "10.250.$s.1" | grep -q "dev vsbr$s" || { log "route to 10.250.$s.0/24 is not local"; false; }
+    done
+    [ "$m" -gt 1 ] && make_wan "$m"
+    for i in $(seq 1 "$n"); do
+        s=$(site_of "$i" "$n" "$m")
+        local gw=""
+        [ "$m" -gt 1 ] && gw="10.250.$s.253"
+        make_host "h$i" "10.250.$s.$i" "$s" "$gw"
+        echo "h$i" >>"$TB/hosts"
+    done
+    for i in $(seq 1 "$n"); do
+        write_agent_config "h$i"
+        start_agent "h$i"
+    done
+    trap - ERR
+    echo "$m" >"$TB/sites"
+    status
+}
+
+kill_ns_pids() { # NS SIGNAL
+    local pids
+    pids=$(ip netns pids "$1" 2>/dev/null || true)
+    [ -n "$pids" ] && kill "-$2" $pids 2>/dev/null || true
+}
+
+down() {
+    local h ns
+    if [ -d "$TB" ]; then
+        for f in "$TB"/*/agent.pid; do
+            [ -e "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null || true
+        done
+        for f in "$TB"/wan*.pid; do
+            [ -e "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null || true
+        done
+    fi
+    # Guests first, through their libvirtd (so libvirt cleans up their cgroups), then every process.
+    if [ -d "$TB" ]; then
+        for f in "$TB"/*/holder.pid; do
+            [ -e "$f" ] || continue
+            h=$(basename "$(dirname "$f")")
+            kill -0 "$(cat "$f")" 2>/dev/null || continue
+            for d in $(timeout 10 nsenter -t "$(cat "$f")" -n -m -u -- virsh -c qemu:///system list --name 2>/dev/null); do
+                timeout 10 nsenter -t "$(cat "$f")" -n -m -u -- virsh -c qemu:///system destroy "$d" >/dev/null 2>&1 || true
+            done
+        done
+    fi
+    for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^vs-/ {print $1}'); do
+        kill_ns_pids "$ns" TERM
+    done
+    sleep 0.5
+    for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^vs-/ {print $1}'); do
+        kill_ns_pids "$ns" KILL
+        ip netns del "$ns" 2>/dev/null || true
+    done
+    for br in $(ip -o link show type bridge 2>/dev/null | awk -F': ' '{print $2}' | grep '^vsbr' || true); do
+        ip link del "$br" 2>/dev/null || true
+    done
+    for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep '^vs-' || true); do
+        ip link del "$l" 2>/dev/null || true
+    done
+    # Empty cgroups left by guests that were killed rather than stopped.
+    find /sys/fs/cgroup/*/machine -maxdepth 1 -name 'qemu-*' -type d -empty 2>/dev/null | while read -r d; do
+        rmdir "$d" 2>/dev/null || true
+    done
+    rm -rf "$TB"
+    log "down"
+}
+
+status() {
+    [ -e "$TB/hosts" ] || { echo "no testbed"; return 0; }
+    printf '%-6s %-14s %-6s %-8s %s\n' HOST ADDRESS SITE AGENT LIBVIRTD
+    for h in $(cat "$TB/hosts"); do
+        local a s ag lv
+        a=$(cat "$TB/$h/address")
+        s=$(cat "$TB/$h/site")
+        ag=down
+        curl -sfk "https://$a:7443/healthz" >/dev/null 2>&1 && ag=up
+        lv=down
+        in_host "$h" virsh -c qemu:///system version >/dev/null 2>&1 && lv=up
+        printf '%-6s %-14s %-6s %-8s %s\n' "$h" "$a" "dc$s" "$ag" "$lv"
+    done
+}
+
+restart_libvirtd() {
+    local h=$1
+    in_host "$h" sh -c 'kill $(cat /run/libvirtd.pid) 2>/dev/null; i=0; while [ -e /run/libvirtd.pid ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done'
+    in_host "$h" libvirtd -d --listen
+    wait_for 30 "libvirtd on $h" in_host "$h" virsh -c qemu:///system version
+}
+
+cmd=${1:-status}
+shift || true
+case "$cmd" in
+    up) up "$@" ;;
+    down) down ;;
+    status) status ;;
+    exec) h=$1; shift; in_host "$h" "$@" ;;
+    restart-libvirtd) restart_libvirtd "$1" ;;
+    stop-libvirtd) in_host "$1" sh -c 'kill $(cat /run/libvirtd.pid)' ;;
+    start-libvirtd) in_host "$1" libvirtd -d --listen ;;
+    *) echo "usage: $0 up HOSTS [SITES] | down | status | exec HOST CMD... | restart-libvirtd HOST" >&2; exit 2 ;;
+esac
