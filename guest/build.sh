@@ -54,8 +54,10 @@ add_module() {
 }
 for m in virtio_pci virtio_net virtio_blk virtio_balloon button evdev ext4; do add_module "$m"; done
 printf '%s\n' "${order[@]}" > "$root/lib/modules/order"
-printf 'PWRF poweroff\nPWRB poweroff\n' > "$root/etc/acpid.conf"
-printf 'evdev 0x0001 116 PWRB 1 1\n' > "$root/etc/acpi.map"
+# busybox acpid maps the power button to the action PWRF/00000080 under its config directory.
+mkdir -p "$root/etc/acpi/PWRF" "$root/var/log"
+printf '#!/bin/sh\necho "VSPHERE-GUEST-POWEROFF acpi" > /dev/ttyS0\nsync\npoweroff -f\n' > "$root/etc/acpi/PWRF/00000080"
+chmod 0755 "$root/etc/acpi/PWRF/00000080"
 
 cp "$work/kernel/boot/vmlinuz-$kver" "$OUT/vmlinuz"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -6) > "$OUT/initrd.img"

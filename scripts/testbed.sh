@@ -58,7 +58,7 @@ start_libvirtd() {
 
 make_host() { # NAME ADDR SITE GW
     local h=$1 addr=$2 site=$3 gw=$4 dir="$TB/$1"
-    mkdir -p "$dir"/{lib,cache,log,etc,agent}
+    mkdir -p "$dir"/{lib,cache,log/qemu,etc,agent}
     cp -a /etc/libvirt/. "$dir/etc/"
     rm -f "$dir"/etc/qemu/networks/autostart/*.xml
     local uuid
@@ -97,7 +97,13 @@ EOF
 
     # Mounts and hostname: a private mount namespace held open by a sleeping process.
     rm -f "$dir/ready"
-    ip netns exec "vs-$h" unshare -m -u --propagation private sh -c "
+    # /sys is mounted anew so it shows the host's own network devices; the cgroup hierarchies (which
+    # libvirt needs for cputune/memtune) are carried over from the root namespace's /sys.
+    mkdir -p "$dir/cg"
+    nsenter --net="/run/netns/vs-$h" unshare -m -u --propagation private sh -c "
+        mount --rbind /sys/fs/cgroup '$dir/cg' &&
+        mount -t sysfs sysfs /sys &&
+        mount --move '$dir/cg' /sys/fs/cgroup &&
         mount -t tmpfs -o mode=0755 tmpfs /run &&
         mkdir -p /run/libvirt /run/lock &&
         mount --bind '$dir/lib' /var/lib/libvirt &&
@@ -252,7 +258,12 @@ down() {
     find /sys/fs/cgroup/*/machine -maxdepth 1 -name 'qemu-*' -type d -empty 2>/dev/null | while read -r d; do
         rmdir "$d" 2>/dev/null || true
     done
-    rm -rf "$TB"
+    # Processes that were just killed may still be closing files under $TB.
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        rm -rf "$TB" 2>/dev/null && break
+        sleep 0.5
+    done
+    [ ! -e "$TB" ] || { log "cannot remove $TB"; return 1; }
     log "down"
 }
 

@@ -23,6 +23,7 @@ public final class HostAgent: Sendable {
         self.logger = logger
         self.supervisor = LibvirtSupervisor(uri: config.libvirtURI, hub: hub, logger: logger)
         self.accelerator = HostFacts.accelerator(setting: config.accelerator)
+        try? FileManager.default.createDirectory(atPath: config.consoleLogDir, withIntermediateDirectories: true)
         switch config.hardLimitMode {
         case "definition": hardLimitInDefinition = true
         case "live": hardLimitInDefinition = false

@@ -33,11 +33,13 @@ public struct LibvirtError: Error, Sendable, CustomStringConvertible, Equatable 
     public var isConnectionLost: Bool { code == .connectionLost }
 
     /// Copies and clears the calling thread's last libvirt error.
-    static func last(_ fallback: String) -> LibvirtError {
-        guard let err = virGetLastError() else { return LibvirtError(.operationFailed, fallback) }
+    /// `fallback` is evaluated only after the error is read: any libvirt call (even virDomainGetName)
+    /// resets the thread's last error.
+    static func last(_ fallback: @autoclosure () -> String) -> LibvirtError {
+        guard let err = virGetLastError() else { return LibvirtError(.operationFailed, fallback()) }
         let code = err.pointee.code
         let domain = err.pointee.domain
-        let message = err.pointee.message.map { String(cString: $0) } ?? fallback
+        let message = err.pointee.message.map { String(cString: $0) } ?? fallback()
         virResetLastError()
         return LibvirtError(classify(code: code, domain: domain, message: message), message, virCode: code, virDomain: domain)
     }
