@@ -51,8 +51,9 @@ wait_for() { # SECONDS DESCRIPTION CMD...
 
 start_libvirtd() {
     local h=$1
-    in_host "$h" virtlogd -d
-    in_host "$h" libvirtd -d --listen
+    # Daemons get no inherited stdio: a caller reading our output must not wait on them.
+    in_host "$h" virtlogd -d </dev/null >/dev/null 2>&1
+    in_host "$h" libvirtd -d --listen </dev/null >>"$TB/$h/libvirtd.log" 2>&1
     wait_for 30 "libvirtd on $h" in_host "$h" virsh -c qemu:///system version
 }
 
@@ -285,7 +286,7 @@ status() {
 restart_libvirtd() {
     local h=$1
     in_host "$h" sh -c 'kill $(cat /run/libvirtd.pid) 2>/dev/null; i=0; while [ -e /run/libvirtd.pid ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done'
-    in_host "$h" libvirtd -d --listen
+    in_host "$h" libvirtd -d --listen </dev/null >>"$TB/$h/libvirtd.log" 2>&1
     wait_for 30 "libvirtd on $h" in_host "$h" virsh -c qemu:///system version
 }
 
@@ -298,6 +299,6 @@ case "$cmd" in
     exec) h=$1; shift; in_host "$h" "$@" ;;
     restart-libvirtd) restart_libvirtd "$1" ;;
     stop-libvirtd) in_host "$1" sh -c 'kill $(cat /run/libvirtd.pid)' ;;
-    start-libvirtd) in_host "$1" libvirtd -d --listen ;;
+    start-libvirtd) in_host "$1" libvirtd -d --listen </dev/null >>"$TB/$1/libvirtd.log" 2>&1 ;;
     *) echo "usage: $0 up HOSTS [SITES] | down | status | exec HOST CMD... | restart-libvirtd HOST" >&2; exit 2 ;;
 esac

@@ -10,29 +10,50 @@ public struct TLSIdentity: Sendable {
     public var certificatePath: String
     public var keyPath: String
 
-    /// Loads the configured certificate, or creates (once) a self-signed one for `names`
-    /// (host names and IP addresses).
+    /// Where the host's own CA certificate lives (clients trust it until the cluster CA replaces it).
+    public var caPath: String?
+
+    /// Loads the configured certificate, or creates (once) a host CA and a server certificate it signs
+    /// for `names` (host names and IP addresses).
     public static func loadOrCreate(config: AgentConfig, names: [String]) throws -> TLSIdentity {
         if let cert = config.tlsCertificate, let key = config.tlsKey {
-            return TLSIdentity(certificatePath: cert, keyPath: key)
+            return TLSIdentity(certificatePath: cert, keyPath: key, caPath: nil)
         }
         let dir = config.dataDir + "/tls"
-        let identity = TLSIdentity(certificatePath: dir + "/agent.crt", keyPath: dir + "/agent.key")
+        let identity = TLSIdentity(certificatePath: dir + "/agent.crt", keyPath: dir + "/agent.key", caPath: dir + "/agent-ca.crt")
         let fm = FileManager.default
         if fm.fileExists(atPath: identity.certificatePath) && fm.fileExists(atPath: identity.keyPath) {
             return identity
         }
         try fm.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let (certPEM, keyPEM) = try selfSigned(names: names)
-        fm.createFile(atPath: identity.keyPath, contents: Data(keyPEM.utf8), attributes: [.posixPermissions: 0o600])
-        fm.createFile(atPath: identity.certificatePath, contents: Data(certPEM.utf8), attributes: [.posixPermissions: 0o644])
+        let made = try selfSigned(names: names)
+        fm.createFile(atPath: identity.keyPath, contents: Data(made.key.utf8), attributes: [.posixPermissions: 0o600])
+        fm.createFile(atPath: identity.caPath!, contents: Data(made.ca.utf8), attributes: [.posixPermissions: 0o644])
+        fm.createFile(atPath: identity.certificatePath, contents: Data(made.certificate.utf8), attributes: [.posixPermissions: 0o644])
         return identity
     }
 
-    /// A P-256 self-signed server certificate valid for a year, with every name as a subject alt name.
-    public static func selfSigned(names: [String], now: Date = Date()) throws -> (certificate: String, key: String) {
-        let key = P256.Signing.PrivateKey()
+    /// A one-host CA (P-256, ten years; its key is discarded once used) and a server certificate it
+    /// signs, valid for a year, with every name as a subject alternative name.
+    public static func selfSigned(names: [String], now: Date = Date()) throws -> (ca: String, certificate: String, key: String) {
+        let caKey = P256.Signing.PrivateKey()
         let common = names.first ?? "vsphere-agent"
+        let caName = try DistinguishedName {
+            OrganizationName("vsphere")
+            CommonName("vsphere-agent CA for \(common)")
+        }
+        let caCert = try Certificate(
+            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(caKey.publicKey),
+            notValidBefore: now.addingTimeInterval(-3600), notValidAfter: now.addingTimeInterval(10 * 365 * 86400),
+            issuer: caName, subject: caName, signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
+                Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+                SubjectKeyIdentifier(hash: .init(caKey.publicKey))
+            },
+            issuerPrivateKey: .init(caKey))
+
+        let key = P256.Signing.PrivateKey()
         let subject = try DistinguishedName {
             OrganizationName("vsphere")
             CommonName(common)
@@ -50,13 +71,15 @@ public struct TLSIdentity: Sendable {
             Critical(KeyUsage(digitalSignature: true, keyEncipherment: true))
             try ExtendedKeyUsage([.serverAuth, .clientAuth])
             SubjectAlternativeNames(alt)
+            AuthorityKeyIdentifier(keyIdentifier: try caCert.extensions.subjectKeyIdentifier?.keyIdentifier)
         }
         let cert = try Certificate(
             version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
             notValidBefore: now.addingTimeInterval(-3600), notValidAfter: now.addingTimeInterval(365 * 86400),
-            issuer: subject, subject: subject, signatureAlgorithm: .ecdsaWithSHA256, extensions: extensions,
-            issuerPrivateKey: .init(key))
-        return (try cert.serializeAsPEM().pemString, key.pemRepresentation)
+            issuer: caName, subject: subject, signatureAlgorithm: .ecdsaWithSHA256, extensions: extensions,
+            issuerPrivateKey: .init(caKey))
+        let caPEM = try caCert.serializeAsPEM().pemString
+        return (caPEM, try cert.serializeAsPEM().pemString + "\n" + caPEM, key.pemRepresentation)
     }
 
     public func serverConfiguration() throws -> TLSConfiguration {

@@ -1,5 +1,5 @@
 import ClusterModel
-import DomainXML
+@testable import DomainXML
 import Foundation
 import Testing
 

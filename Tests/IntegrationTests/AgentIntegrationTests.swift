@@ -1,0 +1,195 @@
+import AgentAPI
+import ClusterModel
+import Foundation
+import Testing
+
+/// The real tier: agents on a 2-host testbed, each driving its own libvirtd, with TCG guests.
+@Suite(.serialized, .enabled(if: Testbed.available, "needs the testbed (make test brings it up)"))
+struct AgentOnTestbed {
+    func guestSpec(_ name: String, ip: String, resources: ServiceLevels? = nil) -> VMSpec {
+        VMSpec(
+            name: name, cpus: 1, memoryMiB: 256,
+            boot: .init(
+                kernel: Testbed.guestDir + "/vmlinuz", initrd: Testbed.guestDir + "/initrd.img",
+                cmdline: "console=ttyS0 vs.ip=\(ip)/24 vs.name=\(name)"),
+            nics: [.init(bridge: "br0")], resources: resources)
+    }
+
+    @Test func inventoryFromEveryHost() async throws {
+        for host in ["h1", "h2"] {
+            let inv: HostInventory = try await Testbed.agent(host).get("/v1/host").decode()
+            #expect(inv.hostname == host)
+            #expect(inv.accelerator == "tcg")
+            #expect(inv.cpu.cpus >= 1)
+            #expect(inv.cpu.mhz > 0)
+            #expect(inv.memory.totalMiB > 0)
+            #expect(!inv.numa.isEmpty)
+            #expect(inv.libvirtVersion.split(separator: ".").count == 3)
+            #expect(inv.qemuVersion.split(separator: ".").count == 3)
+            #expect(inv.capacity.unreservedMemoryMiB <= inv.memory.totalMiB)
+            #expect(inv.connected)
+        }
+    }
+
+    /// Define, start, boot marker, ping, service levels in libvirt and in the kernel's cgroups,
+    /// events, ACPI shutdown, undefine.
+    @Test func guestLifecycleWithServiceLevels() async throws {
+        let agent = try Testbed.agent("h1")
+        let inv: HostInventory = try await agent.get("/v1/host").decode()
+        let limitMHz = inv.cpu.mhz * 8 / 10
+        let spec = guestSpec(
+            "life1", ip: "10.250.1.111",
+            resources: .init(
+                cpu: .init(reservationMHz: 100, shares: .high, limitMHz: limitMHz),
+                memory: .init(reservationMiB: 128, limitMiB: 224)))
+        let events = agent.follow()
+        defer { events.stop() }
+        _ = try? await agent.request(.DELETE, "/v1/vms/life1?force=true")
+
+        let created = try await agent.put("/v1/vms/life1", spec)
+        #expect(created.status == 201, "\(created.text)")
+        let again = try await agent.put("/v1/vms/life1", spec)
+        #expect(again.status == 200, "redefining the same spec is an update")
+        let status: VMStatus = try again.decode()
+        #expect(status.state == "shutoff")
+        #expect(status.spec?.resources == spec.resources)
+
+        let started = try await agent.post("/v1/vms/life1/start")
+        #expect(started.status == 200, "\(started.text)")
+        _ = try await events.waitFor("started") { $0.domain == "life1" && $0.event == "started" }
+
+        let console = try await eventually("boot marker") { () -> String? in
+            let text = try await agent.get("/v1/vms/life1/console").text
+            return text.contains("VSPHERE-GUEST-READY name=life1") ? text : nil
+        }
+        #expect(console.contains("ip=10.250.1.111/24"))
+        _ = try await eventually("ping 10.250.1.111", timeout: .seconds(30)) { try Testbed.ping("10.250.1.111") ? true : nil }
+
+        // Service levels as libvirt reports them...
+        let tuning: VMTuning = try await agent.get("/v1/vms/life1/tuning").decode()
+        let quota = Int64((Double(limitMHz) / Double(inv.cpu.mhz) * 100_000).rounded())
+        #expect(tuning.scheduler["cpu_shares"]?.int == 2000)
+        #expect(tuning.scheduler["global_period"]?.int == 100_000)
+        #expect(tuning.scheduler["global_quota"]?.int == quota)
+        #expect(tuning.memory["hard_limit"]?.int == Int64(224 * 1024))
+        #expect(tuning.memory["soft_limit"]?.int == Int64(128 * 1024))
+        // ...and as the kernel enforces them.
+        let cpuPath = try #require(tuning.cgroups["cpu"])
+        let memPath = try #require(tuning.cgroups["memory"])
+        func cgroup(_ controller: String, _ path: String, _ file: String) throws -> String {
+            try String(contentsOfFile: "/sys/fs/cgroup/\(controller)\(path)/\(file)", encoding: .utf8)
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        #expect(try cgroup("cpu", cpuPath, "cpu.shares") == "2000")
+        #expect(try cgroup("cpu", cpuPath, "cpu.cfs_period_us") == "100000")
+        #expect(try cgroup("cpu", cpuPath, "cpu.cfs_quota_us") == String(quota))
+        #expect(try cgroup("memory", memPath, "memory.limit_in_bytes") == String(224 * 1024 * 1024))
+        #expect(try cgroup("memory", memPath, "memory.soft_limit_in_bytes") == String(128 * 1024 * 1024))
+
+        let stats: VMStats = try await agent.get("/v1/vms/life1/stats").decode()
+        #expect(stats.state == "running")
+        #expect(stats.cpuTimeNs > 0)
+        #expect(stats.raw["vcpu.current"]?.int == 1)
+
+        let inv2: HostInventory = try await agent.get("/v1/host").decode()
+        #expect(inv2.capacity.reservedMemoryMiB >= 128)
+        #expect(inv2.capacity.runningVMs >= 1)
+
+        // Starting twice is a state conflict; undefining a running VM needs force.
+        #expect(try await agent.post("/v1/vms/life1/start").status == 409)
+        #expect(try await agent.delete("/v1/vms/life1").status == 409)
+
+        let down = try await agent.post("/v1/vms/life1/shutdown?timeoutSeconds=60")
+        let result: ActionResult = try down.decode()
+        #expect(result.state == "shutoff")
+        #expect(result.how == "acpi", "the guest powers off on the ACPI power button")
+        _ = try await events.waitFor("stopped") { $0.domain == "life1" && $0.event == "stopped" }
+
+        #expect(try await agent.delete("/v1/vms/life1").status == 200)
+        #expect(try await agent.get("/v1/vms/life1").status == 404)
+        _ = try await events.waitFor("undefined") { $0.domain == "life1" && $0.event == "undefined" }
+    }
+
+    @Test func suspendResumeRebootDestroy() async throws {
+        let agent = try Testbed.agent("h2")
+        _ = try? await agent.request(.DELETE, "/v1/vms/ops1?force=true")
+        #expect(try await agent.put("/v1/vms/ops1", guestSpec("ops1", ip: "10.250.1.112")).status == 201)
+        #expect(try await agent.post("/v1/vms/ops1/start").status == 200)
+        let s1: ActionResult = try await agent.post("/v1/vms/ops1/suspend").decode()
+        #expect(s1.state == "paused")
+        let s2: ActionResult = try await agent.post("/v1/vms/ops1/resume").decode()
+        #expect(s2.state == "running")
+        #expect(try await agent.post("/v1/vms/ops1/reboot").status == 200)
+        let s3: ActionResult = try await agent.post("/v1/vms/ops1/destroy").decode()
+        #expect(s3.state == "shutoff")
+        #expect(try await agent.post("/v1/vms/ops1/destroy").status == 409, "destroying a stopped VM is a state conflict")
+        #expect(try await agent.delete("/v1/vms/ops1").status == 200)
+    }
+
+    @Test func malformedRequestsNameTheField() async throws {
+        let agent = try Testbed.agent("h1")
+        let bad = try await agent.request(.PUT, "/v1/vms/bad1", body: Data(#"{"name":"bad1","cpus":"two","memoryMiB":8,"color":"red"}"#.utf8))
+        #expect(bad.status == 400)
+        let body: ErrorBody = try bad.decode()
+        #expect(body.error.problems?.map(\.path) == ["color", "cpus"])
+        let bounds = try await agent.put("/v1/vms/bad1", VMSpec(name: "bad1", cpus: 1, memoryMiB: 8))
+        #expect(bounds.status == 400)
+        #expect(try bounds.decode(ErrorBody.self).error.problems?.first?.description == "memoryMiB: must be at least 16")
+        #expect(try await agent.put("/v1/vms/other", VMSpec(name: "bad1", cpus: 1, memoryMiB: 64)).status == 400)
+        #expect(try await agent.put("/v1/vms/bad1", VMSpec(name: "bad1", cpus: 1, memoryMiB: 64, disks: [.init(pool: "local")])).status == 400)
+        #expect(try await agent.request(.PUT, "/v1/vms/bad1", body: Data("{".utf8)).status == 400)
+        #expect(try await agent.get("/v1/vms/Bad_Name").status == 400)
+        #expect(try await agent.get("/v1/vms/no-such-vm").status == 404)
+        #expect(try await agent.post("/v1/vms/no-such-vm/start").status == 404)
+        #expect(try await agent.post("/v1/vms/no-such-vm/explode").status == 404)
+        #expect(try await agent.post("/v1/vms/no-such-vm/shutdown?timeoutSeconds=-1").status == 400)
+        #expect(try await agent.get("/v1/events?since=abc").status == 400)
+        // Nothing was defined by any of it.
+        let vms: [VMStatus] = try await agent.get("/v1/vms").decode()
+        #expect(!vms.contains { $0.name == "bad1" || $0.name == "other" })
+        // A hostile cmdline is stored as text, not markup.
+        var evil = guestSpec("evil1", ip: "10.250.1.113")
+        evil.boot?.cmdline = "console=ttyS0 </cmdline><devices><disk type='file'><source file='/etc/shadow'/></disk></devices>"
+        #expect(try await agent.put("/v1/vms/evil1", evil).status == 201)
+        let stored: VMStatus = try await agent.get("/v1/vms/evil1").decode()
+        #expect(stored.spec?.boot?.cmdline == evil.boot?.cmdline)
+        let (_, xml) = try Testbed.run(["bash", Testbed.script, "exec", "h1", "virsh", "-c", "qemu:///system", "dumpxml", "evil1"])
+        #expect(!xml.contains("/etc/shadow'/>"))
+        #expect(!xml.contains("<disk"))
+        #expect(try await agent.delete("/v1/vms/evil1").status == 200)
+    }
+
+    /// libvirtd restarts under a running agent: the agent reports the loss, reconnects, and its event
+    /// stream goes on with events from the new connection. A guest running across the restart survives.
+    @Test func agentSurvivesLibvirtdRestart() async throws {
+        let agent = try Testbed.agent("h2")
+        _ = try? await agent.request(.DELETE, "/v1/vms/keep1?force=true")
+        #expect(try await agent.put("/v1/vms/keep1", guestSpec("keep1", ip: "10.250.1.114")).status == 201)
+        #expect(try await agent.post("/v1/vms/keep1/start").status == 200)
+        let events = agent.follow()
+        defer { events.stop() }
+        try await Task.sleep(for: .milliseconds(500))
+
+        let (rc, out) = try Testbed.run(["bash", Testbed.script, "restart-libvirtd", "h2"])
+        #expect(rc == 0, "\(out)")
+        _ = try await events.waitFor("libvirt-disconnected") { $0.kind == "agent" && $0.event == "libvirt-disconnected" }
+        _ = try await events.waitFor("libvirt-connected") { $0.kind == "agent" && $0.event == "libvirt-connected" }
+
+        let status: VMStatus = try await eventually("agent serving again") {
+            let r = try await agent.get("/v1/vms/keep1")
+            return r.status == 200 ? try r.decode(VMStatus.self) : nil
+        }
+        #expect(status.state == "running", "the guest outlives its libvirtd")
+        #expect(try await agent.put("/v1/vms/after1", guestSpec("after1", ip: "10.250.1.115")).status == 201)
+        _ = try await events.waitFor("defined after reconnect") { $0.domain == "after1" && $0.event == "defined" }
+        #expect(try await agent.delete("/v1/vms/after1").status == 200)
+        #expect(try await agent.request(.DELETE, "/v1/vms/keep1?force=true").status == 200)
+
+        // A client that lost its stream catches up from the last id it saw.
+        let last = events.events.withLock { $0.last?.seq ?? 0 }
+        let replay = agent.follow(since: max(0, last - 2))
+        defer { replay.stop() }
+        let first = try await replay.waitFor("replayed") { _ in true }
+        #expect(first.seq == max(1, last - 1))
+    }
+}

@@ -1,0 +1,150 @@
+import AgentAPI
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import NIOHTTP1
+import NIOFoundationCompat
+import NIOSSL
+import Synchronization
+import Testing
+
+/// The testbed that `scripts/testbed.sh up` made (make test brings it up and down around the suite).
+struct Testbed {
+    static let dir = ProcessInfo.processInfo.environment["VSPHERE_TESTBED"] ?? ""
+    static var available: Bool { !dir.isEmpty && FileManager.default.fileExists(atPath: dir + "/hosts") }
+    static let guestDir = ProcessInfo.processInfo.environment["VSPHERE_GUEST_DIR"] ?? ""
+    static let script = ProcessInfo.processInfo.environment["VSPHERE_TESTBED_SCRIPT"] ?? "scripts/testbed.sh"
+
+    static func address(_ host: String) throws -> String {
+        try String(contentsOfFile: "\(dir)/\(host)/address", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    static func agent(_ host: String) throws -> AgentClient {
+        try AgentClient(base: "https://\(try address(host)):7443", certificate: "\(dir)/\(host)/agent/tls/agent-ca.crt")
+    }
+
+    /// Runs a command and returns (status, output).
+    @discardableResult
+    static func run(_ args: [String]) throws -> (Int32, String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        // The parent's copy of the write end must go, or the read below never sees end-of-file.
+        try pipe.fileHandleForWriting.close()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+
+    static func ping(_ address: String) throws -> Bool {
+        try run(["ping", "-c", "1", "-W", "1", address]).0 == 0
+    }
+}
+
+struct HTTPResult {
+    var status: Int
+    var body: Data
+    var text: String { String(decoding: body, as: UTF8.self) }
+    func decode<T: Decodable>(_: T.Type = T.self) throws -> T { try JSONDecoder().decode(T.self, from: body) }
+}
+
+/// An HTTPS client of one agent, trusting only that agent's certificate.
+final class AgentClient: Sendable {
+    let base: String
+    let client: HTTPClient
+
+    init(base: String, certificate: String) throws {
+        self.base = base
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(certificate))
+        var config = HTTPClient.Configuration(tlsConfiguration: tls)
+        config.timeout = .init(connect: .seconds(5), read: .seconds(120))
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+    }
+
+    deinit { try? client.syncShutdown() }
+
+    func request(_ method: HTTPMethod, _ path: String, body: Data? = nil) async throws -> HTTPResult {
+        var req = HTTPClientRequest(url: base + path)
+        req.method = method
+        if let body {
+            req.body = .bytes(ByteBuffer(data: body))
+            req.headers.add(name: "Content-Type", value: "application/json")
+        }
+        let resp = try await client.execute(req, timeout: .seconds(120))
+        let bytes = try await resp.body.collect(upTo: 16 << 20)
+        return HTTPResult(status: Int(resp.status.code), body: Data(buffer: bytes))
+    }
+
+    func get(_ path: String) async throws -> HTTPResult { try await request(.GET, path) }
+    func post(_ path: String) async throws -> HTTPResult { try await request(.POST, path) }
+    func delete(_ path: String) async throws -> HTTPResult { try await request(.DELETE, path) }
+    func put<T: Encodable>(_ path: String, _ value: T) async throws -> HTTPResult {
+        try await request(.PUT, path, body: try JSONEncoder().encode(value))
+    }
+
+    /// Follows the agent's SSE stream in the background, collecting events.
+    func follow(since: Int64? = nil) -> EventFollower {
+        let follower = EventFollower()
+        let url = base + "/v1/events" + (since.map { "?since=\($0)" } ?? "")
+        let client = self.client
+        follower.task = Task {
+            var req = HTTPClientRequest(url: url)
+            req.method = .GET
+            guard let resp = try? await client.execute(req, timeout: .seconds(600)) else { return }
+            var pending = ""
+            do {
+                for try await chunk in resp.body {
+                    pending += String(buffer: chunk)
+                    while let r = pending.range(of: "\n\n") {
+                        let block = pending[..<r.lowerBound]
+                        pending = String(pending[r.upperBound...])
+                        for line in block.split(separator: "\n") where line.hasPrefix("data: ") {
+                            if let e = try? JSONDecoder().decode(AgentEvent.self, from: Data(line.dropFirst(6).utf8)) {
+                                follower.events.withLock { $0.append(e) }
+                            }
+                        }
+                    }
+                }
+            } catch {}
+        }
+        return follower
+    }
+}
+
+final class EventFollower: @unchecked Sendable {
+    let events = Mutex<[AgentEvent]>([])
+    var task: Task<Void, Never>?
+
+    /// Waits until an event matching `predicate` arrived.
+    func waitFor(_ what: String, timeout: Duration = .seconds(60), _ predicate: (AgentEvent) -> Bool) async throws -> AgentEvent {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if let e = events.withLock({ $0.first(where: predicate) }) { return e }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        let seen = events.withLock { $0.map { "\($0.kind)/\($0.event ?? "")/\($0.detail ?? "")/\($0.domain ?? "")" } }
+        throw TestFailure("no \(what) event within \(timeout); saw \(seen)")
+    }
+
+    func stop() { task?.cancel() }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// Polls `body` until it returns a value or the time is up.
+func eventually<T>(_ what: String, timeout: Duration = .seconds(90), every: Duration = .milliseconds(500), _ body: () async throws -> T?) async throws -> T {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if let v = try await body() { return v }
+        try await Task.sleep(for: every)
+    }
+    throw TestFailure("timed out after \(timeout) waiting for \(what)")
+}
