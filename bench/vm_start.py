@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Benchmark vm-start: start latency of the same defined domain through the agent's API vs `virsh start`
+on the same test host, alternating, N rounds, medians; and the agent's RSS idle and with 10 running VMs.
+Writes bench/results/vm-start.json."""
+import http.client, json, os, ssl, statistics, subprocess, sys, time
+
+TB = os.environ.get("VSPHERE_TESTBED", "/var/lib/vsphere-testbed")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUEST = os.path.join(ROOT, "guest", "out")
+ROUNDS = int(os.environ.get("ROUNDS", "10"))
+HOST = "h1"
+ADDR = open(f"{TB}/{HOST}/address").read().strip()
+HOLDER = open(f"{TB}/{HOST}/holder.pid").read().strip()
+AGENT_PID = open(f"{TB}/{HOST}/agent.pid").read().strip()
+
+ctx = ssl.create_default_context(cafile=f"{TB}/{HOST}/agent/tls/agent-ca.crt")
+conn = http.client.HTTPSConnection(ADDR, 7443, context=ctx, timeout=120)
+
+
+def api(method, path, body=None):
+    conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                 headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    data = r.read()
+    return r.status, (json.loads(data) if data and r.getheader("Content-Type", "").startswith("application/json") else data)
+
+
+def virsh(*args):
+    return subprocess.run(["nsenter", "-t", HOLDER, "-n", "-m", "-u", "--", "virsh", "-c", "qemu:///system", *args],
+                          capture_output=True, text=True)
+
+
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def spec(name):
+    return {"name": name, "cpus": 1, "memoryMiB": 128,
+            "boot": {"kernel": f"{GUEST}/vmlinuz", "initrd": f"{GUEST}/initrd.img", "cmdline": f"console=ttyS0 vs.name={name}"}}
+
+
+def main():
+    # Idle RSS: the agent after start-up and a few requests, with no VM.
+    api("GET", "/v1/host")
+    api("GET", "/v1/vms")
+    time.sleep(1)
+    rss_idle = rss_kib(AGENT_PID)
+
+    status, _ = api("PUT", "/v1/vms/bench1", spec("bench1"))
+    assert status in (200, 201), status
+    agent_ms, virsh_ms = [], []
+    for i in range(ROUNDS):
+        for way in (("agent", "virsh") if i % 2 == 0 else ("virsh", "agent")):
+            if way == "agent":
+                t = time.perf_counter()
+                status, body = api("POST", "/v1/vms/bench1/start")
+                agent_ms.append((time.perf_counter() - t) * 1000)
+                assert status == 200, body
+            else:
+                t = time.perf_counter()
+                r = virsh("start", "bench1")
+                virsh_ms.append((time.perf_counter() - t) * 1000)
+                assert r.returncode == 0, r.stderr
+            virsh("destroy", "bench1")
+    api("DELETE", "/v1/vms/bench1?force=true")
+
+    # RSS with 10 running VMs, after the controller-like calls an agent serves all day.
+    for i in range(10):
+        api("PUT", f"/v1/vms/rss{i}", spec(f"rss{i}"))
+        api("POST", f"/v1/vms/rss{i}/start")
+    for _ in range(20):
+        api("GET", "/v1/stats")
+        api("GET", "/v1/vms")
+        api("GET", "/v1/host")
+    rss_10 = rss_kib(AGENT_PID)
+    for i in range(10):
+        api("DELETE", f"/v1/vms/rss{i}?force=true")
+
+    a, v = statistics.median(agent_ms), statistics.median(virsh_ms)
+    result = {
+        "benchmark": "vm-start", "peer": "virsh start (same defined domain, same host)", "rounds": ROUNDS,
+        "agentMedianMs": round(a, 1), "virshMedianMs": round(v, 1), "ratio": round(a / v, 3), "goalRatio": 1.10,
+        "agentMs": [round(x, 1) for x in agent_ms], "virshMs": [round(x, 1) for x in virsh_ms],
+        "agentRssIdleMiB": round(rss_idle / 1024, 1), "agentRss10VMsMiB": round(rss_10 / 1024, 1), "goalRssIdleMiB": 30,
+        "accelerator": "tcg", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    with open(os.path.join(ROOT, "bench", "results", "vm-start.json"), "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    print(f"{'benchmark':<10} {'ours':>12} {'peer':>12} {'ratio':>7} {'goal':>6}")
+    print(f"{'vm-start':<10} {a:>10.1f}ms {v:>10.1f}ms {a / v:>7.3f} {'<=1.10':>6}")
+    print(f"{'agent RSS':<10} {rss_idle / 1024:>9.1f}MiB idle, {rss_10 / 1024:.1f} MiB with 10 VMs (goal <= 30 MiB idle)")
+
+
+if __name__ == "__main__":
+    main()
