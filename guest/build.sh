@@ -52,7 +52,7 @@ add_module() {
     cp "$path" "$root/lib/modules/"
     order+=("$name.ko")
 }
-for m in virtio_pci virtio_net virtio_blk virtio_balloon button evdev ext4; do add_module "$m"; done
+for m in virtio_pci virtio_net virtio_blk virtio_balloon button evdev crc32c_generic ext4; do add_module "$m"; done
 printf '%s\n' "${order[@]}" > "$root/lib/modules/order"
 # busybox acpid maps the power button to the action PWRF/00000080 under its config directory.
 mkdir -p "$root/etc/acpi/PWRF" "$root/var/log"

@@ -296,7 +296,7 @@ case "$cmd" in
     up) up "$@" ;;
     down) down ;;
     status) status ;;
-    exec) h=$1; shift; in_host "$h" "$@" ;;
+    exec) h=$1; shift; exec nsenter -t "$(holder "$h")" -n -m -u -- "$@" ;;
     restart-libvirtd) restart_libvirtd "$1" ;;
     stop-libvirtd) in_host "$1" sh -c 'kill $(cat /run/libvirtd.pid)' ;;
     start-libvirtd) in_host "$1" libvirtd -d --listen </dev/null >>"$TB/$1/libvirtd.log" 2>&1 ;;

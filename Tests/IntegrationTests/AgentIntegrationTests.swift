@@ -193,3 +193,86 @@ struct AgentOnTestbed {
         #expect(first.seq == max(1, last - 1))
     }
 }
+
+@Suite(.serialized, .enabled(if: Testbed.available && !Testbed.agentBinary.isEmpty, "needs the testbed and VSPHERE_AGENT_BIN"))
+struct AgentProcess {
+    /// systemd stops the agent with SIGTERM: open event streams end, the process exits 0, promptly.
+    @Test func sigtermIsAGracefulStop() async throws {
+        let addr = try Testbed.address("h1")
+        let dataDir = "\(Testbed.dir)/h1/agent-sigterm"
+        let pid = try Testbed.spawn([
+            "bash", Testbed.script, "exec", "h1", Testbed.agentBinary, "--listen", addr, "--port", "7444",
+            "--data-dir", dataDir, "--accelerator", "tcg", "--host-name", "h1",
+        ], log: "\(Testbed.dir)/h1/agent-sigterm.log")
+        var reaped = false
+        defer { if !reaped { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) } }
+        let agent = try await eventually("second agent up", timeout: .seconds(60)) { () -> AgentClient? in
+            guard FileManager.default.fileExists(atPath: dataDir + "/tls/agent-ca.crt") else { return nil }
+            let c = try AgentClient(base: "https://\(addr):7444", certificate: dataDir + "/tls/agent-ca.crt")
+            return (try? await c.get("/healthz"))?.status == 200 ? c : nil
+        }
+        // This agent watches the same libvirtd as h1's main agent: replay from its first event.
+        let events = agent.follow(since: 0)
+        defer { events.stop() }
+        _ = try await events.waitFor("connected") { $0.event == "libvirt-connected" }
+
+        // `bash testbed.sh exec` execs nsenter, which execs the agent: the pid is the agent's.
+        let start = ContinuousClock.now
+        #expect(kill(pid, SIGTERM) == 0)
+        let status = try await eventually("agent exit", timeout: .seconds(20), every: .milliseconds(100)) { () -> Int32? in
+            var s: Int32 = 0
+            return waitpid(pid, &s, WNOHANG) == pid ? s : nil
+        }
+        reaped = true
+        #expect(status & 0x7f == 0, "exited rather than killed by a signal")
+        #expect((status >> 8) & 0xff == 0, "exit status 0")
+        #expect(ContinuousClock.now - start < .seconds(10))
+        _ = try await eventually("event stream closed by the server", timeout: .seconds(5), every: .milliseconds(100)) {
+            events.ended.withLock { $0 } ? true : nil
+        }
+        let log = (try? String(contentsOfFile: "\(Testbed.dir)/h1/agent-sigterm.log", encoding: .utf8)) ?? ""
+        #expect(log.contains("vsphere-agent stopped"))
+    }
+}
+
+@Suite(.serialized, .enabled(if: Testbed.available, "needs the testbed (make test brings it up)"))
+struct GuestImage {
+    /// The qcow2 variant boots from its ext4 root disk (through a linked-clone overlay), and the guest
+    /// dirties memory with non-zero data when asked: QEMU's own dirty-rate measurement sees it.
+    @Test func diskVariantBootsAndDirtiesMemory() async throws {
+        let agent = try Testbed.agent("h2")
+        let overlay = "\(Testbed.dir)/h2/dirty1.qcow2"
+        let (rc, out) = try Testbed.run([
+            "qemu-img", "create", "-q", "-f", "qcow2", "-b", Testbed.guestDir + "/disk.qcow2", "-F", "qcow2", overlay,
+        ])
+        #expect(rc == 0, "\(out)")
+        _ = try? await agent.request(.DELETE, "/v1/vms/dirty1?force=true")
+        let spec = VMSpec(
+            name: "dirty1", cpus: 1, memoryMiB: 256,
+            boot: .init(
+                kernel: Testbed.guestDir + "/vmlinuz", initrd: Testbed.guestDir + "/initrd.img",
+                cmdline: "console=ttyS0 vs.root=/dev/vda vs.name=dirty1 vs.dirty=32:0"),
+            disks: [.init(path: overlay, format: "qcow2")])
+        #expect(try await agent.put("/v1/vms/dirty1", spec).status == 201)
+        #expect(try await agent.post("/v1/vms/dirty1/start").status == 200)
+        defer { Task { _ = try? await agent.request(.DELETE, "/v1/vms/dirty1?force=true") } }
+        let console = try await eventually("boot marker") { () -> String? in
+            let text = try await agent.get("/v1/vms/dirty1/console").text
+            return text.contains("VSPHERE-GUEST-READY") ? text : nil
+        }
+        #expect(console.contains("root=disk"), "booted from the qcow2 root disk")
+
+        let virsh = ["bash", Testbed.script, "exec", "h2", "virsh", "-c", "qemu:///system"]
+        let (crc, cout) = try Testbed.run(virsh + ["domdirtyrate-calc", "dirty1", "--seconds", "2"])
+        #expect(crc == 0, "\(cout)")
+        let rate = try await eventually("dirty rate", timeout: .seconds(30)) { () -> Int? in
+            let (_, stats) = try Testbed.run(virsh + ["domstats", "dirty1", "--dirtyrate"])
+            guard stats.contains("dirtyrate.calc_status=2") else { return nil }
+            let line = stats.split(separator: "\n").first { $0.contains("dirtyrate.megabytes_per_second=") }
+            return line.flatMap { Int($0.split(separator: "=").last ?? "") }
+        }
+        #expect(rate >= 1, "the guest dirties memory (QEMU measured \(rate) MiB/s)")
+        #expect(try await agent.request(.DELETE, "/v1/vms/dirty1?force=true").status == 200)
+        try? FileManager.default.removeItem(atPath: overlay)
+    }
+}

@@ -14,6 +14,7 @@ struct Testbed {
     static var available: Bool { !dir.isEmpty && FileManager.default.fileExists(atPath: dir + "/hosts") }
     static let guestDir = ProcessInfo.processInfo.environment["VSPHERE_GUEST_DIR"] ?? ""
     static let script = ProcessInfo.processInfo.environment["VSPHERE_TESTBED_SCRIPT"] ?? "scripts/testbed.sh"
+    static let agentBinary = ProcessInfo.processInfo.environment["VSPHERE_AGENT_BIN"] ?? ""
 
     static func address(_ host: String) throws -> String {
         try String(contentsOfFile: "\(dir)/\(host)/address", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -21,6 +22,22 @@ struct Testbed {
 
     static func agent(_ host: String) throws -> AgentClient {
         try AgentClient(base: "https://\(try address(host)):7443", certificate: "\(dir)/\(host)/agent/tls/agent-ca.crt")
+    }
+
+    /// Starts a command in the background with its output in `log`; returns its pid (reap it with waitpid).
+    static func spawn(_ args: [String], log: String) throws -> pid_t {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        let argv = args.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawnp(&pid, args[0], &actions, nil, argv, environ)
+        guard rc == 0 else { throw TestFailure("cannot run \(args[0]): \(String(cString: strerror(rc)))") }
+        return pid
     }
 
     /// Runs a command and returns (status, output). posix_spawn + waitpid: Foundation's
@@ -118,6 +135,7 @@ final class AgentClient: Sendable {
                     }
                 }
             } catch {}
+            follower.ended.withLock { $0 = true }
         }
         return follower
     }
@@ -125,6 +143,8 @@ final class AgentClient: Sendable {
 
 final class EventFollower: @unchecked Sendable {
     let events = Mutex<[AgentEvent]>([])
+    /// Set when the server ended the stream.
+    let ended = Mutex(false)
     var task: Task<Void, Never>?
 
     /// Waits until an event matching `predicate` arrived.
