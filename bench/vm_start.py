@@ -12,6 +12,7 @@ HOST = "h1"
 ADDR = open(f"{TB}/{HOST}/address").read().strip()
 HOLDER = open(f"{TB}/{HOST}/holder.pid").read().strip()
 AGENT_PID = open(f"{TB}/{HOST}/agent.pid").read().strip()
+assert open(f"/proc/{AGENT_PID}/comm").read().strip() == "vsphere-agent", "agent.pid is not the agent"
 
 ctx = ssl.create_default_context(cafile=f"{TB}/{HOST}/agent/tls/agent-ca.crt")
 conn = http.client.HTTPSConnection(ADDR, 7443, context=ctx, timeout=120)

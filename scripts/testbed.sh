@@ -125,7 +125,8 @@ start_agent() {
     local h=$1 dir="$TB/$1" addr
     addr=$(cat "$dir/address")
     [ -x "$AGENT" ] || { log "no agent binary at $AGENT (run swift build first)"; return 1; }
-    in_host "$h" setsid "$AGENT" --config "$dir/agent.json" \
+    # nsenter execs the agent (no fork without a PID namespace), so $! is the agent's own pid.
+    nsenter -t "$(holder "$h")" -n -m -u -- "$AGENT" --config "$dir/agent.json" \
         </dev/null >>"$dir/agent.log" 2>&1 &
     echo $! >"$dir/agent.pid"
     wait_for 60 "agent on $h" curl -sfk "https://$addr:7443/healthz"
