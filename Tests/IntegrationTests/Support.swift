@@ -46,17 +46,7 @@ struct Testbed {
     static func run(_ args: [String]) throws -> (Int32, String) {
         let out = FileManager.default.temporaryDirectory.appendingPathComponent("vs-run-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: out) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, out.path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let argv = args.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var pid: pid_t = 0
-        let rc = posix_spawnp(&pid, args[0], &actions, nil, argv, environ)
-        guard rc == 0 else { throw TestFailure("cannot run \(args[0]): \(String(cString: strerror(rc)))") }
+        let pid = try spawn(args, log: out.path)
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         let text = (try? String(contentsOf: out, encoding: .utf8)) ?? ""
