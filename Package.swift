@@ -33,6 +33,8 @@ let package = Package(
 
         // Pure: the VM spec, its validation and service-level arithmetic. No I/O.
         .target(name: "ClusterModel", swiftSettings: strict),
+        // Pure: the scheduler (filters and weights over a snapshot).
+        .target(name: "Placement", dependencies: ["ClusterModel"], swiftSettings: strict),
         // Pure: VM spec -> libvirt domain XML and back, built with libxml2's tree API.
         .target(name: "DomainXML", dependencies: ["ClusterModel", "CLibXML2"], swiftSettings: strict),
         // Safe wrapper over libvirt's C API.
@@ -79,12 +81,13 @@ let package = Package(
         .executableTarget(
             name: "vsphere-ctl",
             dependencies: [
-                "ClusterModel",
+                "ClusterModel", "Placement",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
 
         .testTarget(name: "ClusterModelTests", dependencies: ["ClusterModel"]),
+        .testTarget(name: "PlacementTests", dependencies: ["Placement", "ClusterModel"]),
         .testTarget(name: "DomainXMLTests", dependencies: ["DomainXML", "ClusterModel"]),
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt", "DomainXML", "ClusterModel"]),
         .testTarget(

@@ -8,7 +8,7 @@ packages=(
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev libxml2-dev
     qemu-system-x86 qemu-utils
     busybox-static cpio e2fsprogs
-    iproute2 iputils-ping util-linux procps curl python3 pkg-config
+    iproute2 iputils-ping util-linux procps curl python3 python3-jsonschema pkg-config
 )
 missing=()
 for p in "${packages[@]}"; do

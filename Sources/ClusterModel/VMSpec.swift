@@ -19,12 +19,22 @@ public struct VMSpec: Codable, Sendable, Equatable {
     public var nics: [NIC]
     public var resources: ServiceLevels?
     public var resourcePool: String?
+    /// Manifest level: where the VM may run.
+    public var placement: Placement?
+    /// Manifest level: `running` (default) or `stopped`.
+    public var powerState: String?
+    /// Simulation and observed state: the host the VM runs on.
+    public var host: String?
 
     public init(
         name: String, uuid: String? = nil, cpus: Int, memoryMiB: Int, topology: CPUTopology? = nil,
         machine: String? = nil, cpuModel: String? = nil, boot: Boot? = nil, disks: [Disk] = [],
-        nics: [NIC] = [], resources: ServiceLevels? = nil, resourcePool: String? = nil
+        nics: [NIC] = [], resources: ServiceLevels? = nil, resourcePool: String? = nil,
+        placement: Placement? = nil, powerState: String? = nil, host: String? = nil
     ) {
+        self.placement = placement
+        self.powerState = powerState
+        self.host = host
         self.name = name
         self.uuid = uuid
         self.cpus = cpus
@@ -41,6 +51,7 @@ public struct VMSpec: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case name, uuid, cpus, memoryMiB, topology, machine, cpuModel, boot, disks, nics, resources, resourcePool
+        case placement, powerState, host
     }
 
     public init(from decoder: any Decoder) throws {
@@ -57,6 +68,23 @@ public struct VMSpec: Codable, Sendable, Equatable {
         nics = try c.decodeIfPresent([NIC].self, forKey: .nics) ?? []
         resources = try c.decodeIfPresent(ServiceLevels.self, forKey: .resources)
         resourcePool = try c.decodeIfPresent(String.self, forKey: .resourcePool)
+        placement = try c.decodeIfPresent(Placement.self, forKey: .placement)
+        powerState = try c.decodeIfPresent(String.self, forKey: .powerState)
+        host = try c.decodeIfPresent(String.self, forKey: .host)
+    }
+
+    /// Placement constraints: a site, a set of allowed hosts, VMs to keep apart or together.
+    public struct Placement: Codable, Sendable, Equatable {
+        public var site: String?
+        public var hosts: [String]?
+        public var antiAffinity: [String]?
+        public var affinity: [String]?
+        public init(site: String? = nil, hosts: [String]? = nil, antiAffinity: [String]? = nil, affinity: [String]? = nil) {
+            self.site = site
+            self.hosts = hosts
+            self.antiAffinity = antiAffinity
+            self.affinity = affinity
+        }
     }
 
     public struct CPUTopology: Codable, Sendable, Equatable {
@@ -135,10 +163,14 @@ public struct ServiceLevels: Codable, Sendable, Equatable {
         public var reservationMHz: Int?
         public var shares: Shares?
         public var limitMHz: Int?
-        public init(reservationMHz: Int? = nil, shares: Shares? = nil, limitMHz: Int? = nil) {
+        /// Resource pools only: whether children may reserve beyond the pool's own reservation
+        /// (borrowing from its parent), as vSphere's expandable reservation. Default true.
+        public var expandable: Bool?
+        public init(reservationMHz: Int? = nil, shares: Shares? = nil, limitMHz: Int? = nil, expandable: Bool? = nil) {
             self.reservationMHz = reservationMHz
             self.shares = shares
             self.limitMHz = limitMHz
+            self.expandable = expandable
         }
     }
 
@@ -146,10 +178,13 @@ public struct ServiceLevels: Codable, Sendable, Equatable {
         public var reservationMiB: Int?
         public var shares: Shares?
         public var limitMiB: Int?
-        public init(reservationMiB: Int? = nil, shares: Shares? = nil, limitMiB: Int? = nil) {
+        /// Resource pools only (see CPULevels.expandable).
+        public var expandable: Bool?
+        public init(reservationMiB: Int? = nil, shares: Shares? = nil, limitMiB: Int? = nil, expandable: Bool? = nil) {
             self.reservationMiB = reservationMiB
             self.shares = shares
             self.limitMiB = limitMiB
+            self.expandable = expandable
         }
     }
 }

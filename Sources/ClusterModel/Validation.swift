@@ -50,7 +50,8 @@ extension VMSpec {
         } catch {
             throw ValidationFailure([ValidationProblem(prefix, "not valid JSON")])
         }
-        var problems = SchemaWalk.vmSpec.unknownFields(in: raw, path: prefix)
+        var problems = Shape.vmSpec.problems(in: raw, path: prefix)
+        if !problems.isEmpty { throw ValidationFailure(problems) }
         let spec: VMSpec
         do {
             spec = try JSONDecoder().decode(VMSpec.self, from: data)
@@ -215,49 +216,3 @@ private func typeName(_ type: Any.Type) -> String {
     }
 }
 
-/// The object shape of a document: which keys each object may hold, for unknown-field reports.
-indirect enum SchemaWalk: Sendable {
-    case object([String: SchemaWalk])
-    case array(SchemaWalk)
-    case leaf
-
-    func unknownFields(in value: Any, path: String) -> [ValidationProblem] {
-        switch self {
-        case .leaf:
-            return []
-        case .array(let element):
-            guard let items = value as? [Any] else { return [] }
-            return items.enumerated().flatMap { element.unknownFields(in: $1, path: "\(path)[\($0)]") }
-        case .object(let fields):
-            guard let dict = value as? [String: Any] else { return [] }
-            var out: [ValidationProblem] = []
-            for key in dict.keys.sorted() {
-                let sub = path.isEmpty ? key : "\(path).\(key)"
-                guard let shape = fields[key] else {
-                    out.append(.init(sub, "unknown field"))
-                    continue
-                }
-                out += shape.unknownFields(in: dict[key]!, path: sub)
-            }
-            return out
-        }
-    }
-
-    static let levels: SchemaWalk = .object([
-        "cpu": .object(["reservationMHz": .leaf, "shares": .leaf, "limitMHz": .leaf]),
-        "memory": .object(["reservationMiB": .leaf, "shares": .leaf, "limitMiB": .leaf]),
-    ])
-
-    static let vmSpec: SchemaWalk = .object([
-        "name": .leaf, "uuid": .leaf, "cpus": .leaf, "memoryMiB": .leaf,
-        "topology": .object(["sockets": .leaf, "cores": .leaf, "threads": .leaf]),
-        "machine": .leaf, "cpuModel": .leaf,
-        "boot": .object(["kernel": .leaf, "initrd": .leaf, "cmdline": .leaf]),
-        "disks": .array(.object([
-            "path": .leaf, "format": .leaf, "readonly": .leaf, "pool": .leaf, "sizeGiB": .leaf, "from": .leaf,
-        ])),
-        "nics": .array(.object(["network": .leaf, "bridge": .leaf, "mac": .leaf, "model": .leaf])),
-        "resources": levels,
-        "resourcePool": .leaf,
-    ])
-}

@@ -1,0 +1,178 @@
+import Foundation
+
+/// The contract's cluster document (Schemas/cluster.schema.json). Every section is optional;
+/// `apply` merges documents by name.
+public struct ClusterManifest: Codable, Sendable, Equatable {
+    public var apiVersion: String
+    public var kind: String
+    public var metadata: Metadata?
+    public var settings: Settings?
+    public var sites: [Site]?
+    public var hosts: [Host]?
+    public var storagePools: [StoragePool]?
+    public var networks: [Network]?
+    public var resourcePools: [ResourcePool]?
+    public var vms: [VMSpec]?
+
+    public init(
+        apiVersion: String = "vsphere/v1", kind: String = "Cluster", metadata: Metadata? = nil, settings: Settings? = nil,
+        sites: [Site]? = nil, hosts: [Host]? = nil, storagePools: [StoragePool]? = nil, networks: [Network]? = nil,
+        resourcePools: [ResourcePool]? = nil, vms: [VMSpec]? = nil
+    ) {
+        self.apiVersion = apiVersion
+        self.kind = kind
+        self.metadata = metadata
+        self.settings = settings
+        self.sites = sites
+        self.hosts = hosts
+        self.storagePools = storagePools
+        self.networks = networks
+        self.resourcePools = resourcePools
+        self.vms = vms
+    }
+
+    public struct Metadata: Codable, Sendable, Equatable {
+        public var name: String
+        public init(name: String) { self.name = name }
+    }
+
+    public struct Settings: Codable, Sendable, Equatable {
+        public var placement: PlacementSettings?
+        public init(placement: PlacementSettings? = nil) { self.placement = placement }
+    }
+
+    public struct PlacementSettings: Codable, Sendable, Equatable {
+        /// `spread` (default) or `pack`.
+        public var strategy: String?
+        /// vCPUs per physical CPU (default 4, as the reference install's 8 cores at 4:1).
+        public var cpuOvercommit: Double?
+        /// Memory is not overcommitted unless this is above 1 (default 1).
+        public var memoryOvercommit: Double?
+        public init(strategy: String? = nil, cpuOvercommit: Double? = nil, memoryOvercommit: Double? = nil) {
+            self.strategy = strategy
+            self.cpuOvercommit = cpuOvercommit
+            self.memoryOvercommit = memoryOvercommit
+        }
+    }
+
+    public struct Site: Codable, Sendable, Equatable {
+        public var name: String
+        public init(name: String) { self.name = name }
+    }
+
+    public struct Host: Codable, Sendable, Equatable {
+        public var name: String
+        public var site: String?
+        /// The agent's URL, e.g. https://10.250.1.1:7443. Hosts of a simulation need none.
+        public var agent: String?
+        /// Simulation only: `connected` (default), `maintenance`, `poweredOff`, `disconnected`.
+        public var state: String?
+        public var power: Power?
+        /// Simulation: the host's size (real hosts report theirs through the agent).
+        public var capacity: Capacity?
+        public init(name: String, site: String? = nil, agent: String? = nil, state: String? = nil, power: Power? = nil, capacity: Capacity? = nil) {
+            self.name = name
+            self.site = site
+            self.agent = agent
+            self.state = state
+            self.power = power
+            self.capacity = capacity
+        }
+    }
+
+    public struct Capacity: Codable, Sendable, Equatable {
+        public var cpus: Int
+        public var memoryMiB: Int
+        /// Core speed, for MHz reservations and limits (default 2000).
+        public var cpuMHz: Int?
+        public init(cpus: Int, memoryMiB: Int, cpuMHz: Int? = nil) {
+            self.cpus = cpus
+            self.memoryMiB = memoryMiB
+            self.cpuMHz = cpuMHz
+        }
+    }
+
+    /// A host power driver and its options (`ipmi`: address, username, passwordFile; `wol`: mac,
+    /// broadcast; `command`: on, off, status; `none`).
+    public struct Power: Codable, Sendable, Equatable {
+        public var driver: String
+        public var options: [String: String]
+
+        public init(driver: String, options: [String: String] = [:]) {
+            self.driver = driver
+            self.options = options
+        }
+
+        struct Key: CodingKey {
+            var stringValue: String
+            var intValue: Int? { nil }
+            init(stringValue: String) { self.stringValue = stringValue }
+            init?(intValue: Int) { nil }
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: Key.self)
+            driver = try c.decode(String.self, forKey: Key(stringValue: "driver"))
+            var options: [String: String] = [:]
+            for key in c.allKeys where key.stringValue != "driver" {
+                options[key.stringValue] = try c.decode(String.self, forKey: key)
+            }
+            self.options = options
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: Key.self)
+            try c.encode(driver, forKey: Key(stringValue: "driver"))
+            for (k, v) in options { try c.encode(v, forKey: Key(stringValue: k)) }
+        }
+
+        static let optionsByDriver: [String: Set<String>] = [
+            "ipmi": ["address", "username", "passwordFile", "interface"],
+            "wol": ["mac", "broadcast", "interface"],
+            "command": ["on", "off", "status"],
+            "testbed": ["host"],
+            "none": [],
+        ]
+    }
+
+    public struct StoragePool: Codable, Sendable, Equatable {
+        public var name: String
+        /// `dir`, `shared`, `logical` or `rbd`.
+        public var type: String
+        public var path: String?
+        public var volumeGroup: String?
+        public init(name: String, type: String, path: String? = nil, volumeGroup: String? = nil) {
+            self.name = name
+            self.type = type
+            self.path = path
+            self.volumeGroup = volumeGroup
+        }
+    }
+
+    public struct Network: Codable, Sendable, Equatable {
+        public var name: String
+        /// `bridge` (default) or `vxlan`.
+        public var type: String?
+        public var vlan: Int?
+        public var vni: Int?
+        public init(name: String, type: String? = nil, vlan: Int? = nil, vni: Int? = nil) {
+            self.name = name
+            self.type = type
+            self.vlan = vlan
+            self.vni = vni
+        }
+    }
+
+    public struct ResourcePool: Codable, Sendable, Equatable {
+        public var name: String
+        public var parent: String?
+        public var cpu: ServiceLevels.CPULevels?
+        public var memory: ServiceLevels.MemoryLevels?
+        public init(name: String, parent: String? = nil, cpu: ServiceLevels.CPULevels? = nil, memory: ServiceLevels.MemoryLevels? = nil) {
+            self.name = name
+            self.parent = parent
+            self.cpu = cpu
+            self.memory = memory
+        }
+    }
+}

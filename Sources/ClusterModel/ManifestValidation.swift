@@ -1,0 +1,189 @@
+import Foundation
+
+extension ClusterManifest {
+    /// Parses, checks the shape (every unknown field and wrong type) and then the meaning of a cluster
+    /// document; throws every problem found, each with its JSON path.
+    public static func decodeValidated(_ data: Data) throws(ValidationFailure) -> ClusterManifest {
+        let raw: Any
+        do {
+            raw = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
+        } catch {
+            throw ValidationFailure([ValidationProblem("", "not valid JSON")])
+        }
+        let shapeProblems = Shape.manifest.problems(in: raw, path: "")
+        if !shapeProblems.isEmpty { throw ValidationFailure(shapeProblems) }
+        let manifest: ClusterManifest
+        do {
+            manifest = try JSONDecoder().decode(ClusterManifest.self, from: data)
+        } catch let error as DecodingError {
+            throw ValidationFailure([problem(from: error, prefix: "")])
+        } catch {
+            throw ValidationFailure([ValidationProblem("", "\(error)")])
+        }
+        let problems = manifest.validate()
+        if !problems.isEmpty { throw ValidationFailure(problems) }
+        return manifest
+    }
+
+    /// Meaning: names, duplicates, references, bounds, resource-pool cycles and admission control.
+    /// A reference into a section the document does not have is left to the controller, which knows
+    /// the merged state; a reference into a section the document has must resolve in it.
+    public func validate() -> [ValidationProblem] {
+        var out: [ValidationProblem] = []
+        let nameRule = "must match ^[a-z][a-z0-9-]{0,62}$"
+        if apiVersion != "vsphere/v1" { out.append(.init("apiVersion", "must be vsphere/v1")) }
+        if kind != "Cluster" { out.append(.init("kind", "must be Cluster")) }
+        if let m = metadata, !Names.isValid(m.name) { out.append(.init("metadata.name", nameRule)) }
+        if let p = settings?.placement {
+            if let s = p.strategy, s != "spread" && s != "pack" {
+                out.append(.init("settings.placement.strategy", "must be spread or pack"))
+            }
+            if let c = p.cpuOvercommit, !(c > 0 && c <= 64) {
+                out.append(.init("settings.placement.cpuOvercommit", "must be above 0 and at most 64"))
+            }
+            if let m = p.memoryOvercommit, !(m >= 1 && m <= 4) {
+                out.append(.init("settings.placement.memoryOvercommit", "must be between 1 and 4"))
+            }
+        }
+
+        func names<T>(_ section: String, _ items: [T]?, _ name: (T) -> String) -> Set<String>? {
+            guard let items else { return nil }
+            var seen: [String: Int] = [:]
+            for (i, item) in items.enumerated() {
+                let n = name(item)
+                if !Names.isValid(n) { out.append(.init("\(section)[\(i)].name", nameRule)) }
+                if let first = seen[n] {
+                    out.append(.init("\(section)[\(i)].name", "duplicate name \(n) (also \(section)[\(first)])"))
+                } else {
+                    seen[n] = i
+                }
+            }
+            return Set(seen.keys)
+        }
+        let siteNames = names("sites", sites, \.name)
+        let hostNames = names("hosts", hosts, \.name)
+        let poolNames = names("storagePools", storagePools, \.name)
+        let networkNames = names("networks", networks, \.name)
+        let rpNames = names("resourcePools", resourcePools, \.name)
+        let vmNames = names("vms", vms, \.name)
+
+        func ref(_ path: String, _ value: String, in known: Set<String>?, _ what: String) {
+            if let known, !known.contains(value) { out.append(.init(path, "no \(what) named \(value) in this document")) }
+        }
+
+        for (i, h) in (hosts ?? []).enumerated() {
+            let p = "hosts[\(i)]"
+            if let s = h.site { ref("\(p).site", s, in: siteNames, "site") }
+            if let a = h.agent {
+                if let url = URL(string: a), url.scheme == "https", url.host != nil {} else {
+                    out.append(.init("\(p).agent", "must be an https:// URL"))
+                }
+            }
+            if let s = h.state, !["connected", "maintenance", "poweredOff", "disconnected"].contains(s) {
+                out.append(.init("\(p).state", "must be connected, maintenance, poweredOff or disconnected"))
+            }
+            if let c = h.capacity {
+                if c.cpus < 1 || c.cpus > 4096 { out.append(.init("\(p).capacity.cpus", "must be between 1 and 4096")) }
+                if c.memoryMiB < 64 { out.append(.init("\(p).capacity.memoryMiB", "must be at least 64")) }
+                if let m = c.cpuMHz, m < 1 || m > 100_000 { out.append(.init("\(p).capacity.cpuMHz", "must be between 1 and 100000")) }
+            }
+            if let power = h.power { out += Self.validatePower(power, path: "\(p).power") }
+        }
+
+        for (i, sp) in (storagePools ?? []).enumerated() {
+            let p = "storagePools[\(i)]"
+            switch sp.type {
+            case "dir", "shared":
+                if let path = sp.path {
+                    if !VMSpec.isAbsolutePath(path) { out.append(.init("\(p).path", "must be an absolute path")) }
+                } else {
+                    out.append(.init("\(p).path", "is required for a \(sp.type) pool"))
+                }
+            case "logical":
+                if sp.volumeGroup == nil { out.append(.init("\(p).volumeGroup", "is required for a logical pool")) }
+            case "rbd": break
+            default: out.append(.init("\(p).type", "must be dir, shared, logical or rbd"))
+            }
+        }
+
+        var vlans: [Int: Int] = [:]
+        var vnis: [Int: Int] = [:]
+        for (i, n) in (networks ?? []).enumerated() {
+            let p = "networks[\(i)]"
+            if let t = n.type, t != "bridge" && t != "vxlan" { out.append(.init("\(p).type", "must be bridge or vxlan")) }
+            if let v = n.vlan {
+                if v < 1 || v > 4094 { out.append(.init("\(p).vlan", "must be between 1 and 4094")) }
+                if let other = vlans[v] { out.append(.init("\(p).vlan", "VLAN \(v) is also used by networks[\(other)]")) } else { vlans[v] = i }
+            }
+            if let v = n.vni {
+                if v < 1 || v > 16_777_215 { out.append(.init("\(p).vni", "must be between 1 and 16777215")) }
+                if let other = vnis[v] { out.append(.init("\(p).vni", "VNI \(v) is also used by networks[\(other)]")) } else { vnis[v] = i }
+            }
+        }
+
+        out += validateResourcePools(known: rpNames)
+
+        for (i, vm) in (vms ?? []).enumerated() {
+            let p = "vms[\(i)]"
+            out += vm.validate(prefix: p)
+            if let rp = vm.resourcePool { ref("\(p).resourcePool", rp, in: rpNames, "resource pool") }
+            for (j, n) in vm.nics.enumerated() {
+                if let net = n.network { ref("\(p).nics[\(j)].network", net, in: networkNames, "network") }
+            }
+            for (j, d) in vm.disks.enumerated() {
+                if let pool = d.pool {
+                    ref("\(p).disks[\(j)].pool", pool, in: poolNames, "storage pool")
+                    if d.sizeGiB == nil && d.from == nil && d.path == nil {
+                        out.append(.init("\(p).disks[\(j)]", "needs sizeGiB (a new volume) or from (a clone of an image)"))
+                    }
+                }
+            }
+            if let ps = vm.powerState, ps != "running" && ps != "stopped" {
+                out.append(.init("\(p).powerState", "must be running or stopped"))
+            }
+            if let h = vm.host { ref("\(p).host", h, in: hostNames, "host") }
+            if let pl = vm.placement {
+                if let s = pl.site { ref("\(p).placement.site", s, in: siteNames, "site") }
+                for (j, h) in (pl.hosts ?? []).enumerated() { ref("\(p).placement.hosts[\(j)]", h, in: hostNames, "host") }
+                if pl.hosts?.isEmpty == true { out.append(.init("\(p).placement.hosts", "must not be empty when given")) }
+                let anti = pl.antiAffinity ?? []
+                let aff = pl.affinity ?? []
+                for (j, other) in anti.enumerated() {
+                    if other == vm.name { out.append(.init("\(p).placement.antiAffinity[\(j)]", "a VM cannot be kept apart from itself")) }
+                    else { ref("\(p).placement.antiAffinity[\(j)]", other, in: vmNames, "VM") }
+                }
+                for (j, other) in aff.enumerated() {
+                    if other == vm.name { out.append(.init("\(p).placement.affinity[\(j)]", "a VM is always with itself")) }
+                    else { ref("\(p).placement.affinity[\(j)]", other, in: vmNames, "VM") }
+                    if anti.contains(other) {
+                        out.append(.init("\(p).placement.affinity[\(j)]", "\(other) is also in antiAffinity"))
+                    }
+                }
+            }
+        }
+        return out
+    }
+
+    static func validatePower(_ power: Power, path: String) -> [ValidationProblem] {
+        guard let allowed = Power.optionsByDriver[power.driver] else {
+            return [.init("\(path).driver", "must be ipmi, wol, command, testbed or none")]
+        }
+        var out: [ValidationProblem] = []
+        for key in power.options.keys.sorted() where !allowed.contains(key) {
+            out.append(.init("\(path).\(key)", "unknown option for the \(power.driver) driver"))
+        }
+        let required: [String: [String]] = ["ipmi": ["address"], "wol": ["mac"], "command": ["on", "off"], "testbed": ["host"]]
+        for key in required[power.driver] ?? [] where power.options[key] == nil {
+            out.append(.init("\(path).\(key)", "is required by the \(power.driver) driver"))
+        }
+        if let mac = power.options["mac"], !VMSpec.isMAC(mac) && !Self.isAnyMAC(mac) {
+            out.append(.init("\(path).mac", "must be a MAC address"))
+        }
+        return out
+    }
+
+    static func isAnyMAC(_ s: String) -> Bool {
+        let parts = s.split(separator: ":", omittingEmptySubsequences: false)
+        return parts.count == 6 && parts.allSatisfy { $0.count == 2 && UInt8($0, radix: 16) != nil }
+    }
+}
