@@ -1,27 +1,57 @@
-/// One feasibility rule. Returns why `host` cannot take `vm`, or nil when it can.
+/// What filters need to know about the VM being placed, worked out once per VM (not once per host).
+public struct VMContext: Sendable {
+    public let vm: PlacementVM
+    /// Hosts that run a VM this one must stay apart from, with that VM's name.
+    public let apartHosts: [Int: String]
+    /// Where affinity partners already run: host index → a partner on it.
+    public let partnerHosts: [Int: String]
+    public let hostNames: [String]
+
+    public init(_ vm: PlacementVM, state: ClusterState) {
+        self.vm = vm
+        var apart: [Int: String] = [:]
+        for other in state.apart[vm.name] ?? [] { if let at = state.location[other] { apart[at] = other } }
+        var partners: [Int: String] = [:]
+        for other in state.together[vm.name] ?? [] { if let at = state.location[other] { partners[at] = other } }
+        apartHosts = apart
+        partnerHosts = partners
+        hostNames = partners.isEmpty ? [] : state.hosts.map(\.name)
+    }
+}
+
+/// One feasibility rule: `admits` is the fast check run for every host; `reason` says why not, for
+/// the hosts it turned away, when a VM could not be placed.
 public protocol PlacementFilter: Sendable {
     var name: String { get }
-    func reject(_ vm: PlacementVM, host: PlacementHost, index: Int, state: ClusterState) -> String?
+    func admits(_ c: VMContext, host: PlacementHost, index: Int) -> Bool
+    func reason(_ c: VMContext, host: PlacementHost, index: Int) -> String
+    /// Whether the filter can turn anything away for this VM at all (skipped for the VM when not).
+    func applies(to c: VMContext) -> Bool
+}
+
+extension PlacementFilter {
+    public func applies(to c: VMContext) -> Bool { true }
 }
 
 /// Only connected hosts take new VMs (not in maintenance, powered off or unreachable).
 public struct HostStateFilter: PlacementFilter {
     public let name = "hostState"
     public init() {}
-    public func reject(_ vm: PlacementVM, host: PlacementHost, index: Int, state: ClusterState) -> String? {
-        host.state == .connected ? nil : "host is \(host.state.rawValue)"
-    }
+    public func admits(_ c: VMContext, host: PlacementHost, index: Int) -> Bool { host.state == .connected }
+    public func reason(_ c: VMContext, host: PlacementHost, index: Int) -> String { "host is \(host.state.rawValue)" }
 }
 
 /// vCPUs and memory net of what is committed, and CPU reservations net of what is reserved.
 public struct CapacityFilter: PlacementFilter {
     public let name = "capacity"
     public init() {}
-    public func reject(_ vm: PlacementVM, host: PlacementHost, index: Int, state: ClusterState) -> String? {
-        if vm.memoryMiB > host.freeMemoryMiB { return "memory: needs \(vm.memoryMiB) MiB, \(host.freeMemoryMiB) MiB free" }
-        if vm.cpus > host.freeVCPUs { return "cpu: needs \(vm.cpus) vCPUs, \(host.freeVCPUs) free" }
-        if vm.reservationMHz > host.freeMHz { return "cpu reservation: needs \(vm.reservationMHz) MHz, \(host.freeMHz) MHz unreserved" }
-        return nil
+    public func admits(_ c: VMContext, host: PlacementHost, index: Int) -> Bool {
+        c.vm.memoryMiB <= host.freeMemoryMiB && c.vm.cpus <= host.freeVCPUs && c.vm.reservationMHz <= host.freeMHz
+    }
+    public func reason(_ c: VMContext, host: PlacementHost, index: Int) -> String {
+        if c.vm.memoryMiB > host.freeMemoryMiB { return "memory: needs \(c.vm.memoryMiB) MiB, \(host.freeMemoryMiB) MiB free" }
+        if c.vm.cpus > host.freeVCPUs { return "cpu: needs \(c.vm.cpus) vCPUs, \(host.freeVCPUs) free" }
+        return "cpu reservation: needs \(c.vm.reservationMHz) MHz, \(host.freeMHz) MHz unreserved"
     }
 }
 
@@ -29,9 +59,10 @@ public struct CapacityFilter: PlacementFilter {
 public struct SiteFilter: PlacementFilter {
     public let name = "site"
     public init() {}
-    public func reject(_ vm: PlacementVM, host: PlacementHost, index: Int, state: ClusterState) -> String? {
-        guard let site = vm.site, host.site != site else { return nil }
-        return "host is in site \(host.site ?? "none"), VM wants \(site)"
+    public func admits(_ c: VMContext, host: PlacementHost, index: Int) -> Bool { c.vm.site == nil || host.site == c.vm.site }
+    public func applies(to c: VMContext) -> Bool { c.vm.site != nil }
+    public func reason(_ c: VMContext, host: PlacementHost, index: Int) -> String {
+        "host is in site \(host.site ?? "none"), VM wants \(c.vm.site ?? "")"
     }
 }
 
@@ -39,20 +70,19 @@ public struct SiteFilter: PlacementFilter {
 public struct HostListFilter: PlacementFilter {
     public let name = "hosts"
     public init() {}
-    public func reject(_ vm: PlacementVM, host: PlacementHost, index: Int, state: ClusterState) -> String? {
-        guard let allowed = vm.hosts, !allowed.contains(host.name) else { return nil }
-        return "not one of the VM's hosts"
-    }
+    public func admits(_ c: VMContext, host: PlacementHost, index: Int) -> Bool { c.vm.hosts?.contains(host.name) ?? true }
+    public func applies(to c: VMContext) -> Bool { c.vm.hosts != nil }
+    public func reason(_ c: VMContext, host: PlacementHost, index: Int) -> String { "not one of the VM's hosts" }
 }
 
 /// Hard anti-affinity, in both directions.
 public struct AntiAffinityFilter: PlacementFilter {
     public let name = "antiAffinity"
     public init() {}
-    public func reject(_ vm: PlacementVM, host: PlacementHost, index: Int, state: ClusterState) -> String? {
-        guard let apart = state.apart[vm.name] else { return nil }
-        for other in apart where state.location[other] == index { return "runs \(other), which must stay apart" }
-        return nil
+    public func admits(_ c: VMContext, host: PlacementHost, index: Int) -> Bool { c.apartHosts[index] == nil }
+    public func applies(to c: VMContext) -> Bool { !c.apartHosts.isEmpty }
+    public func reason(_ c: VMContext, host: PlacementHost, index: Int) -> String {
+        "runs \(c.apartHosts[index] ?? "?"), which must stay apart"
     }
 }
 
@@ -60,12 +90,13 @@ public struct AntiAffinityFilter: PlacementFilter {
 public struct AffinityFilter: PlacementFilter {
     public let name = "affinity"
     public init() {}
-    public func reject(_ vm: PlacementVM, host: PlacementHost, index: Int, state: ClusterState) -> String? {
-        guard let partners = state.together[vm.name] else { return nil }
-        for other in partners {
-            if let at = state.location[other], at != index { return "\(other) runs on \(state.hosts[at].name)" }
-        }
-        return nil
+    public func admits(_ c: VMContext, host: PlacementHost, index: Int) -> Bool {
+        c.partnerHosts.isEmpty || (c.partnerHosts.count == 1 && c.partnerHosts[index] != nil)
+    }
+    public func applies(to c: VMContext) -> Bool { !c.partnerHosts.isEmpty }
+    public func reason(_ c: VMContext, host: PlacementHost, index: Int) -> String {
+        let elsewhere = c.partnerHosts.filter { $0.key != index }.sorted { $0.key < $1.key }
+        return elsewhere.map { "\($0.value) runs on \(c.hostNames[$0.key])" }.joined(separator: ", ")
     }
 }
 

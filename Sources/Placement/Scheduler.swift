@@ -71,22 +71,21 @@ public struct Scheduler: Sendable {
 
     /// The best feasible host for `vm`, or nil.
     public func choose(_ vm: PlacementVM, state: ClusterState) -> Int? {
+        let context = VMContext(vm, state: state)
+        let active = filters.filter { $0.applies(to: context) }
         var best: Int?
         var bestScore = -Double.infinity
-        for (i, host) in state.hosts.enumerated() {
-            if !accepts(vm, host: host, index: i, state: state) { continue }
-            let s = score(vm, host)
-            if s > bestScore {
-                best = i
-                bestScore = s
+        state.hosts.withUnsafeBufferPointer { hosts in
+            for i in hosts.indices {
+                if !active.allSatisfy({ $0.admits(context, host: hosts[i], index: i) }) { continue }
+                let s = score(vm, hosts[i])
+                if s > bestScore {
+                    best = i
+                    bestScore = s
+                }
             }
         }
         return best
-    }
-
-    func accepts(_ vm: PlacementVM, host: PlacementHost, index: Int, state: ClusterState) -> Bool {
-        for f in filters where f.reject(vm, host: host, index: index, state: state) != nil { return false }
-        return true
     }
 
     /// Higher is better. Spread: the most free share of memory and vCPUs left after placing.
@@ -100,13 +99,14 @@ public struct Scheduler: Sendable {
 
     /// Why no host took `vm`: for every host, the first filter that said no.
     public func explain(_ vm: PlacementVM, state: ClusterState) -> PlacementResult.Unplaced {
+        let context = VMContext(vm, state: state)
         var counts: [String: (Int, String)] = [:]
         var order: [String] = []
         for (i, host) in state.hosts.enumerated() {
             for f in filters {
-                guard let why = f.reject(vm, host: host, index: i, state: state) else { continue }
+                if f.admits(context, host: host, index: i) { continue }
                 if counts[f.name] == nil { order.append(f.name) }
-                let c = counts[f.name] ?? (0, "\(host.name): \(why)")
+                let c = counts[f.name] ?? (0, "\(host.name): \(f.reason(context, host: host, index: i))")
                 counts[f.name] = (c.0 + 1, c.1)
                 break
             }

@@ -45,7 +45,7 @@ func readInput(_ file: String) throws -> Data {
     return data
 }
 
-func reportProblems(_ problems: [CustomStringConvertible]) -> ExitCode {
+func reportProblems(_ problems: [any CustomStringConvertible]) -> ExitCode {
     for p in problems { FileHandle.standardError.write(Data("\(p)\n".utf8)) }
     return ExitCode(Exit.badInput)
 }
