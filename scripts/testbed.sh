@@ -17,6 +17,9 @@ set -euo pipefail
 TB=${VSPHERE_TESTBED_DIR:-/var/lib/vsphere-testbed}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 AGENT=${VSPHERE_AGENT:-$ROOT/.build/debug/vsphere-agent}
+CONTROLLER=${VSPHERE_CONTROLLER:-$ROOT/.build/debug/vsphere-controller}
+CTL=${VSPHERE_CTL:-$ROOT/.build/debug/vsphere-ctl}
+CTL_CONFIG=${VSPHERE_CONFIG:-$HOME/.config/vsphere/config.json}
 WAN_DELAY_MS=${WAN_DELAY_MS:-15}
 WAN_RATE=${WAN_RATE:-100mbit}
 
@@ -210,9 +213,40 @@ up() {
         write_agent_config "h$i"
         start_agent "h$i"
     done
+    start_controller "$n" "$m"
     trap - ERR
     echo "$m" >"$TB/sites"
     status
+}
+
+# The controller in the root namespace on 10.250.1.254:8443, trusting every host's agent CA; the
+# testbed's hosts registered through a manifest; the CLI configured for it.
+start_controller() {
+    local n=$1 m=$2 i cas=() dir="$TB/controller"
+    [ -x "$CONTROLLER" ] || { log "no controller binary at $CONTROLLER"; return 1; }
+    mkdir -p "$dir"
+    for i in $(seq 1 "$n"); do cas+=(--agent-ca "$TB/h$i/agent/tls/agent-ca.crt"); done
+    "$CONTROLLER" --listen 10.250.1.254 --port 8443 --database "$dir/state.db" --data-dir "$dir" \
+        --reconcile-interval 1 "${cas[@]}" </dev/null >>"$dir/controller.log" 2>&1 &
+    echo $! >"$dir/controller.pid"
+    wait_for 30 "controller" curl -sf --cacert "$dir/tls/controller-ca.crt" https://10.250.1.254:8443/healthz
+    printf '{"server": "https://10.250.1.254:8443", "ca": "%s"}\n' "$dir/tls/controller-ca.crt" >"$TB/ctl.json"
+    mkdir -p "$(dirname "$CTL_CONFIG")"
+    cp "$TB/ctl.json" "$CTL_CONFIG"
+    python3 - "$n" "$m" >"$TB/cluster.json" <<'PY'
+import json, sys
+n, m = int(sys.argv[1]), int(sys.argv[2])
+per = (n + m - 1) // m
+hosts = []
+for i in range(1, n + 1):
+    s = (i - 1) // per + 1
+    hosts.append({"name": f"h{i}", "site": f"dc{s}", "agent": f"https://10.250.{s}.{i}:7443",
+                  "power": {"driver": "testbed", "host": f"h{i}"}})
+print(json.dumps({"apiVersion": "vsphere/v1", "kind": "Cluster", "metadata": {"name": "testbed"},
+                  "sites": [{"name": f"dc{s}"} for s in range(1, m + 1)], "hosts": hosts,
+                  "networks": [{"name": "lan", "type": "bridge", "bridge": "br0"}]}, indent=2))
+PY
+    VSPHERE_CONFIG="$TB/ctl.json" "$CTL" apply -f "$TB/cluster.json" >/dev/null
 }
 
 kill_ns_pids() { # NS SIGNAL
@@ -224,6 +258,7 @@ kill_ns_pids() { # NS SIGNAL
 down() {
     local h ns
     if [ -d "$TB" ]; then
+        [ -e "$TB/controller/controller.pid" ] && kill -TERM "$(cat "$TB/controller/controller.pid")" 2>/dev/null || true
         for f in "$TB"/*/agent.pid; do
             [ -e "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null || true
         done
@@ -271,6 +306,9 @@ down() {
 
 status() {
     [ -e "$TB/hosts" ] || { echo "no testbed"; return 0; }
+    if [ -e "$TB/ctl.json" ]; then
+        echo "controller: https://10.250.1.254:8443 (CLI config $TB/ctl.json)"
+    fi
     printf '%-6s %-14s %-6s %-8s %s\n' HOST ADDRESS SITE AGENT LIBVIRTD
     for h in $(cat "$TB/hosts"); do
         local a s ag lv

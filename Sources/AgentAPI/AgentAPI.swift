@@ -1,7 +1,7 @@
 import ClusterModel
 
 /// Wire types of the agent's HTTP API; Schemas/agent-api.json documents them.
-public enum AgentAPI {
+public enum AgentAPIInfo {
     public static let version = "v1"
 }
 

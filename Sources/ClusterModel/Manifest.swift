@@ -155,11 +155,14 @@ public struct ClusterManifest: Codable, Sendable, Equatable {
         public var type: String?
         public var vlan: Int?
         public var vni: Int?
-        public init(name: String, type: String? = nil, vlan: Int? = nil, vni: Int? = nil) {
+        /// The Linux bridge on each host that carries this network (default: the network's name).
+        public var bridge: String?
+        public init(name: String, type: String? = nil, vlan: Int? = nil, vni: Int? = nil, bridge: String? = nil) {
             self.name = name
             self.type = type
             self.vlan = vlan
             self.vni = vni
+            self.bridge = bridge
         }
     }
 

@@ -111,6 +111,7 @@ extension ClusterManifest {
         for (i, n) in (networks ?? []).enumerated() {
             let p = "networks[\(i)]"
             if let t = n.type, t != "bridge" && t != "vxlan" { out.append(.init("\(p).type", "must be bridge or vxlan")) }
+            if let b = n.bridge, !VMSpec.isInterfaceName(b) { out.append(.init("\(p).bridge", "must be a Linux interface name")) }
             if let v = n.vlan {
                 if v < 1 || v > 4094 { out.append(.init("\(p).vlan", "must be between 1 and 4094")) }
                 if let other = vlans[v] { out.append(.init("\(p).vlan", "VLAN \(v) is also used by networks[\(other)]")) } else { vlans[v] = i }

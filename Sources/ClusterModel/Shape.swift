@@ -117,7 +117,8 @@ indirect enum Shape: Sendable {
             "storagePools": .array(.object(
                 ["name": .string, "type": .string, "path": .string, "volumeGroup": .string, "ceph": .object([:], open: true)],
                 required: ["name", "type"])),
-            "networks": .array(.object(["name": .string, "type": .string, "vlan": .nullable(.integer), "vni": .nullable(.integer)], required: ["name"])),
+            "networks": .array(.object(
+                ["name": .string, "type": .string, "vlan": .nullable(.integer), "vni": .nullable(.integer), "bridge": .string], required: ["name"])),
             "resourcePools": .array(.object(
                 ["name": .string, "parent": .nullable(.string), "cpu": levelsCPU, "memory": levelsMemory], required: ["name"])),
             "vms": .array(vmSpec),

@@ -3,6 +3,7 @@ import Foundation
 import HostAgent
 import Logging
 import ServiceLifecycle
+import TLSSupport
 
 @main
 struct AgentCommand: AsyncParsableCommand {
@@ -53,7 +54,8 @@ struct AgentCommand: AsyncParsableCommand {
         var names = ["localhost", "127.0.0.1", ProcessInfo.processInfo.hostName] + cfg.tlsSubjectAltNames
         if cfg.listen != "0.0.0.0" && cfg.listen != "::" { names.insert(cfg.listen, at: 0) }
         if !cfg.hostName.isEmpty { names.insert(cfg.hostName, at: 0) }
-        let identity = try TLSIdentity.loadOrCreate(config: cfg, names: names)
+        let identity = try TLSIdentity.loadOrCreate(
+            dataDir: cfg.dataDir, certificate: cfg.tlsCertificate, key: cfg.tlsKey, names: names, prefix: "agent")
         let app = try AgentServer.application(agent: agent, tls: try identity.serverConfiguration(), logger: logger)
         logger.info("vsphere-agent starting", metadata: [
             "listen": "\(cfg.listen):\(cfg.port)", "libvirt": "\(cfg.libvirtURI)", "accelerator": "\(agent.accelerator)",

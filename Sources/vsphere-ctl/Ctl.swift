@@ -6,7 +6,10 @@ struct Ctl: ParsableCommand {
         commandName: "vsphere-ctl",
         abstract: "The vsphere CLI. validate and simulate work offline; the rest talks to the controller.",
         version: "0.1.0",
-        subcommands: [Validate.self, Simulate.self, ValidateVM.self])
+        subcommands: [
+            Validate.self, Plan.self, Apply.self, Get.self, Describe.self, Delete.self, VMCommand.self, Events.self,
+            Simulate.self, ValidateVM.self,
+        ])
 }
 
 /// The contract's exit codes: 0 success, 1 operation failed, 2 bad input or usage, 3 not found.
@@ -18,10 +21,14 @@ enum Exit {
 
 @main
 enum Main {
-    static func main() {
+    static func main() async {
         do {
             var command = try Ctl.parseAsRoot()
-            try command.run()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
         } catch {
             let code = Ctl.exitCode(for: error)
             let message = Ctl.fullMessage(for: error)

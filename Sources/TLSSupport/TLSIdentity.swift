@@ -4,8 +4,9 @@ import NIOSSL
 import SwiftASN1
 import X509
 
-/// The agent's TLS identity. Until the cluster CA arrives (trust issue) the agent makes itself a
-/// self-signed certificate, kept in its data directory so clients can pin it across restarts.
+/// A daemon's TLS identity. Until the cluster CA arrives (trust issue) each daemon makes itself a
+/// one-host CA and a server certificate signed by it, kept in its data directory so clients can pin
+/// the CA across restarts.
 public struct TLSIdentity: Sendable {
     public var certificatePath: String
     public var keyPath: String
@@ -15,18 +16,21 @@ public struct TLSIdentity: Sendable {
 
     /// Loads the configured certificate, or creates (once) a host CA and a server certificate it signs
     /// for `names` (host names and IP addresses).
-    public static func loadOrCreate(config: AgentConfig, names: [String]) throws -> TLSIdentity {
-        if let cert = config.tlsCertificate, let key = config.tlsKey {
-            return TLSIdentity(certificatePath: cert, keyPath: key, caPath: nil)
+    public static func loadOrCreate(
+        dataDir: String, certificate: String? = nil, key: String? = nil, names: [String], prefix: String
+    ) throws -> TLSIdentity {
+        if let certificate, let key {
+            return TLSIdentity(certificatePath: certificate, keyPath: key, caPath: nil)
         }
-        let dir = config.dataDir + "/tls"
-        let identity = TLSIdentity(certificatePath: dir + "/agent.crt", keyPath: dir + "/agent.key", caPath: dir + "/agent-ca.crt")
+        let dir = dataDir + "/tls"
+        let identity = TLSIdentity(
+            certificatePath: dir + "/\(prefix).crt", keyPath: dir + "/\(prefix).key", caPath: dir + "/\(prefix)-ca.crt")
         let fm = FileManager.default
         if fm.fileExists(atPath: identity.certificatePath) && fm.fileExists(atPath: identity.keyPath) {
             return identity
         }
         try fm.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        let made = try selfSigned(names: names)
+        let made = try selfSigned(names: names, label: prefix)
         fm.createFile(atPath: identity.keyPath, contents: Data(made.key.utf8), attributes: [.posixPermissions: 0o600])
         fm.createFile(atPath: identity.caPath!, contents: Data(made.ca.utf8), attributes: [.posixPermissions: 0o644])
         fm.createFile(atPath: identity.certificatePath, contents: Data(made.certificate.utf8), attributes: [.posixPermissions: 0o644])
@@ -35,12 +39,12 @@ public struct TLSIdentity: Sendable {
 
     /// A one-host CA (P-256, ten years; its key is discarded once used) and a server certificate it
     /// signs, valid for a year, with every name as a subject alternative name.
-    public static func selfSigned(names: [String], now: Date = Date()) throws -> (ca: String, certificate: String, key: String) {
+    public static func selfSigned(names: [String], label: String = "vsphere", now: Date = Date()) throws -> (ca: String, certificate: String, key: String) {
         let caKey = P256.Signing.PrivateKey()
-        let common = names.first ?? "vsphere-agent"
+        let common = names.first ?? label
         let caName = try DistinguishedName {
             OrganizationName("vsphere")
-            CommonName("vsphere-agent CA for \(common)")
+            CommonName("\(label) CA for \(common)")
         }
         let caCert = try Certificate(
             version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(caKey.publicKey),

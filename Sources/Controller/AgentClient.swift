@@ -1,0 +1,79 @@
+import AgentAPI
+import AsyncHTTPClient
+import ClusterModel
+import Foundation
+import NIOCore
+import NIOFoundationCompat
+import NIOHTTP1
+import NIOSSL
+
+/// The controller's HTTPS client of every agent. Until the cluster CA lands, it trusts the agents'
+/// own CA certificates given with `--agent-ca`.
+public final class AgentClient: Sendable {
+    let http: HTTPClient
+
+    public init(trustedCAs: [String]) throws {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        var certs: [NIOSSLCertificate] = []
+        for path in trustedCAs { certs += try NIOSSLCertificate.fromPEMFile(path) }
+        if !certs.isEmpty { tls.trustRoots = .certificates(certs) }
+        var config = HTTPClient.Configuration(tlsConfiguration: tls)
+        config.timeout = .init(connect: .seconds(3), read: .seconds(90))
+        http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
+    }
+
+    public func shutdown() async throws { try await http.shutdown() }
+
+    public struct Failure: Error, CustomStringConvertible {
+        public var status: Int
+        public var message: String
+        public var description: String { status == 0 ? message : "\(status): \(message)" }
+    }
+
+    func call(_ method: HTTPMethod, _ url: String, body: Data? = nil, timeout: TimeAmount = .seconds(30)) async throws -> (Int, Data) {
+        var req = HTTPClientRequest(url: url)
+        req.method = method
+        if let body {
+            req.body = .bytes(ByteBuffer(data: body))
+            req.headers.add(name: "Content-Type", value: "application/json")
+        }
+        do {
+            let resp = try await http.execute(req, timeout: timeout)
+            let bytes = try await resp.body.collect(upTo: 32 << 20)
+            return (Int(resp.status.code), Data(buffer: bytes))
+        } catch {
+            throw Failure(status: 0, message: "\(url): \(error)")
+        }
+    }
+
+    func decode<T: Decodable>(_ type: T.Type, _ result: (Int, Data)) throws -> T {
+        let (status, data) = result
+        guard (200..<300).contains(status) else {
+            let message = (try? JSONDecoder().decode(ErrorBody.self, from: data))?.error.message ?? String(decoding: data, as: UTF8.self)
+            throw Failure(status: status, message: message)
+        }
+        return try JSONDecoder().decode(T.self, from: data)
+    }
+
+    public func inventory(_ agent: String) async throws -> HostInventory {
+        try decode(HostInventory.self, try await call(.GET, agent + "/v1/host", timeout: .seconds(5)))
+    }
+
+    public func vms(_ agent: String) async throws -> [VMStatus] {
+        try decode([VMStatus].self, try await call(.GET, agent + "/v1/vms", timeout: .seconds(10)))
+    }
+
+    public func define(_ agent: String, _ spec: VMSpec) async throws -> VMStatus {
+        try decode(VMStatus.self, try await call(.PUT, agent + "/v1/vms/\(spec.name)", body: try JSONEncoder().encode(spec)))
+    }
+
+    public func action(_ agent: String, _ name: String, _ action: String, query: String = "") async throws -> ActionResult {
+        try decode(ActionResult.self, try await call(.POST, agent + "/v1/vms/\(name)/\(action)\(query)", timeout: .seconds(120)))
+    }
+
+    public func undefine(_ agent: String, _ name: String) async throws {
+        let result = try await call(.DELETE, agent + "/v1/vms/\(name)?force=true")
+        if result.0 == 404 { return }
+        _ = try decode([String: String].self, result)
+    }
+}

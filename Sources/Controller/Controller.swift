@@ -1,0 +1,224 @@
+import AgentAPI
+import ClusterModel
+import ControllerAPI
+import Foundation
+import Logging
+import Placement
+import Store
+
+/// The cluster brain: keeps desired state from manifests, observes hosts through their agents, and
+/// reconciles the two. Every action is recorded as a task before it runs; a VM's host is recorded
+/// before it is defined there, so a controller killed at any moment finds, after a restart, either
+/// the VM where it recorded it or nothing to undo.
+public final class Controller: Sendable {
+    public let store: Store
+    let agents: AgentClient
+    let logger: Logger
+
+    public init(store: Store, agents: AgentClient, logger: Logger) {
+        self.store = store
+        self.agents = agents
+        self.logger = logger
+    }
+
+    static let kinds = ["site", "host", "storagePool", "network", "resourcePool", "vm", "settings"]
+
+    static func json<T: Encodable>(_ value: T) -> String {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        return String(decoding: (try? e.encode(value)) ?? Data(), as: UTF8.self)
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, _ text: String) -> T? {
+        try? JSONDecoder().decode(T.self, from: Data(text.utf8))
+    }
+
+    // MARK: Desired state
+
+    /// The whole desired state as one manifest.
+    public func desired() async throws -> ClusterManifest {
+        func load<T: Decodable>(_ kind: String, _ type: T.Type) async throws -> [T] {
+            try await store.objects(kind: kind).compactMap { Self.decode(T.self, $0.spec) }
+        }
+        return ClusterManifest(
+            metadata: nil, settings: try await store.object(kind: "settings", name: "cluster").flatMap { Self.decode(ClusterManifest.Settings.self, $0.spec) },
+            sites: try await load("site", ClusterManifest.Site.self), hosts: try await load("host", ClusterManifest.Host.self),
+            storagePools: try await load("storagePool", ClusterManifest.StoragePool.self),
+            networks: try await load("network", ClusterManifest.Network.self),
+            resourcePools: try await load("resourcePool", ClusterManifest.ResourcePool.self),
+            vms: try await load("vm", VMSpec.self))
+    }
+
+    /// Merges a document into the desired state by name (a VM absent from it is deleted only with
+    /// `prune`). The merged state must validate as a whole; nothing is written otherwise, nor when
+    /// `dryRun`. Returns every change with its reason.
+    public func apply(_ doc: ClusterManifest, prune: Bool, dryRun: Bool) async throws -> [Change] {
+        let docProblems = doc.validate()
+        if !docProblems.isEmpty { throw ValidationFailure(docProblems) }
+        var merged = try await desired()
+        var changes: [Change] = []
+        var writes: [(kind: String, name: String, spec: String?)] = []
+
+        func merge<T: Codable & Equatable>(_ kind: String, _ items: [T]?, _ current: inout [T]?, _ name: (T) -> String) async throws {
+            guard let items else { return }
+            var list = current ?? []
+            for item in items {
+                let n = name(item)
+                if let i = list.firstIndex(where: { name($0) == n }) {
+                    if list[i] != item {
+                        list[i] = item
+                        changes.append(Change(action: "update", kind: kind, name: n, reason: "spec changed"))
+                        writes.append((kind, n, Self.json(item)))
+                    }
+                } else {
+                    list.append(item)
+                    changes.append(Change(action: "create", kind: kind, name: n, reason: "new in the manifest"))
+                    writes.append((kind, n, Self.json(item)))
+                }
+            }
+            current = list
+        }
+        try await merge("site", doc.sites, &merged.sites, \.name)
+        try await merge("host", doc.hosts, &merged.hosts, \.name)
+        try await merge("storagePool", doc.storagePools, &merged.storagePools, \.name)
+        try await merge("network", doc.networks, &merged.networks, \.name)
+        try await merge("resourcePool", doc.resourcePools, &merged.resourcePools, \.name)
+        try await merge("vm", doc.vms, &merged.vms, \.name)
+        if let s = doc.settings, s != merged.settings {
+            merged.settings = s
+            changes.append(Change(action: "update", kind: "settings", name: "cluster", reason: "settings changed"))
+            writes.append(("settings", "cluster", Self.json(s)))
+        }
+        if prune, let docVMs = doc.vms {
+            let keep = Set(docVMs.map(\.name))
+            for vm in merged.vms ?? [] where !keep.contains(vm.name) {
+                changes.append(Change(action: "delete", kind: "vm", name: vm.name, reason: "not in the manifest (--prune)"))
+                writes.append(("vm", vm.name, nil))
+            }
+            merged.vms = merged.vms?.filter { keep.contains($0.name) }
+        }
+        let problems = merged.validate()
+        if !problems.isEmpty { throw ValidationFailure(problems) }
+
+        // What the reconciler will do for new VMs: where the scheduler would put them now.
+        let created = Set(changes.filter { $0.kind == "vm" && $0.action == "create" }.map(\.name))
+        if !created.isEmpty {
+            let preview = try await placementPreview(merged, names: created)
+            for (i, c) in changes.enumerated() where c.kind == "vm" && c.action == "create" {
+                if let where_ = preview[c.name] { changes[i].reason += "; " + where_ }
+            }
+        }
+        if dryRun { return changes }
+        for w in writes {
+            if let spec = w.spec {
+                try await store.put(kind: w.kind, name: w.name, spec: spec)
+            } else {
+                try await store.delete(kind: w.kind, name: w.name)
+            }
+        }
+        if !changes.isEmpty {
+            try await store.addEvent(source: "controller", kind: "apply", name: doc.metadata?.name, event: "applied", detail: "\(changes.count) changes", message: nil)
+        }
+        return changes
+    }
+
+    func placementPreview(_ manifest: ClusterManifest, names: Set<String>) async throws -> [String: String] {
+        let (state, _) = try await snapshot(manifest)
+        let scheduler = Scheduler(strategy: ClusterSnapshot.strategy(manifest))
+        let pending = (manifest.vms ?? []).filter { names.contains($0.name) }.map(ClusterSnapshot.vm)
+        let result = scheduler.place(Scheduler.ordered(pending), on: state)
+        var out: [String: String] = [:]
+        for p in result.placements { out[p.vm] = "would be placed on \(p.host) (\(scheduler.strategy.rawValue))" }
+        for u in result.unplaced { out[u.vm] = "cannot be placed now: \(u.summary)" }
+        return out
+    }
+
+    /// Placement's view of the cluster from the last observed inventories and the recorded VM hosts.
+    func snapshot(_ manifest: ClusterManifest) async throws -> (ClusterState, [String: Int]) {
+        let over = manifest.settings?.placement?.cpuOvercommit ?? ClusterSnapshot.defaultCPUOvercommit
+        let statuses = Dictionary(uniqueKeysWithValues: try await store.hostStatuses().map { ($0.name, $0) })
+        var hosts: [PlacementHost] = []
+        var index: [String: Int] = [:]
+        for h in manifest.hosts ?? [] {
+            let s = statuses[h.name]
+            let inv = s?.inventory.flatMap { Self.decode(HostInventory.self, $0) }
+            let state = PlacementHost.State(rawValue: s?.state ?? "disconnected") ?? .disconnected
+            let cpus = inv?.cpu.cpus ?? h.capacity?.cpus ?? 0
+            let mem = inv.map { $0.memory.totalMiB } ?? h.capacity?.memoryMiB ?? 0
+            let mhz = inv?.cpu.mhz ?? h.capacity?.cpuMHz ?? ClusterSnapshot.defaultCoreMHz
+            index[h.name] = hosts.count
+            hosts.append(PlacementHost(
+                name: h.name, site: h.site, state: state, vcpuCapacity: Int(Double(cpus) * over),
+                memoryCapacityMiB: mem, cpuMHzCapacity: cpus * mhz))
+        }
+        var state = ClusterState(hosts: hosts)
+        let specs = Dictionary(uniqueKeysWithValues: (manifest.vms ?? []).map { ($0.name, $0) })
+        for vm in manifest.vms ?? [] { state.noteConstraints(ClusterSnapshot.vm(vm)) }
+        for s in try await store.vmStatuses() {
+            guard let host = s.host, let i = index[host], let spec = specs[s.name] else { continue }
+            state.commit(ClusterSnapshot.vm(spec), to: i)
+        }
+        return (state, index)
+    }
+
+    // MARK: Views
+
+    public func vmViews() async throws -> [VMView] {
+        let statuses = Dictionary(uniqueKeysWithValues: try await store.vmStatuses().map { ($0.name, $0) })
+        return try await store.objects(kind: "vm").compactMap { Self.decode(VMSpec.self, $0.spec) }.map { spec in
+            let s = statuses[spec.name]
+            return VMView(
+                name: spec.name, host: s?.host, state: s?.state ?? "pending", desiredPower: spec.powerState ?? "running",
+                cpus: spec.cpus, memoryMiB: spec.memoryMiB, resourcePool: spec.resourcePool, message: s?.message)
+        }
+    }
+
+    public func hostViews() async throws -> [HostView] {
+        let statuses = Dictionary(uniqueKeysWithValues: try await store.hostStatuses().map { ($0.name, $0) })
+        let vmCounts = Dictionary(grouping: try await store.vmStatuses().compactMap(\.host), by: { $0 }).mapValues(\.count)
+        return try await store.objects(kind: "host").compactMap { Self.decode(ClusterManifest.Host.self, $0.spec) }.map { h in
+            let s = statuses[h.name]
+            let inv = s?.inventory.flatMap { Self.decode(HostInventory.self, $0) }
+            return HostView(
+                name: h.name, site: h.site, agent: h.agent, state: s?.state ?? "disconnected",
+                cpus: inv?.cpu.cpus ?? h.capacity?.cpus, memoryMiB: inv?.memory.totalMiB ?? h.capacity?.memoryMiB,
+                vms: vmCounts[h.name] ?? 0, message: s?.message)
+        }
+    }
+
+    /// Deletes a VM from the desired state (the reconciler removes it from its host).
+    public func deleteVM(_ name: String) async throws -> Bool {
+        let deleted = try await store.delete(kind: "vm", name: name)
+        if deleted { try await store.addEvent(source: "controller", kind: "vm", name: name, event: "deleted", detail: nil, message: nil) }
+        return deleted
+    }
+
+    /// Sets a VM's desired power state (`running`/`stopped`), or asks its host to reboot it.
+    public func power(_ name: String, action: String) async throws -> Bool {
+        guard let obj = try await store.object(kind: "vm", name: name), var spec = Self.decode(VMSpec.self, obj.spec) else { return false }
+        switch action {
+        case "start": spec.powerState = "running"
+        case "stop": spec.powerState = "stopped"
+        case "restart":
+            guard let host = try await store.vmStatuses().first(where: { $0.name == name })?.host,
+                let agent = try await agentURL(host)
+            else { throw AgentClient.Failure(status: 409, message: "\(name) is not running on any host") }
+            let task = try await store.addTask(action: "restart", kind: "vm", name: name, host: host, reason: "requested")
+            do {
+                _ = try await agents.action(agent, name, "reboot")
+                try await store.finishTask(task, error: nil)
+            } catch {
+                try await store.finishTask(task, error: "\(error)")
+                throw error
+            }
+            return true
+        default: return false
+        }
+        try await store.put(kind: "vm", name: name, spec: Self.json(spec))
+        return true
+    }
+
+    func agentURL(_ host: String) async throws -> String? {
+        try await store.object(kind: "host", name: host).flatMap { Self.decode(ClusterManifest.Host.self, $0.spec) }?.agent
+    }
+}

@@ -1,0 +1,121 @@
+import ClusterModel
+import ControllerAPI
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTLS
+import Logging
+import NIOCore
+import NIOSSL
+
+/// The controller's HTTPS API (Schemas/controller-api.json).
+public enum ControllerServer {
+    public static func router(controller: Controller, loop: ReconcileLoop) -> Router<BasicRequestContext> {
+        let router = Router(context: BasicRequestContext.self)
+        router.get("/healthz") { _, _ in json(200, ["status": "ok"]) }
+        router.post("/v1/apply") { request, _ in
+            await respond {
+                let body = try await request.body.collect(upTo: 16 << 20)
+                let req: ApplyRequest
+                do {
+                    req = try decodeApply(Data(buffer: body))
+                }
+                let changes = try await controller.apply(req.manifest, prune: req.prune, dryRun: req.dryRun)
+                if !req.dryRun && !changes.isEmpty { loop.trigger() }
+                return ApplyResponse(changes: changes)
+            }
+        }
+        router.get("/v1/vms") { _, _ in await respond { try await controller.vmViews() } }
+        router.get("/v1/vms/:name") { _, ctx in
+            await respond {
+                let name = ctx.parameters.get("name") ?? ""
+                guard let vm = try await controller.vmViews().first(where: { $0.name == name }) else { throw NotFound(what: "vm \(name)") }
+                return vm
+            }
+        }
+        router.delete("/v1/vms/:name") { _, ctx in
+            await respond {
+                let name = ctx.parameters.get("name") ?? ""
+                guard try await controller.deleteVM(name) else { throw NotFound(what: "vm \(name)") }
+                loop.trigger()
+                return ApplyResponse(changes: [Change(action: "delete", kind: "vm", name: name, reason: "requested")])
+            }
+        }
+        router.post("/v1/vms/:name/:action") { _, ctx in
+            await respond {
+                let name = ctx.parameters.get("name") ?? ""
+                let action = ctx.parameters.get("action") ?? ""
+                guard ["start", "stop", "restart"].contains(action) else {
+                    throw ValidationFailure([ValidationProblem("action", "must be start, stop or restart")])
+                }
+                guard try await controller.power(name, action: action) else { throw NotFound(what: "vm \(name)") }
+                loop.trigger()
+                return ApplyResponse(changes: [Change(action: action, kind: "vm", name: name, reason: "requested")])
+            }
+        }
+        router.get("/v1/hosts") { _, _ in await respond { try await controller.hostViews() } }
+        router.get("/v1/hosts/:name") { _, ctx in
+            await respond {
+                let name = ctx.parameters.get("name") ?? ""
+                guard let h = try await controller.hostViews().first(where: { $0.name == name }) else { throw NotFound(what: "host \(name)") }
+                return h
+            }
+        }
+        router.get("/v1/pools") { _, _ in await respond { try await controller.desired().storagePools ?? [] } }
+        router.get("/v1/networks") { _, _ in await respond { try await controller.desired().networks ?? [] } }
+        router.get("/v1/resource-pools") { _, _ in await respond { try await controller.desired().resourcePools ?? [] } }
+        router.get("/v1/tasks") { _, _ in await respond { try await controller.store.tasks() } }
+        router.get("/v1/events") { request, _ in
+            await respond {
+                let after = request.uri.queryParameters.get("after").flatMap { Int64($0) } ?? 0
+                return try await controller.store.events(after: after)
+            }
+        }
+        return router
+    }
+
+    static func decodeApply(_ data: Data) throws -> ApplyRequest {
+        // The manifest inside is checked field by field, with paths under `manifest`.
+        guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let m = obj["manifest"] else {
+            throw ValidationFailure([ValidationProblem("", "body must be {\"manifest\": {...}, \"prune\": bool, \"dryRun\": bool}")])
+        }
+        let manifestData = try JSONSerialization.data(withJSONObject: m)
+        let manifest = try ClusterManifest.decodeValidated(manifestData)
+        return ApplyRequest(manifest: manifest, prune: obj["prune"] as? Bool ?? false, dryRun: obj["dryRun"] as? Bool ?? false)
+    }
+
+    struct NotFound: Error { var what: String }
+
+    static func respond<T: Encodable>(_ body: () async throws -> T) async -> Response {
+        do {
+            return json(200, try await body())
+        } catch let f as ValidationFailure {
+            return json(400, APIError(error: f.description, problems: f.problems))
+        } catch let n as NotFound {
+            return json(404, APIError(error: "no \(n.what)"))
+        } catch let a as AgentClient.Failure {
+            return json(a.status >= 400 && a.status < 500 ? a.status : 502, APIError(error: a.description))
+        } catch {
+            return json(500, APIError(error: "\(error)"))
+        }
+    }
+
+    static func json<T: Encodable>(_ status: Int, _ value: T) -> Response {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
+        return Response(
+            status: HTTPResponse.Status(code: status), headers: [.contentType: "application/json"],
+            body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    public static func application(
+        controller: Controller, loop: ReconcileLoop, listen: String, port: Int, tls: TLSConfiguration, logger: Logger
+    ) throws -> some ApplicationProtocol {
+        Application(
+            router: router(controller: controller, loop: loop),
+            server: try .tls(.http1(), tlsConfiguration: tls),
+            configuration: .init(address: .hostname(listen, port: port), serverName: "vsphere-controller"),
+            logger: logger)
+    }
+}

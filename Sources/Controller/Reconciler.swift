@@ -1,0 +1,271 @@
+import AgentAPI
+import ClusterModel
+import ControllerAPI
+import Foundation
+import Logging
+import Placement
+import ServiceLifecycle
+import Store
+
+extension Controller {
+    struct Observed {
+        var inventories: [String: HostInventory] = [:]
+        /// VM name → hosts that have a domain of that name, with its status there.
+        var vms: [String: [(host: String, status: AgentAPI.VMStatus)]] = [:]
+    }
+
+    /// Asks every host's agent what it runs; records host states.
+    func observe(_ manifest: ClusterManifest) async throws -> Observed {
+        var observed = Observed()
+        let hosts = (manifest.hosts ?? []).filter { $0.agent != nil }
+        let results = await withTaskGroup(of: (String, Result<(HostInventory, [AgentAPI.VMStatus]), any Error>).self) { group in
+            for h in hosts {
+                group.addTask {
+                    do {
+                        async let inv = self.agents.inventory(h.agent!)
+                        async let vms = self.agents.vms(h.agent!)
+                        return (h.name, .success((try await inv, try await vms)))
+                    } catch {
+                        return (h.name, .failure(error))
+                    }
+                }
+            }
+            var out: [(String, Result<(HostInventory, [AgentAPI.VMStatus]), any Error>)] = []
+            for await r in group { out.append(r) }
+            return out
+        }
+        let previous = Dictionary(uniqueKeysWithValues: try await store.hostStatuses().map { ($0.name, $0) })
+        for (name, result) in results {
+            switch result {
+            case .success(let (inv, vms)):
+                observed.inventories[name] = inv
+                for vm in vms { observed.vms[vm.name, default: []].append((name, vm)) }
+                let state = previous[name]?.state == "maintenance" ? "maintenance" : "connected"
+                if previous[name]?.state != state {
+                    try await store.addEvent(source: "controller", kind: "host", name: name, event: state, detail: nil, message: nil)
+                }
+                try await store.setHostStatus(.init(name: name, state: state, inventory: Self.json(inv), message: nil))
+            case .failure(let error):
+                if previous[name]?.state != "disconnected" {
+                    try await store.addEvent(source: "controller", kind: "host", name: name, event: "disconnected", detail: nil, message: "\(error)")
+                }
+                try await store.setHostStatus(.init(name: name, state: "disconnected", inventory: previous[name]?.inventory, message: "\(error)"))
+            }
+        }
+        return observed
+    }
+
+    /// Resolves a manifest VM into what an agent runs: networks become host bridges.
+    func hostSpec(_ spec: VMSpec, manifest: ClusterManifest) throws -> VMSpec {
+        var s = spec
+        s.placement = nil
+        s.host = nil
+        s.powerState = nil
+        let networks = Dictionary(uniqueKeysWithValues: (manifest.networks ?? []).map { ($0.name, $0) })
+        for i in s.nics.indices {
+            if s.nics[i].bridge == nil, let net = s.nics[i].network {
+                s.nics[i].bridge = networks[net]?.bridge ?? net
+            }
+        }
+        for (i, d) in s.disks.enumerated() where d.path == nil {
+            throw AgentClient.Failure(status: 0, message: "disks[\(i)]: volumes in storage pools arrive with the storage issue; give a path")
+        }
+        return s
+    }
+
+    /// One reconcile pass. Returns the number of actions taken.
+    @discardableResult
+    public func reconcile() async throws -> Int {
+        let manifest = try await desired()
+        let observed = try await observe(manifest)
+        let hostsByName = Dictionary(uniqueKeysWithValues: (manifest.hosts ?? []).map { ($0.name, $0) })
+        var statuses = Dictionary(uniqueKeysWithValues: try await store.vmStatuses().map { ($0.name, $0) })
+        let generations = Dictionary(uniqueKeysWithValues: try await store.objects(kind: "vm").map { ($0.name, $0.generation) })
+        var actions = 0
+        let scheduler = Scheduler(strategy: ClusterSnapshot.strategy(manifest))
+
+        func run(_ action: String, _ vm: String, _ host: String?, _ reason: String, _ body: () async throws -> Void) async throws -> Bool {
+            actions += 1
+            let task = try await store.addTask(action: action, kind: "vm", name: vm, host: host, reason: reason)
+            do {
+                try await body()
+                try await store.finishTask(task, error: nil)
+                try await store.addEvent(source: "controller", kind: "task", name: vm, event: action, detail: host, message: reason)
+                return true
+            } catch {
+                try await store.finishTask(task, error: "\(error)")
+                try await store.addEvent(source: "controller", kind: "task", name: vm, event: "\(action)-failed", detail: host, message: "\(error)")
+                logger.warning("task failed", metadata: ["action": "\(action)", "vm": "\(vm)", "error": "\(error)"])
+                return false
+            }
+        }
+
+        for spec in Scheduler.orderedSpecs(manifest.vms ?? []) {
+            let name = spec.name
+            let generation = generations[name] ?? 0
+            var status = statuses[name] ?? Store.VMStatus(name: name, host: nil, state: "pending", uuid: nil, message: nil, generation: 0)
+            let seen = observed.vms[name] ?? []
+
+            // Where the VM is: a recorded host that has it, else any host that has it (adopted).
+            var location = seen.first { $0.host == status.host } ?? seen.first
+            if let loc = location, status.host != loc.host {
+                status.host = loc.host
+                try await store.addEvent(source: "controller", kind: "vm", name: name, event: "adopted", detail: loc.host, message: "found defined there")
+            }
+            if seen.count > 1 {
+                status.message = "defined on \(seen.map(\.host).sorted().joined(separator: ", ")); keeping \(status.host ?? "?")"
+            }
+
+            let agentSpec: VMSpec
+            do {
+                agentSpec = try hostSpec(spec, manifest: manifest)
+            } catch {
+                status.state = "error"
+                status.message = "\(error)"
+                try await store.setVMStatus(status)
+                continue
+            }
+
+            if location == nil {
+                // Not defined anywhere: define it on its recorded host, or place it first.
+                var host = status.host.flatMap { h in observed.inventories[h] != nil ? h : nil }
+                if host == nil && (status.host == nil || hostsByName[status.host!] == nil) {
+                    let (state, _) = try await snapshot(manifest)
+                    let vm = ClusterSnapshot.vm(spec)
+                    if let i = scheduler.choose(vm, state: state) {
+                        host = state.hosts[i].name
+                        status.host = host
+                        status.state = "pending"
+                        status.message = nil
+                        // Recorded before the define: a restart finds the VM where it was sent.
+                        try await store.setVMStatus(status)
+                        try await store.addEvent(source: "controller", kind: "vm", name: name, event: "placed", detail: host, message: scheduler.strategy.rawValue)
+                        actions += 1
+                    } else {
+                        status.state = "pending"
+                        status.message = "cannot be placed: " + scheduler.explain(vm, state: state).summary
+                        try await store.setVMStatus(status)
+                        continue
+                    }
+                }
+                guard let host, let agent = hostsByName[host]?.agent else {
+                    status.message = "waiting for host \(status.host ?? "?") to connect"
+                    try await store.setVMStatus(status)
+                    continue
+                }
+                var defined: AgentAPI.VMStatus?
+                _ = try await run("define", name, host, "placed on \(host)") {
+                    defined = try await agents.define(agent, agentSpec)
+                }
+                guard let defined else {
+                    status.state = "error"
+                    status.message = "define on \(host) failed"
+                    try await store.setVMStatus(status)
+                    continue
+                }
+                status.generation = generation
+                status.uuid = defined.uuid
+                location = (host, defined)
+            } else if status.generation != generation, let loc = location, let agent = hostsByName[loc.host]?.agent {
+                // The spec changed: update the definition (it applies at the next boot).
+                if location?.status.spec != agentSpec {
+                    _ = try await run("update", name, loc.host, "spec changed (generation \(generation))") {
+                        _ = try await agents.define(agent, agentSpec)
+                    }
+                }
+                status.generation = generation
+            }
+
+            guard let loc = location, let agent = hostsByName[loc.host]?.agent else { continue }
+            var state = loc.status.state
+            let wantRunning = (spec.powerState ?? "running") == "running"
+            let active = ["running", "blocked", "paused", "pmsuspended"].contains(state)
+            if wantRunning && !active {
+                if try await run("start", name, loc.host, "desired power state is running", {
+                    state = try await agents.action(agent, name, "start").state
+                }) { status.message = nil } else { status.message = "start failed; see tasks" }
+            } else if !wantRunning && active {
+                _ = try await run("stop", name, loc.host, "desired power state is stopped") {
+                    state = try await agents.action(agent, name, "shutdown", query: "?timeoutSeconds=30").state
+                }
+            }
+            status.state = Self.viewState(state)
+            status.uuid = loc.status.uuid
+            if status != statuses[name] { try await store.setVMStatus(status) }
+            statuses[name] = status
+        }
+
+        // VMs no longer desired: remove them from their hosts.
+        let desiredNames = Set((manifest.vms ?? []).map(\.name))
+        for (name, status) in statuses where !desiredNames.contains(name) {
+            let hosts = Set((observed.vms[name] ?? []).map(\.host) + (status.host.map { [$0] } ?? []))
+            var ok = true
+            for host in hosts.sorted() {
+                guard let agent = hostsByName[host]?.agent, observed.inventories[host] != nil else { ok = false; continue }
+                ok = try await run("delete", name, host, "not in the desired state") {
+                    try await agents.undefine(agent, name)
+                } && ok
+            }
+            if ok { try await store.deleteVMStatus(name) }
+        }
+        return actions
+    }
+
+    static func viewState(_ libvirtState: String) -> String {
+        switch libvirtState {
+        case "running", "blocked": return "running"
+        case "paused", "pmsuspended": return "paused"
+        case "shutoff", "shutdown": return "shutoff"
+        case "crashed": return "error"
+        default: return libvirtState
+        }
+    }
+}
+
+extension Scheduler {
+    /// Hardest first, as `ordered`, for specs.
+    static func orderedSpecs(_ specs: [VMSpec]) -> [VMSpec] {
+        let byName = Dictionary(uniqueKeysWithValues: specs.map { ($0.name, $0) })
+        return ordered(specs.map(ClusterSnapshot.vm)).compactMap { byName[$0.name] }
+    }
+}
+
+/// Runs reconcile passes every `interval`, and at once when poked (after an apply).
+public final class ReconcileLoop: Service, Sendable {
+    let controller: Controller
+    let interval: Duration
+    let poke: AsyncStream<Void>.Continuation
+    let pokes: AsyncStream<Void>
+
+    public init(controller: Controller, interval: Duration = .seconds(2)) {
+        self.controller = controller
+        self.interval = interval
+        (pokes, poke) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    public func trigger() { poke.yield() }
+
+    public func run() async throws {
+        let interval = self.interval
+        let poke = self.poke
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: interval)
+                    poke.yield()
+                }
+            }
+            group.addTask { [self] in
+                for await _ in pokes.cancelOnGracefulShutdown() {
+                    do {
+                        try await controller.reconcile()
+                    } catch {
+                        controller.logger.error("reconcile failed", metadata: ["error": "\(error)"])
+                    }
+                }
+            }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+}

@@ -1,0 +1,86 @@
+import ClusterModel
+
+/// Wire types of the controller's HTTPS API (Schemas/controller-api.json).
+public struct ApplyRequest: Codable, Sendable {
+    public var manifest: ClusterManifest
+    public var prune: Bool
+    public var dryRun: Bool
+    public init(manifest: ClusterManifest, prune: Bool = false, dryRun: Bool = false) {
+        self.manifest = manifest
+        self.prune = prune
+        self.dryRun = dryRun
+    }
+}
+
+/// One thing apply does (or would do): `create`, `update`, `delete`, `place`, `start`, `stop`.
+public struct Change: Codable, Sendable, Equatable {
+    public var action: String
+    public var kind: String
+    public var name: String
+    public var reason: String
+    public init(action: String, kind: String, name: String, reason: String) {
+        self.action = action
+        self.kind = kind
+        self.name = name
+        self.reason = reason
+    }
+}
+
+public struct ApplyResponse: Codable, Sendable, Equatable {
+    public var changes: [Change]
+    public init(changes: [Change]) { self.changes = changes }
+}
+
+public struct VMView: Codable, Sendable, Equatable {
+    public var name: String
+    public var host: String?
+    /// pending, running, shutoff, paused, migrating, error.
+    public var state: String
+    public var desiredPower: String
+    public var cpus: Int
+    public var memoryMiB: Int
+    public var resourcePool: String?
+    public var message: String?
+    public init(name: String, host: String?, state: String, desiredPower: String, cpus: Int, memoryMiB: Int, resourcePool: String?, message: String?) {
+        self.name = name
+        self.host = host
+        self.state = state
+        self.desiredPower = desiredPower
+        self.cpus = cpus
+        self.memoryMiB = memoryMiB
+        self.resourcePool = resourcePool
+        self.message = message
+    }
+}
+
+public struct HostView: Codable, Sendable, Equatable {
+    public var name: String
+    public var site: String?
+    public var agent: String?
+    /// connected, maintenance, poweredOff, disconnected.
+    public var state: String
+    public var cpus: Int?
+    public var memoryMiB: Int?
+    public var vms: Int
+    public var message: String?
+    public init(name: String, site: String?, agent: String?, state: String, cpus: Int?, memoryMiB: Int?, vms: Int, message: String?) {
+        self.name = name
+        self.site = site
+        self.agent = agent
+        self.state = state
+        self.cpus = cpus
+        self.memoryMiB = memoryMiB
+        self.vms = vms
+        self.message = message
+    }
+}
+
+public struct APIError: Codable, Sendable, Error, CustomStringConvertible {
+    public var error: String
+    public var problems: [ValidationProblem]?
+    public init(error: String, problems: [ValidationProblem]? = nil) {
+        self.error = error
+        self.problems = problems
+    }
+    public var description: String { error }
+}

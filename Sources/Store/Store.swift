@@ -1,0 +1,359 @@
+import ClusterModel
+import Foundation
+import Logging
+import SQLiteNIO
+
+/// A value bound into or read from SQL; the subset both SQLite and PostgreSQL share.
+public enum SQLValue: Sendable, Equatable {
+    case int(Int64)
+    case text(String)
+    case null
+
+    public var int: Int64? { if case .int(let v) = self { return v } else { return nil } }
+    public var text: String? { if case .text(let v) = self { return v } else { return nil } }
+}
+
+public typealias SQLRow = [String: SQLValue]
+
+/// One SQL database. Statements use `$1, $2, ...` placeholders, which both SQLite and PostgreSQL
+/// accept, so the schema and every query are written once.
+public protocol SQLBackend: Sendable {
+    var kind: String { get }
+    func execute(_ sql: String, _ binds: [SQLValue]) async throws
+    func query(_ sql: String, _ binds: [SQLValue]) async throws -> [SQLRow]
+    func close() async throws
+}
+
+/// SQLite through sqlite-nio: one connection, WAL journal, foreign keys on.
+public final class SQLiteBackend: SQLBackend {
+    public let kind = "sqlite"
+    let connection: SQLiteConnection
+
+    public init(path: String, logger: Logger) async throws {
+        if path != ":memory:" {
+            try FileManager.default.createDirectory(
+                atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        }
+        connection = try await SQLiteConnection.open(storage: path == ":memory:" ? .memory : .file(path: path), logger: logger)
+        try await execute("PRAGMA journal_mode = WAL", [])
+        try await execute("PRAGMA synchronous = FULL", [])
+        try await execute("PRAGMA foreign_keys = ON", [])
+        try await execute("PRAGMA busy_timeout = 5000", [])
+    }
+
+    static func data(_ v: SQLValue) -> SQLiteData {
+        switch v {
+        case .int(let i): return .integer(Int(i))
+        case .text(let s): return .text(s)
+        case .null: return .null
+        }
+    }
+
+    public func execute(_ sql: String, _ binds: [SQLValue]) async throws {
+        try await connection.query(sql, binds.map(Self.data)) { _ in }
+    }
+
+    public func query(_ sql: String, _ binds: [SQLValue]) async throws -> [SQLRow] {
+        let rows = RowCollector()
+        try await connection.query(sql, binds.map(Self.data)) { row in rows.add(row) }
+        return rows.rows.map { row in
+            var out: SQLRow = [:]
+            for c in row.columns {
+                switch c.data {
+                case .integer(let i): out[c.name] = .int(Int64(i))
+                case .float(let d): out[c.name] = .int(Int64(d))
+                case .text(let s): out[c.name] = .text(s)
+                case .blob(let b): out[c.name] = .text(String(buffer: b))
+                case .null: out[c.name] = .null
+                }
+            }
+            return out
+        }
+    }
+
+    public func close() async throws { try await connection.close() }
+}
+
+final class RowCollector: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _rows: [SQLiteRow] = []
+    func add(_ r: SQLiteRow) {
+        lock.lock()
+        _rows.append(r)
+        lock.unlock()
+    }
+    var rows: [SQLiteRow] {
+        lock.lock()
+        defer { lock.unlock() }
+        return _rows
+    }
+}
+
+/// Versioned schema migrations; each runs once, in order, recorded in `schema_migrations`.
+public enum Migrations {
+    public static let all: [(version: Int, statements: [String])] = [
+        (1, [
+            """
+            CREATE TABLE objects (
+                kind TEXT NOT NULL, name TEXT NOT NULL, spec TEXT NOT NULL, generation BIGINT NOT NULL,
+                updated_ms BIGINT NOT NULL, PRIMARY KEY (kind, name))
+            """,
+            """
+            CREATE TABLE vm_status (
+                name TEXT PRIMARY KEY, host TEXT, state TEXT NOT NULL, uuid TEXT, message TEXT,
+                generation BIGINT NOT NULL, updated_ms BIGINT NOT NULL)
+            """,
+            """
+            CREATE TABLE host_status (
+                name TEXT PRIMARY KEY, state TEXT NOT NULL, inventory TEXT, message TEXT, updated_ms BIGINT NOT NULL)
+            """,
+            """
+            CREATE TABLE tasks (
+                id BIGINT PRIMARY KEY, action TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, host TEXT,
+                state TEXT NOT NULL, reason TEXT NOT NULL, error TEXT, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL)
+            """,
+            """
+            CREATE TABLE events (
+                id BIGINT PRIMARY KEY, time_ms BIGINT NOT NULL, source TEXT NOT NULL, kind TEXT NOT NULL,
+                name TEXT, event TEXT, detail TEXT, message TEXT)
+            """,
+            "CREATE INDEX tasks_by_name ON tasks (kind, name)",
+        ]),
+    ]
+}
+
+/// Desired state (the manifests' objects), observed state (VMs and hosts as agents report them),
+/// tasks and events. An actor: the controller's writes are serialized.
+public actor Store {
+    public let backend: any SQLBackend
+    private var nextTaskID: Int64 = 0
+    private var nextEventID: Int64 = 0
+
+    public init(backend: any SQLBackend) async throws {
+        self.backend = backend
+        try await migrate()
+        nextTaskID = try await backend.query("SELECT COALESCE(MAX(id), 0) AS m FROM tasks", []).first?["m"]?.int ?? 0
+        nextEventID = try await backend.query("SELECT COALESCE(MAX(id), 0) AS m FROM events", []).first?["m"]?.int ?? 0
+    }
+
+    /// Opens a store from a `--database` value: a file path (SQLite) or `sqlite:PATH`.
+    public static func open(_ database: String, logger: Logger) async throws -> Store {
+        if database.hasPrefix("postgres://") || database.hasPrefix("postgresql://") {
+            throw StoreError.unsupported("PostgreSQL arrives with the next change; use a SQLite path for now")
+        }
+        let path = database.hasPrefix("sqlite:") ? String(database.dropFirst(7)) : database
+        return try await Store(backend: try await SQLiteBackend(path: path, logger: logger))
+    }
+
+    func migrate() async throws {
+        try await backend.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)", [])
+        let done = Set(try await backend.query("SELECT version FROM schema_migrations", []).compactMap { $0["version"]?.int })
+        for m in Migrations.all where !done.contains(Int64(m.version)) {
+            try await backend.execute("BEGIN", [])
+            do {
+                for s in m.statements { try await backend.execute(s, []) }
+                try await backend.execute("INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)", [.int(Int64(m.version)), .int(now())])
+                try await backend.execute("COMMIT", [])
+            } catch {
+                try? await backend.execute("ROLLBACK", [])
+                throw error
+            }
+        }
+    }
+
+    public func schemaVersion() async throws -> Int {
+        Int(try await backend.query("SELECT MAX(version) AS v FROM schema_migrations", []).first?["v"]?.int ?? 0)
+    }
+
+    func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1000) }
+
+    // MARK: Desired objects
+
+    public struct Object: Sendable, Equatable {
+        public var kind: String
+        public var name: String
+        public var spec: String
+        public var generation: Int64
+    }
+
+    /// Inserts or updates; returns whether anything changed (same spec: no new generation).
+    @discardableResult
+    public func put(kind: String, name: String, spec: String) async throws -> Bool {
+        let existing = try await backend.query("SELECT spec, generation FROM objects WHERE kind = $1 AND name = $2", [.text(kind), .text(name)]).first
+        if let existing {
+            if existing["spec"]?.text == spec { return false }
+            try await backend.execute(
+                "UPDATE objects SET spec = $1, generation = $2, updated_ms = $3 WHERE kind = $4 AND name = $5",
+                [.text(spec), .int((existing["generation"]?.int ?? 0) + 1), .int(now()), .text(kind), .text(name)])
+        } else {
+            try await backend.execute(
+                "INSERT INTO objects (kind, name, spec, generation, updated_ms) VALUES ($1, $2, $3, 1, $4)",
+                [.text(kind), .text(name), .text(spec), .int(now())])
+        }
+        return true
+    }
+
+    public func objects(kind: String) async throws -> [Object] {
+        try await backend.query("SELECT kind, name, spec, generation FROM objects WHERE kind = $1 ORDER BY name", [.text(kind)]).map {
+            Object(kind: kind, name: $0["name"]?.text ?? "", spec: $0["spec"]?.text ?? "", generation: $0["generation"]?.int ?? 0)
+        }
+    }
+
+    public func object(kind: String, name: String) async throws -> Object? {
+        try await backend.query("SELECT spec, generation FROM objects WHERE kind = $1 AND name = $2", [.text(kind), .text(name)]).first.map {
+            Object(kind: kind, name: name, spec: $0["spec"]?.text ?? "", generation: $0["generation"]?.int ?? 0)
+        }
+    }
+
+    @discardableResult
+    public func delete(kind: String, name: String) async throws -> Bool {
+        let had = try await object(kind: kind, name: name) != nil
+        try await backend.execute("DELETE FROM objects WHERE kind = $1 AND name = $2", [.text(kind), .text(name)])
+        return had
+    }
+
+    // MARK: Observed VMs
+
+    public struct VMStatus: Sendable, Equatable, Codable {
+        public var name: String
+        public var host: String?
+        public var state: String
+        public var uuid: String?
+        public var message: String?
+        public var generation: Int64
+        public init(name: String, host: String?, state: String, uuid: String?, message: String?, generation: Int64) {
+            self.name = name
+            self.host = host
+            self.state = state
+            self.uuid = uuid
+            self.message = message
+            self.generation = generation
+        }
+    }
+
+    public func setVMStatus(_ s: VMStatus) async throws {
+        try await backend.execute("DELETE FROM vm_status WHERE name = $1", [.text(s.name)])
+        try await backend.execute(
+            "INSERT INTO vm_status (name, host, state, uuid, message, generation, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            [.text(s.name), s.host.map(SQLValue.text) ?? .null, .text(s.state), s.uuid.map(SQLValue.text) ?? .null,
+             s.message.map(SQLValue.text) ?? .null, .int(s.generation), .int(now())])
+    }
+
+    public func vmStatuses() async throws -> [VMStatus] {
+        try await backend.query("SELECT * FROM vm_status ORDER BY name", []).map {
+            VMStatus(
+                name: $0["name"]?.text ?? "", host: $0["host"]?.text, state: $0["state"]?.text ?? "pending",
+                uuid: $0["uuid"]?.text, message: $0["message"]?.text, generation: $0["generation"]?.int ?? 0)
+        }
+    }
+
+    public func deleteVMStatus(_ name: String) async throws {
+        try await backend.execute("DELETE FROM vm_status WHERE name = $1", [.text(name)])
+    }
+
+    // MARK: Observed hosts
+
+    public struct HostStatus: Sendable, Equatable, Codable {
+        public var name: String
+        public var state: String
+        public var inventory: String?
+        public var message: String?
+        public init(name: String, state: String, inventory: String?, message: String?) {
+            self.name = name
+            self.state = state
+            self.inventory = inventory
+            self.message = message
+        }
+    }
+
+    public func setHostStatus(_ s: HostStatus) async throws {
+        try await backend.execute("DELETE FROM host_status WHERE name = $1", [.text(s.name)])
+        try await backend.execute(
+            "INSERT INTO host_status (name, state, inventory, message, updated_ms) VALUES ($1, $2, $3, $4, $5)",
+            [.text(s.name), .text(s.state), s.inventory.map(SQLValue.text) ?? .null, s.message.map(SQLValue.text) ?? .null, .int(now())])
+    }
+
+    public func hostStatuses() async throws -> [HostStatus] {
+        try await backend.query("SELECT * FROM host_status ORDER BY name", []).map {
+            HostStatus(name: $0["name"]?.text ?? "", state: $0["state"]?.text ?? "disconnected", inventory: $0["inventory"]?.text, message: $0["message"]?.text)
+        }
+    }
+
+    // MARK: Tasks and events
+
+    public struct Task: Sendable, Equatable, Codable {
+        public var id: Int64
+        public var action: String
+        public var kind: String
+        public var name: String
+        public var host: String?
+        public var state: String
+        public var reason: String
+        public var error: String?
+        public var createdMs: Int64
+    }
+
+    public func addTask(action: String, kind: String, name: String, host: String?, reason: String) async throws -> Int64 {
+        nextTaskID += 1
+        let t = now()
+        try await backend.execute(
+            "INSERT INTO tasks (id, action, kind, name, host, state, reason, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $7)",
+            [.int(nextTaskID), .text(action), .text(kind), .text(name), host.map(SQLValue.text) ?? .null, .text(reason), .int(t)])
+        return nextTaskID
+    }
+
+    public func finishTask(_ id: Int64, error: String?) async throws {
+        try await backend.execute(
+            "UPDATE tasks SET state = $1, error = $2, updated_ms = $3 WHERE id = $4",
+            [.text(error == nil ? "done" : "failed"), error.map(SQLValue.text) ?? .null, .int(now()), .int(id)])
+    }
+
+    public func tasks(limit: Int = 200) async throws -> [Task] {
+        try await backend.query("SELECT * FROM tasks ORDER BY id DESC LIMIT $1", [.int(Int64(limit))]).map {
+            Task(
+                id: $0["id"]?.int ?? 0, action: $0["action"]?.text ?? "", kind: $0["kind"]?.text ?? "", name: $0["name"]?.text ?? "",
+                host: $0["host"]?.text, state: $0["state"]?.text ?? "", reason: $0["reason"]?.text ?? "", error: $0["error"]?.text,
+                createdMs: $0["created_ms"]?.int ?? 0)
+        }
+    }
+
+    public struct Event: Sendable, Equatable, Codable {
+        public var id: Int64
+        public var timeMs: Int64
+        public var source: String
+        public var kind: String
+        public var name: String?
+        public var event: String?
+        public var detail: String?
+        public var message: String?
+    }
+
+    @discardableResult
+    public func addEvent(source: String, kind: String, name: String?, event: String?, detail: String?, message: String?) async throws -> Int64 {
+        nextEventID += 1
+        try await backend.execute(
+            "INSERT INTO events (id, time_ms, source, kind, name, event, detail, message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            [.int(nextEventID), .int(now()), .text(source), .text(kind), name.map(SQLValue.text) ?? .null,
+             event.map(SQLValue.text) ?? .null, detail.map(SQLValue.text) ?? .null, message.map(SQLValue.text) ?? .null])
+        return nextEventID
+    }
+
+    public func events(after: Int64 = 0, limit: Int = 500) async throws -> [Event] {
+        try await backend.query("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2", [.int(after), .int(Int64(limit))]).map {
+            Event(
+                id: $0["id"]?.int ?? 0, timeMs: $0["time_ms"]?.int ?? 0, source: $0["source"]?.text ?? "", kind: $0["kind"]?.text ?? "",
+                name: $0["name"]?.text, event: $0["event"]?.text, detail: $0["detail"]?.text, message: $0["message"]?.text)
+        }
+    }
+
+    public func close() async throws { try await backend.close() }
+}
+
+public enum StoreError: Error, CustomStringConvertible {
+    case unsupported(String)
+    public var description: String {
+        switch self {
+        case .unsupported(let m): return m
+        }
+    }
+}

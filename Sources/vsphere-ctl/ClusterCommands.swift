@@ -1,0 +1,300 @@
+import ArgumentParser
+import ClusterModel
+import ControllerAPI
+import Foundation
+
+func loadManifest(_ file: String) throws -> ClusterManifest {
+    do {
+        return try ClusterManifest.decodeValidated(try readInput(file))
+    } catch let failure as ValidationFailure {
+        throw reportProblems(failure.problems)
+    }
+}
+
+func printChanges(_ r: ApplyResponse, output: OutputFormat, verb: String) throws {
+    if output == .json { return try printJSON(r) }
+    if r.changes.isEmpty { print("no changes"); return }
+    table(["ACTION", "KIND", "NAME", "REASON"], r.changes.map { [$0.action, $0.kind, $0.name, $0.reason] })
+    print("\(r.changes.count) change\(r.changes.count == 1 ? "" : "s") \(verb)")
+}
+
+/// `vsphere-ctl plan -f FILE`: what apply would do, with reasons; changes nothing.
+struct Plan: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show what apply would do, with reasons; change nothing.")
+    @OptionGroup var server: ServerOptions
+    @Option(name: .shortAndLong, help: "Manifest (JSON), or - for standard input.") var file: String
+    @Flag(help: "Also delete VMs absent from the document.") var prune = false
+    @Option(name: .shortAndLong, help: "table or json.") var output: OutputFormat = .table
+
+    func run() async throws {
+        let manifest = try loadManifest(file)
+        let client = try server.client()
+        defer { Task { await client.close() } }
+        let r: ApplyResponse = try await client.call(.POST, "/v1/apply", body: try JSONEncoder().encode(ApplyRequest(manifest: manifest, prune: prune, dryRun: true)))
+        try printChanges(r, output: output, verb: "planned")
+    }
+}
+
+/// `vsphere-ctl apply -f FILE [--wait] [--prune]`.
+struct Apply: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Merge a manifest into the cluster's desired state (idempotent).")
+    @OptionGroup var server: ServerOptions
+    @Option(name: .shortAndLong, help: "Manifest (JSON), or - for standard input.") var file: String
+    @Flag(help: "Also delete VMs absent from the document.") var prune = false
+    @Flag(help: "Wait until every VM of the document is in its desired power state.") var wait = false
+    @Option(help: "Seconds to wait at most.") var timeout: Int = 600
+    @Option(name: .shortAndLong, help: "table or json.") var output: OutputFormat = .table
+
+    func run() async throws {
+        let manifest = try loadManifest(file)
+        let client = try server.client()
+        defer { Task { await client.close() } }
+        let r: ApplyResponse = try await client.call(.POST, "/v1/apply", body: try JSONEncoder().encode(ApplyRequest(manifest: manifest, prune: prune)))
+        try printChanges(r, output: output, verb: "applied")
+        if wait {
+            let names = Set((manifest.vms ?? []).map(\.name))
+            let want = Dictionary(uniqueKeysWithValues: (manifest.vms ?? []).map { ($0.name, ($0.powerState ?? "running") == "running" ? "running" : "shutoff") })
+            try await waitFor(client: client, names: names, want: want, timeout: timeout, quiet: output == .json)
+        }
+    }
+}
+
+func waitFor(client: ControllerClient, names: Set<String>, want: [String: String], timeout: Int, quiet: Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(timeout)
+    let tty = isatty(1) == 1 && !quiet
+    while true {
+        let vms: [VMView] = try await client.call(.GET, "/v1/vms")
+        let mine = vms.filter { names.contains($0.name) }
+        let done = mine.filter { want[$0.name] == $0.state }
+        if tty {
+            let width = 30
+            let filled = names.isEmpty ? width : width * done.count / names.count
+            let bar = "\r[\(String(repeating: "#", count: filled))\(String(repeating: ".", count: width - filled))] \(done.count)/\(names.count) VMs ready"
+            FileHandle.standardOutput.write(Data(bar.utf8))
+        }
+        if done.count == names.count {
+            if tty { print() }
+            return
+        }
+        if ContinuousClock.now > deadline {
+            if tty { print() }
+            for vm in mine where want[vm.name] != vm.state {
+                stderr("\(vm.name): \(vm.state)\(vm.message.map { " (\($0))" } ?? "")")
+            }
+            stderr("timed out after \(timeout) s")
+            throw ExitCode(Exit.failed)
+        }
+        try await Task.sleep(for: .milliseconds(500))
+    }
+}
+
+/// `vsphere-ctl get hosts|vms|pools|networks|resource-pools|tasks|events`.
+struct Get: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List hosts, vms, pools, networks, resource-pools, tasks or events.")
+    @OptionGroup var server: ServerOptions
+    @Argument(help: "hosts, vms, pools, networks, resource-pools, tasks, events") var what: String
+    @Option(name: .shortAndLong, help: "table or json.") var output: OutputFormat = .table
+
+    func validate() throws {
+        let known = ["hosts", "vms", "pools", "networks", "resource-pools", "tasks", "events", "migrations"]
+        if !known.contains(what) { throw ValidationError("unknown kind \(what); use one of \(known.joined(separator: ", "))") }
+    }
+
+    func run() async throws {
+        let client = try server.client()
+        defer { Task { await client.close() } }
+        switch what {
+        case "hosts":
+            let hosts: [HostView] = try await client.call(.GET, "/v1/hosts")
+            if output == .json { return try printJSON(hosts) }
+            table(["NAME", "SITE", "STATE", "CPUS", "MEMORY", "VMS", "AGENT"], hosts.map {
+                [$0.name, $0.site ?? "-", $0.state, $0.cpus.map(String.init) ?? "-", $0.memoryMiB.map { "\($0) MiB" } ?? "-", String($0.vms), $0.agent ?? "-"]
+            })
+        case "vms":
+            let vms: [VMView] = try await client.call(.GET, "/v1/vms")
+            if output == .json { return try printJSON(vms) }
+            table(["NAME", "HOST", "STATE", "CPUS", "MEMORY", "POOL", "MESSAGE"], vms.map {
+                [$0.name, $0.host ?? "-", $0.state, String($0.cpus), "\($0.memoryMiB) MiB", $0.resourcePool ?? "-", $0.message ?? ""]
+            })
+        case "pools":
+            let pools: [ClusterManifest.StoragePool] = try await client.call(.GET, "/v1/pools")
+            if output == .json { return try printJSON(pools) }
+            table(["NAME", "TYPE", "PATH"], pools.map { [$0.name, $0.type, $0.path ?? $0.volumeGroup ?? "-"] })
+        case "networks":
+            let nets: [ClusterManifest.Network] = try await client.call(.GET, "/v1/networks")
+            if output == .json { return try printJSON(nets) }
+            table(["NAME", "TYPE", "VLAN", "VNI", "BRIDGE"], nets.map {
+                [$0.name, $0.type ?? "bridge", $0.vlan.map(String.init) ?? "-", $0.vni.map(String.init) ?? "-", $0.bridge ?? $0.name]
+            })
+        case "resource-pools":
+            let rps: [ClusterManifest.ResourcePool] = try await client.call(.GET, "/v1/resource-pools")
+            if output == .json { return try printJSON(rps) }
+            table(["NAME", "PARENT", "CPU RES/LIMIT MHz", "MEM RES/LIMIT MiB"], rps.map {
+                [$0.name, $0.parent ?? "-", "\($0.cpu?.reservationMHz ?? 0)/\($0.cpu?.limitMHz.map(String.init) ?? "-")",
+                 "\($0.memory?.reservationMiB ?? 0)/\($0.memory?.limitMiB.map(String.init) ?? "-")"]
+            })
+        case "tasks":
+            let tasks: [TaskView] = try await client.call(.GET, "/v1/tasks")
+            if output == .json { return try printJSON(tasks) }
+            table(["ID", "ACTION", "VM", "HOST", "STATE", "REASON", "ERROR"], tasks.map {
+                [String($0.id), $0.action, $0.name, $0.host ?? "-", $0.state, $0.reason, $0.error ?? ""]
+            })
+        case "events":
+            let events: [EventView] = try await client.call(.GET, "/v1/events")
+            if output == .json { return try printJSON(events) }
+            printEvents(events)
+        default:
+            if output == .json { return try printJSON([String]()) }
+            print("no migrations yet (live migration arrives with the vMotion issue)")
+        }
+    }
+}
+
+struct TaskView: Codable {
+    var id: Int64
+    var action: String
+    var kind: String
+    var name: String
+    var host: String?
+    var state: String
+    var reason: String
+    var error: String?
+    var createdMs: Int64
+}
+
+struct EventView: Codable {
+    var id: Int64
+    var timeMs: Int64
+    var source: String
+    var kind: String
+    var name: String?
+    var event: String?
+    var detail: String?
+    var message: String?
+}
+
+func printEvents(_ events: [EventView]) {
+    let f = ISO8601DateFormatter()
+    for e in events {
+        let t = f.string(from: Date(timeIntervalSince1970: Double(e.timeMs) / 1000))
+        print([t, e.kind, e.name ?? "-", e.event ?? "", e.detail ?? "", e.message ?? ""].joined(separator: "  "))
+    }
+}
+
+/// `vsphere-ctl events [--follow]`.
+struct Events: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the controller's event log.")
+    @OptionGroup var server: ServerOptions
+    @Flag(help: "Keep printing new events.") var follow = false
+    @Option(name: .shortAndLong, help: "table or json.") var output: OutputFormat = .table
+
+    func run() async throws {
+        let client = try server.client()
+        defer { Task { await client.close() } }
+        var after: Int64 = 0
+        repeat {
+            let events: [EventView] = try await client.call(.GET, "/v1/events?after=\(after)")
+            if output == .json {
+                if follow {
+                    for e in events { try printJSONLine(e) }
+                } else {
+                    try printJSON(events)
+                }
+            } else {
+                printEvents(events)
+            }
+            after = events.last?.id ?? after
+            if follow { try await Task.sleep(for: .seconds(1)) }
+        } while follow
+    }
+}
+
+func printJSONLine<T: Encodable>(_ v: T) throws {
+    let e = JSONEncoder()
+    e.outputFormatting = [.sortedKeys]
+    print(String(decoding: try e.encode(v), as: UTF8.self))
+}
+
+/// `vsphere-ctl describe host|vm NAME`.
+struct Describe: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show one host or VM.")
+    @OptionGroup var server: ServerOptions
+    @Argument(help: "host or vm") var kind: String
+    @Argument(help: "its name") var name: String
+    @Option(name: .shortAndLong, help: "table or json.") var output: OutputFormat = .table
+
+    func validate() throws {
+        if kind != "host" && kind != "vm" { throw ValidationError("describe host NAME or describe vm NAME") }
+        if !Names.isValid(name) { throw ValidationError("\(name): must match ^[a-z][a-z0-9-]{0,62}$") }
+    }
+
+    func run() async throws {
+        let client = try server.client()
+        defer { Task { await client.close() } }
+        if kind == "vm" {
+            let vm: VMView = try await client.call(.GET, "/v1/vms/\(name)")
+            if output == .json { return try printJSON(vm) }
+            for (k, v) in [("Name", vm.name), ("Host", vm.host ?? "-"), ("State", vm.state), ("Desired", vm.desiredPower),
+                           ("CPUs", String(vm.cpus)), ("Memory", "\(vm.memoryMiB) MiB"), ("Pool", vm.resourcePool ?? "-"), ("Message", vm.message ?? "")] {
+                print("\(k):".padding(toLength: 10, withPad: " ", startingAt: 0) + v)
+            }
+        } else {
+            let h: HostView = try await client.call(.GET, "/v1/hosts/\(name)")
+            if output == .json { return try printJSON(h) }
+            for (k, v) in [("Name", h.name), ("Site", h.site ?? "-"), ("State", h.state), ("Agent", h.agent ?? "-"),
+                           ("CPUs", h.cpus.map(String.init) ?? "-"), ("Memory", h.memoryMiB.map { "\($0) MiB" } ?? "-"), ("VMs", String(h.vms)), ("Message", h.message ?? "")] {
+                print("\(k):".padding(toLength: 10, withPad: " ", startingAt: 0) + v)
+            }
+        }
+    }
+}
+
+/// `vsphere-ctl delete vm NAME` / `vsphere-ctl delete -f FILE`.
+struct Delete: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Delete a VM, or every VM of a manifest.")
+    @OptionGroup var server: ServerOptions
+    @Argument(help: "vm NAME") var args: [String] = []
+    @Option(name: .shortAndLong, help: "Manifest whose VMs to delete.") var file: String?
+
+    func validate() throws {
+        if file == nil && (args.count != 2 || args[0] != "vm") { throw ValidationError("delete vm NAME, or delete -f FILE") }
+        if file == nil && !Names.isValid(args[1]) { throw ValidationError("\(args[1]): must match ^[a-z][a-z0-9-]{0,62}$") }
+    }
+
+    func run() async throws {
+        let client = try server.client()
+        defer { Task { await client.close() } }
+        let names = try file.map { try (loadManifest($0).vms ?? []).map(\.name) } ?? [args[1]]
+        for n in names {
+            let _: ApplyResponse = try await client.call(.DELETE, "/v1/vms/\(n)")
+            print("vm \(n) deleted")
+        }
+    }
+}
+
+/// `vsphere-ctl vm start|stop|restart NAME [--wait]`.
+struct VMCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "vm", abstract: "Start, stop or restart a VM.")
+    @OptionGroup var server: ServerOptions
+    @Argument(help: "start, stop or restart") var action: String
+    @Argument(help: "the VM") var name: String
+    @Flag(help: "Wait until the VM is in the desired state.") var wait = false
+    @Option(help: "Seconds to wait at most.") var timeout: Int = 300
+
+    func validate() throws {
+        if !["start", "stop", "restart"].contains(action) {
+            throw ValidationError("\(action): use start, stop or restart (migrate arrives with the vMotion issue)")
+        }
+        if !Names.isValid(name) { throw ValidationError("\(name): must match ^[a-z][a-z0-9-]{0,62}$") }
+    }
+
+    func run() async throws {
+        let client = try server.client()
+        defer { Task { await client.close() } }
+        let _: ApplyResponse = try await client.call(.POST, "/v1/vms/\(name)/\(action)")
+        print("vm \(name): \(action) requested")
+        if wait {
+            try await waitFor(client: client, names: [name], want: [name: action == "stop" ? "shutoff" : "running"], timeout: timeout, quiet: false)
+        }
+    }
+}
