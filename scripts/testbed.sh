@@ -219,6 +219,25 @@ up() {
     status
 }
 
+run_controller() {
+    local dir="$TB/controller"
+    # exec: $! must be the controller itself, not a shell around it.
+    (eval "exec $(cat "$dir/controller.cmd")") </dev/null >>"$dir/controller.log" 2>&1 &
+    echo $! >"$dir/controller.pid"
+    wait_for 30 "controller" curl -sf --cacert "$dir/tls/controller-ca.crt" https://10.250.1.254:8443/healthz
+}
+
+# Stops the controller (SIGKILL with --kill: no chance to finish anything) and starts it again on
+# the same database.
+restart_controller() {
+    local dir="$TB/controller" sig=TERM pid
+    [ "${1:-}" = "--kill" ] && sig=KILL
+    pid=$(cat "$dir/controller.pid")
+    kill "-$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    run_controller
+}
+
 # The controller in the root namespace on 10.250.1.254:8443, trusting every host's agent CA; the
 # testbed's hosts registered through a manifest; the CLI configured for it.
 start_controller() {
@@ -226,13 +245,14 @@ start_controller() {
     [ -x "$CONTROLLER" ] || { log "no controller binary at $CONTROLLER"; return 1; }
     mkdir -p "$dir"
     for i in $(seq 1 "$n"); do cas+=(--agent-ca "$TB/h$i/agent/tls/agent-ca.crt"); done
-    "$CONTROLLER" --listen 10.250.1.254 --port 8443 --database "$dir/state.db" --data-dir "$dir" \
-        --reconcile-interval 1 "${cas[@]}" </dev/null >>"$dir/controller.log" 2>&1 &
-    echo $! >"$dir/controller.pid"
-    wait_for 30 "controller" curl -sf --cacert "$dir/tls/controller-ca.crt" https://10.250.1.254:8443/healthz
+    printf '%q ' "$CONTROLLER" --listen 10.250.1.254 --port 8443 --database "$dir/state.db" --data-dir "$dir" \
+        --reconcile-interval 1 "${cas[@]}" >"$dir/controller.cmd"
+    run_controller
     printf '{"server": "https://10.250.1.254:8443", "ca": "%s"}\n' "$dir/tls/controller-ca.crt" >"$TB/ctl.json"
-    mkdir -p "$(dirname "$CTL_CONFIG")"
-    cp "$TB/ctl.json" "$CTL_CONFIG"
+    if [ "$(realpath -m "$CTL_CONFIG")" != "$(realpath -m "$TB/ctl.json")" ]; then
+        mkdir -p "$(dirname "$CTL_CONFIG")"
+        cp "$TB/ctl.json" "$CTL_CONFIG"
+    fi
     python3 - "$n" "$m" >"$TB/cluster.json" <<'PY'
 import json, sys
 n, m = int(sys.argv[1]), int(sys.argv[2])
@@ -258,7 +278,13 @@ kill_ns_pids() { # NS SIGNAL
 down() {
     local h ns
     if [ -d "$TB" ]; then
-        [ -e "$TB/controller/controller.pid" ] && kill -TERM "$(cat "$TB/controller/controller.pid")" 2>/dev/null || true
+        if [ -e "$TB/controller/controller.pid" ]; then
+            local cpid
+            cpid=$(cat "$TB/controller/controller.pid")
+            kill -TERM "$cpid" 2>/dev/null || true
+            for _ in $(seq 50); do kill -0 "$cpid" 2>/dev/null || break; sleep 0.1; done
+            kill -KILL "$cpid" 2>/dev/null || true
+        fi
         for f in "$TB"/*/agent.pid; do
             [ -e "$f" ] && kill -TERM "$(cat "$f")" 2>/dev/null || true
         done
@@ -337,6 +363,7 @@ case "$cmd" in
     status) status ;;
     exec) h=$1; shift; exec nsenter -t "$(holder "$h")" -n -m -u -- "$@" ;;
     restart-libvirtd) restart_libvirtd "$1" ;;
+    restart-controller) restart_controller "${1:-}" ;;
     stop-libvirtd) in_host "$1" sh -c 'kill $(cat /run/libvirtd.pid)' ;;
     start-libvirtd) in_host "$1" libvirtd -d --listen </dev/null >>"$TB/$1/libvirtd.log" 2>&1 ;;
     *) echo "usage: $0 up HOSTS [SITES] | down | status | exec HOST CMD... | restart-libvirtd HOST" >&2; exit 2 ;;

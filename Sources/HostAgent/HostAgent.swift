@@ -84,8 +84,9 @@ public final class HostAgent: Sendable {
     static func usage(_ c: Connection, excluding: String? = nil) throws -> Usage {
         var u = Usage()
         for d in try c.domains() where d.name != excluding {
+            // A domain may vanish between the listing and this call: it then takes nothing.
+            guard let info = try Self.ifStillThere({ try d.info() }) else { continue }
             u.vms += 1
-            let info = try d.info()
             guard info.state.isActive else { continue }
             u.running += 1
             u.vcpus += info.vcpus
@@ -101,7 +102,18 @@ public final class HostAgent: Sendable {
     // MARK: VMs
 
     public func list() async throws(AgentError) -> [VMStatus] {
-        try await withLibvirt { c in try c.domains().map(Self.status).sorted { $0.name < $1.name } }
+        try await withLibvirt { c in
+            try c.domains().compactMap { d in try Self.ifStillThere { try Self.status(d) } }.sorted { $0.name < $1.name }
+        }
+    }
+
+    /// Runs a per-domain call; nil when the domain was undefined meanwhile (listings race with changes).
+    static func ifStillThere<T>(_ body: () throws -> T) throws -> T? {
+        do {
+            return try body()
+        } catch let e as LibvirtError where e.isNotFound {
+            return nil
+        }
     }
 
     public func status(_ name: String) async throws(AgentError) -> VMStatus {

@@ -15,6 +15,7 @@ struct Testbed {
     static let guestDir = ProcessInfo.processInfo.environment["VSPHERE_GUEST_DIR"] ?? ""
     static let script = ProcessInfo.processInfo.environment["VSPHERE_TESTBED_SCRIPT"] ?? "scripts/testbed.sh"
     static let agentBinary = ProcessInfo.processInfo.environment["VSPHERE_AGENT_BIN"] ?? ""
+    static let ctlBinary = ProcessInfo.processInfo.environment["VSPHERE_CTL_BIN"] ?? ""
 
     static func address(_ host: String) throws -> String {
         try String(contentsOfFile: "\(dir)/\(host)/address", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)

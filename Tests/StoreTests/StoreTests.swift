@@ -1,0 +1,58 @@
+import Foundation
+import Logging
+import Store
+import Testing
+
+@Suite struct SQLiteStore {
+    func tempPath() -> String {
+        FileManager.default.temporaryDirectory.appendingPathComponent("vs-store-\(UUID().uuidString)/state.db").path
+    }
+
+    @Test func migrationsRunOnceAndStateSurvivesReopen() async throws {
+        let path = tempPath()
+        defer { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) }
+        let logger = Logger(label: "test")
+        do {
+            let store = try await Store.open(path, logger: logger)
+            #expect(try await store.schemaVersion() == Migrations.all.last!.version)
+            #expect(try await store.put(kind: "vm", name: "a", spec: #"{"x":1}"#))
+            #expect(try await store.put(kind: "vm", name: "a", spec: #"{"x":1}"#) == false, "same spec: no change")
+            #expect(try await store.put(kind: "vm", name: "a", spec: #"{"x":2}"#))
+            try await store.setVMStatus(.init(name: "a", host: "h1", state: "running", uuid: "u", message: nil, generation: 2))
+            let t = try await store.addTask(action: "define", kind: "vm", name: "a", host: "h1", reason: "test")
+            try await store.finishTask(t, error: nil)
+            try await store.addEvent(source: "test", kind: "vm", name: "a", event: "placed", detail: "h1", message: nil)
+            try await store.close()
+        }
+        // A second open (a restarted controller) sees everything and runs no migration again.
+        let store = try await Store.open(path, logger: logger)
+        defer { Task { try? await store.close() } }
+        #expect(try await store.schemaVersion() == Migrations.all.last!.version)
+        let obj = try #require(try await store.object(kind: "vm", name: "a"))
+        #expect(obj.spec == #"{"x":2}"#)
+        #expect(obj.generation == 2)
+        #expect(try await store.vmStatuses() == [.init(name: "a", host: "h1", state: "running", uuid: "u", message: nil, generation: 2)])
+        let tasks = try await store.tasks()
+        #expect(tasks.count == 1)
+        #expect(tasks.first?.state == "done")
+        let next = try await store.addTask(action: "start", kind: "vm", name: "a", host: "h1", reason: "test")
+        #expect(next == 2, "task ids continue after a restart")
+        #expect(try await store.events().map(\.event) == ["placed"])
+        #expect(try await store.delete(kind: "vm", name: "a"))
+        #expect(try await store.object(kind: "vm", name: "a") == nil)
+        #expect(try await store.delete(kind: "vm", name: "a") == false)
+    }
+
+    @Test func textIsStoredVerbatim() async throws {
+        let store = try await Store.open(":memory:", logger: Logger(label: "test"))
+        let evil = #"'); DROP TABLE objects; -- ü 🚀 "quoted""#
+        try await store.put(kind: "vm", name: evil, spec: evil)
+        #expect(try await store.object(kind: "vm", name: evil)?.spec == evil)
+        #expect(try await store.objects(kind: "vm").count == 1)
+        try await store.close()
+    }
+
+    @Test func postgresIsRefusedClearlyForNow() async throws {
+        await #expect(throws: StoreError.self) { try await Store.open("postgres://localhost/vsphere", logger: Logger(label: "t")) }
+    }
+}
