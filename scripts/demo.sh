@@ -1,57 +1,75 @@
 #!/usr/bin/env bash
-# make demo / make demo-down: one host (this machine): its libvirtd, a vsphere-agent on it, and a
-# guest booted through the agent's API. The controller arrives with the next issue.
+# make demo / make demo-down: a one-host cluster on this machine: its libvirtd, a vsphere-agent on
+# it, a vsphere-controller (SQLite), examples/quickstart.json applied, its VMs running.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STATE=/var/lib/vsphere/demo
-PORT=${DEMO_PORT:-7443}
-BASE="https://127.0.0.1:$PORT"
+IMAGES=/var/lib/vsphere/images
+CTL="$ROOT/.build/debug/vsphere-ctl"
+CONFIG=${VSPHERE_CONFIG:-$HOME/.config/vsphere/config.json}
 
-api() { curl -sS --fail-with-body --cacert "$STATE/agent/tls/agent-ca.crt" "$@"; }
+wait_url() { # URL CA
+    for _ in $(seq 100); do curl -sf --cacert "$2" "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done
+    echo "demo: $1 did not come up (logs in $STATE)" >&2
+    return 1
+}
+
+running() { [ -e "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 up() {
     bash "$ROOT/scripts/libvirtd-up.sh"
-    mkdir -p "$STATE"
-    if [ -e "$STATE/agent.pid" ] && kill -0 "$(cat "$STATE/agent.pid")" 2>/dev/null; then
-        echo "demo: agent already running (pid $(cat "$STATE/agent.pid"))"
-    else
-        setsid "$ROOT/.build/debug/vsphere-agent" --listen 127.0.0.1 --port "$PORT" --data-dir "$STATE/agent" \
-            --host-name "$(hostname)" </dev/null >"$STATE/agent.log" 2>&1 &
+    mkdir -p "$STATE" "$IMAGES"
+    cp "$ROOT"/guest/out/{vmlinuz,initrd.img} "$IMAGES/"
+    if ! running "$STATE/agent.pid"; then
+        setsid "$ROOT/.build/debug/vsphere-agent" --listen 127.0.0.1 --port 7443 --data-dir "$STATE/agent" \
+            --host-name local --console-log-dir /var/log/libvirt/qemu </dev/null >>"$STATE/agent.log" 2>&1 &
         echo $! >"$STATE/agent.pid"
-        for _ in $(seq 100); do curl -sfk "$BASE/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
     fi
-    echo "== host inventory (GET /v1/host)"
-    api "$BASE/v1/host" | python3 -m json.tool
-    cat >"$STATE/demo1.json" <<JSON
-{"name": "demo1", "cpus": 1, "memoryMiB": 256,
- "boot": {"kernel": "$ROOT/guest/out/vmlinuz", "initrd": "$ROOT/guest/out/initrd.img", "cmdline": "console=ttyS0 vs.name=demo1"},
- "resources": {"cpu": {"shares": "high"}, "memory": {"reservationMiB": 128}}}
-JSON
-    echo "== define and start demo1"
-    api -X PUT --data @"$STATE/demo1.json" "$BASE/v1/vms/demo1" >/dev/null
-    api -X POST "$BASE/v1/vms/demo1/start" >/dev/null 2>&1 || true
-    for _ in $(seq 120); do
-        api "$BASE/v1/vms/demo1/console" 2>/dev/null | grep -q VSPHERE-GUEST-READY && break
-        sleep 1
-    done
-    api "$BASE/v1/vms/demo1/console" | grep -a VSPHERE-GUEST-READY || { echo "demo: demo1 did not boot" >&2; exit 1; }
-    echo "== VMs (GET /v1/vms)"
-    api "$BASE/v1/vms" | python3 -c 'import json,sys
-print("%-10s %-10s %5s %8s" % ("NAME", "STATE", "VCPUS", "MEMORY"))
-for v in json.load(sys.stdin): print("%-10s %-10s %5d %5d MiB" % (v["name"], v["state"], v["vcpus"], v["memoryMiB"]))'
+    for _ in $(seq 100); do [ -e "$STATE/agent/tls/agent-ca.crt" ] && break; sleep 0.1; done
+    wait_url https://127.0.0.1:7443/healthz "$STATE/agent/tls/agent-ca.crt"
+    if ! running "$STATE/controller.pid"; then
+        setsid "$ROOT/.build/debug/vsphere-controller" --listen 127.0.0.1 --port 8443 --database "$STATE/controller/state.db" \
+            --data-dir "$STATE/controller" --agent-ca "$STATE/agent/tls/agent-ca.crt" </dev/null >>"$STATE/controller.log" 2>&1 &
+        echo $! >"$STATE/controller.pid"
+    fi
+    for _ in $(seq 100); do [ -e "$STATE/controller/tls/controller-ca.crt" ] && break; sleep 0.1; done
+    wait_url https://127.0.0.1:8443/healthz "$STATE/controller/tls/controller-ca.crt"
+    mkdir -p "$(dirname "$CONFIG")"
+    printf '{"server": "https://127.0.0.1:8443", "ca": "%s"}\n' "$STATE/controller/tls/controller-ca.crt" >"$CONFIG"
+    echo "== vsphere-ctl apply -f examples/quickstart.json --wait"
+    "$CTL" apply -f "$ROOT/examples/quickstart.json" --wait --timeout 300
     echo
-    echo "demo: agent at $BASE (CA: $STATE/agent/tls/agent-ca.crt). The controller and 'vsphere-ctl get vms'"
-    echo "      arrive with the next issue. Stop everything with: make demo-down"
+    echo "== vsphere-ctl get hosts"
+    "$CTL" get hosts
+    echo
+    echo "== vsphere-ctl get vms"
+    "$CTL" get vms
+    echo
+    echo "demo: controller https://127.0.0.1:8443 (CLI config $CONFIG), agent https://127.0.0.1:7443."
+    echo "      Try: $CTL plan -f examples/quickstart.json; $CTL get events. Stop it all: make demo-down"
 }
 
 down() {
-    if [ -e "$STATE/agent.pid" ]; then
-        api -X DELETE "$BASE/v1/vms/demo1?force=true" >/dev/null 2>&1 || true
-        kill -TERM "$(cat "$STATE/agent.pid")" 2>/dev/null || true
-        for _ in $(seq 50); do kill -0 "$(cat "$STATE/agent.pid")" 2>/dev/null || break; sleep 0.1; done
+    if running "$STATE/controller.pid" && [ -e "$CONFIG" ]; then
+        "$CTL" delete -f "$ROOT/examples/quickstart.json" >/dev/null 2>&1 || true
+        # Let the reconciler remove the VMs from the host before the daemons go.
+        for _ in $(seq 60); do
+            virsh -c qemu:///system list --all --name 2>/dev/null | grep -qxE 'hello|world' || break
+            sleep 0.5
+        done
     fi
-    virsh -c qemu:///system destroy demo1 >/dev/null 2>&1 || true
-    virsh -c qemu:///system undefine demo1 >/dev/null 2>&1 || true
+    for p in controller agent; do
+        if running "$STATE/$p.pid"; then
+            kill -TERM "$(cat "$STATE/$p.pid")" 2>/dev/null || true
+            for _ in $(seq 50); do running "$STATE/$p.pid" || break; sleep 0.1; done
+            kill -KILL "$(cat "$STATE/$p.pid")" 2>/dev/null || true
+        fi
+    done
+    for vm in hello world; do
+        virsh -c qemu:///system destroy "$vm" >/dev/null 2>&1 || true
+        virsh -c qemu:///system undefine "$vm" >/dev/null 2>&1 || true
+    done
+    if [ -e "$CONFIG" ] && grep -q "$STATE" "$CONFIG" 2>/dev/null; then rm -f "$CONFIG"; fi
     rm -rf "$STATE"
     echo "demo: down"
 }
