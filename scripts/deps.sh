@@ -9,6 +9,7 @@ packages=(
     qemu-system-x86 qemu-utils
     busybox-static cpio e2fsprogs
     iproute2 iputils-ping util-linux procps curl python3 python3-jsonschema pkg-config
+    postgresql
 )
 missing=()
 for p in "${packages[@]}"; do

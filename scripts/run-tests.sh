@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# make test: every tier in one `swift test` run, with a 2-host testbed up around it and torn down
-# whatever happens.
+# make test: every tier, with a 2-host testbed and a throwaway PostgreSQL server up around it, both
+# torn down whatever happens.
+#   1. `swift test`: pure, libvirt test:///default, SQLite and PostgreSQL stores, agents and the
+#      controller (SQLite) on the testbed.
+#   2. The controller suite again with the controller's state in PostgreSQL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export VSPHERE_TESTBED=${VSPHERE_TESTBED_DIR:-/var/lib/vsphere-testbed}
@@ -9,10 +12,31 @@ export VSPHERE_TESTBED_SCRIPT=$PWD/scripts/testbed.sh
 export VSPHERE_AGENT_BIN=$PWD/.build/debug/vsphere-agent
 export VSPHERE_CTL_BIN=$PWD/.build/debug/vsphere-ctl
 export VSPHERE_CONFIG=$VSPHERE_TESTBED/ctl.json
+PG_DIR=/tmp/vsphere-test-postgres
+PG_PORT=${VSPHERE_TEST_PG_PORT:-55432}
+
+cleanup() {
+    bash scripts/testbed.sh down || true
+    bash scripts/pg-test-server.sh stop "$PG_DIR" || true
+}
 bash scripts/testbed.sh down >/dev/null 2>&1 || true
-trap 'bash scripts/testbed.sh down' EXIT
+bash scripts/pg-test-server.sh stop "$PG_DIR" >/dev/null 2>&1 || true
+trap cleanup EXIT
+export VSPHERE_TEST_POSTGRES=$(bash scripts/pg-test-server.sh start "$PG_DIR" "$PG_PORT")
 bash scripts/testbed.sh up 2 1
+
 set +e
 swift test --skip-build --parallel 2>&1 | tee /tmp/vsphere-test.log | grep --line-buffered -v -E "^\[[0-9]+\/[0-9]+\]"
 rc=${PIPESTATUS[0]}
+set -e
+[ "$rc" = 0 ] || exit "$rc"
+
+echo "== the controller suite with its state in PostgreSQL"
+bash scripts/testbed.sh down
+VSPHERE_TESTBED_DATABASE="$VSPHERE_TEST_POSTGRES" bash scripts/testbed.sh up 2 1
+grep -q -- "--database postgres://" "$VSPHERE_TESTBED/controller/controller.cmd"
+set +e
+swift test --skip-build --filter ControllerOnTestbed 2>&1 | tee /tmp/vsphere-test-pg.log | grep --line-buffered -v -E "^\[[0-9]+\/[0-9]+\]"
+rc=${PIPESTATUS[0]}
+set -e
 exit "$rc"

@@ -245,7 +245,7 @@ start_controller() {
     [ -x "$CONTROLLER" ] || { log "no controller binary at $CONTROLLER"; return 1; }
     mkdir -p "$dir"
     for i in $(seq 1 "$n"); do cas+=(--agent-ca "$TB/h$i/agent/tls/agent-ca.crt"); done
-    printf '%q ' "$CONTROLLER" --listen 10.250.1.254 --port 8443 --database "$dir/state.db" --data-dir "$dir" \
+    printf '%q ' "$CONTROLLER" --listen 10.250.1.254 --port 8443 --database "${VSPHERE_TESTBED_DATABASE:-$dir/state.db}" --data-dir "$dir" \
         --reconcile-interval 1 "${cas[@]}" >"$dir/controller.cmd"
     run_controller
     printf '{"server": "https://10.250.1.254:8443", "ca": "%s"}\n' "$dir/tls/controller-ca.crt" >"$TB/ctl.json"

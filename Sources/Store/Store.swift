@@ -136,10 +136,11 @@ public actor Store {
         nextEventID = try await backend.query("SELECT COALESCE(MAX(id), 0) AS m FROM events", []).first?["m"]?.int ?? 0
     }
 
-    /// Opens a store from a `--database` value: a file path (SQLite) or `sqlite:PATH`.
+    /// Opens a store from a `--database` value: `postgres://...` (PostgreSQL), a file path or
+    /// `sqlite:PATH` (SQLite).
     public static func open(_ database: String, logger: Logger) async throws -> Store {
         if database.hasPrefix("postgres://") || database.hasPrefix("postgresql://") {
-            throw StoreError.unsupported("PostgreSQL arrives with the next change; use a SQLite path for now")
+            return try await Store(backend: try await PostgresBackend(url: database, logger: logger))
         }
         let path = database.hasPrefix("sqlite:") ? String(database.dropFirst(7)) : database
         return try await Store(backend: try await SQLiteBackend(path: path, logger: logger))

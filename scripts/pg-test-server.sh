@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL server for the tests (Debian's postgresql package):
+#   pg-test-server.sh start DIR PORT   initdb in DIR (as the postgres user), listen on 127.0.0.1:PORT,
+#                                      create database vsphere; prints its URL
+#   pg-test-server.sh stop DIR         stop it and remove DIR
+set -euo pipefail
+bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+case "$1" in
+    start)
+        dir=$2 port=$3
+        rm -rf "$dir"
+        mkdir -p "$dir"
+        chown postgres:postgres "$dir"
+        su postgres -s /bin/sh -c "$bin/initdb -D '$dir/data' -A trust -U postgres >'$dir/initdb.log' 2>&1"
+        su postgres -s /bin/sh -c "$bin/pg_ctl -D '$dir/data' -l '$dir/server.log' -w -o \"-p $port -k '$dir' -c listen_addresses=127.0.0.1 -c fsync=off\" start >/dev/null"
+        su postgres -s /bin/sh -c "$bin/createdb -h 127.0.0.1 -p $port -U postgres vsphere"
+        echo "postgres://postgres@127.0.0.1:$port/vsphere"
+        ;;
+    stop)
+        dir=$2
+        [ -d "$dir/data" ] && su postgres -s /bin/sh -c "$bin/pg_ctl -D '$dir/data' -m immediate -w stop >/dev/null 2>&1" || true
+        rm -rf "$dir"
+        ;;
+    *) echo "usage: $0 start DIR PORT | stop DIR" >&2; exit 2 ;;
+esac
