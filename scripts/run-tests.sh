@@ -3,7 +3,8 @@
 # torn down whatever happens.
 #   1. `swift test`: pure, libvirt test:///default, SQLite and PostgreSQL stores, agents and the
 #      controller (SQLite) on the testbed.
-#   2. The controller suite again with the controller's state in PostgreSQL.
+#   2. On a testbed of two sites joined by the WAN link: the controller suite again, with the
+#      controller's state in PostgreSQL, and the cross-site checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export VSPHERE_TESTBED=${VSPHERE_TESTBED_DIR:-/var/lib/vsphere-testbed}
@@ -31,12 +32,12 @@ rc=${PIPESTATUS[0]}
 set -e
 [ "$rc" = 0 ] || exit "$rc"
 
-echo "== the controller suite with its state in PostgreSQL"
+echo "== two sites; the controller suite with its state in PostgreSQL"
 bash scripts/testbed.sh down
-VSPHERE_TESTBED_DATABASE="$VSPHERE_TEST_POSTGRES" bash scripts/testbed.sh up 2 1
+VSPHERE_TESTBED_DATABASE="$VSPHERE_TEST_POSTGRES" bash scripts/testbed.sh up 2 2
 grep -q -- "--database postgres://" "$VSPHERE_TESTBED/controller/controller.cmd"
 set +e
-swift test --skip-build --filter ControllerOnTestbed 2>&1 | tee /tmp/vsphere-test-pg.log | grep --line-buffered -v -E "^\[[0-9]+\/[0-9]+\]"
+swift test --skip-build --filter "ControllerOnTestbed|TwoSites" 2>&1 | tee /tmp/vsphere-test-pg.log | grep --line-buffered -v -E "^\[[0-9]+\/[0-9]+\]"
 rc=${PIPESTATUS[0]}
 set -e
 exit "$rc"

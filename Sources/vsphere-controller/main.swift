@@ -54,9 +54,11 @@ struct ControllerCommand: AsyncParsableCommand {
             "listen": "\(listen):\(port)", "database": "\(database)", "schema": "\(schema)",
             "certificate": "\(identity.certificatePath)",
         ])
+        let collector = AgentEventCollector(controller: controller, loop: loop)
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: app), .init(service: loop)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+                services: [.init(service: app), .init(service: loop), .init(service: collector)],
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         try await agents.shutdown()
         try await store.close()

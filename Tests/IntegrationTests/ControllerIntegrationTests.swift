@@ -64,6 +64,15 @@ struct ControllerOnTestbed {
         let at = Dictionary(uniqueKeysWithValues: all.map { ($0.name, $0.host) })
         #expect(at["app1"] != at["app2"], "anti-affinity keeps app1 and app2 apart")
 
+        // The hosts' libvirt events reach the controller's event log, attributed to their host.
+        let started = try eventuallySync(timeout: 30) { () -> [EventLine]? in
+            let (_, out) = try ctl("get", "events", "-o", "json")
+            let events = try JSONDecoder().decode([EventLine].self, from: Data(out.utf8))
+            let mine = events.filter { $0.kind == "lifecycle" && $0.event == "started" && $0.name?.hasPrefix("app") == true }
+            return mine.count >= 3 ? mine : nil
+        }
+        for e in started { #expect(e.source == at[e.name ?? ""] ?? nil, "\(e.name ?? "") started on \(e.source)") }
+
         let (again, againOut) = try ctl("apply", "-f", file, "-o", "json")
         #expect(again == 0)
         #expect(try JSONDecoder().decode(ApplyResponse.self, from: Data(againOut.utf8)).changes.isEmpty, "a second apply changes nothing")
@@ -115,6 +124,13 @@ struct ControllerOnTestbed {
         #expect(try vms().allSatisfy { $0.name != "ok1" })
         #expect(try ctl("describe", "vm", "ok1").0 == 3, "not found is exit 3")
     }
+}
+
+struct EventLine: Decodable {
+    var source: String
+    var kind: String
+    var name: String?
+    var event: String?
 }
 
 func eventuallySync<T>(timeout: Double = 90, _ body: () throws -> T?) throws -> T {

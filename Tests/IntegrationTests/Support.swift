@@ -16,6 +16,9 @@ struct Testbed {
     static let script = ProcessInfo.processInfo.environment["VSPHERE_TESTBED_SCRIPT"] ?? "scripts/testbed.sh"
     static let agentBinary = ProcessInfo.processInfo.environment["VSPHERE_AGENT_BIN"] ?? ""
     static let ctlBinary = ProcessInfo.processInfo.environment["VSPHERE_CTL_BIN"] ?? ""
+    static var sites: Int {
+        Int((try? String(contentsOfFile: dir + "/sites", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 1
+    }
 
     static func address(_ host: String) throws -> String {
         try String(contentsOfFile: "\(dir)/\(host)/address", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
