@@ -133,14 +133,15 @@ extension Controller {
                     let (state, _) = try await snapshot(manifest)
                     let vm = ClusterSnapshot.vm(spec)
                     if let i = scheduler.choose(vm, state: state) {
-                        host = state.hosts[i].name
-                        status.host = host
+                        let chosen = state.hosts[i].name
+                        host = chosen
+                        status.host = chosen
                         status.state = "pending"
                         status.message = nil
                         // Recorded before the define: a restart finds the VM where it was sent.
-                        try await store.setVMStatus(status)
-                        try await store.addEvent(source: "controller", kind: "vm", name: name, event: "placed", detail: host, message: scheduler.strategy.rawValue)
-                        actions += 1
+                        _ = try await run("place", name, chosen, "\(scheduler.strategy.rawValue): best of the hosts every filter accepts") {
+                            try await store.setVMStatus(status)
+                        }
                     } else {
                         status.state = "pending"
                         status.message = "cannot be placed: " + scheduler.explain(vm, state: state).summary

@@ -73,6 +73,13 @@ struct ControllerOnTestbed {
         }
         for e in started { #expect(e.source == at[e.name ?? ""] ?? nil, "\(e.name ?? "") started on \(e.source)") }
 
+        // Every action is a task: place, define and start for each VM.
+        let (_, tasksOut) = try ctl("get", "tasks", "-o", "json")
+        let tasks = try JSONDecoder().decode([TaskLine].self, from: Data(tasksOut.utf8)).filter { $0.name.hasPrefix("app") }
+        for vm in ["app1", "app2", "app3"] {
+            #expect(Set(tasks.filter { $0.name == vm && $0.state == "done" }.map(\.action)).isSuperset(of: ["place", "define", "start"]), "\(vm)")
+        }
+
         let (again, againOut) = try ctl("apply", "-f", file, "-o", "json")
         #expect(again == 0)
         #expect(try JSONDecoder().decode(ApplyResponse.self, from: Data(againOut.utf8)).changes.isEmpty, "a second apply changes nothing")
@@ -124,6 +131,12 @@ struct ControllerOnTestbed {
         #expect(try vms().allSatisfy { $0.name != "ok1" })
         #expect(try ctl("describe", "vm", "ok1").0 == 3, "not found is exit 3")
     }
+}
+
+struct TaskLine: Decodable {
+    var action: String
+    var name: String
+    var state: String
 }
 
 struct EventLine: Decodable {
