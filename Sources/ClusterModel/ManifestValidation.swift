@@ -65,7 +65,7 @@ extension ClusterManifest {
         let poolNames = names("storagePools", storagePools, \.name)
         let networkNames = names("networks", networks, \.name)
         let rpNames = names("resourcePools", resourcePools, \.name)
-        let vmNames = names("vms", vms, \.name)
+        _ = names("vms", vms, \.name)
 
         func ref(_ path: String, _ value: String, in known: Set<String>?, _ what: String) {
             if let known, !known.contains(value) { out.append(.init(path, "no \(what) named \(value) in this document")) }
@@ -149,13 +149,15 @@ extension ClusterManifest {
                 if pl.hosts?.isEmpty == true { out.append(.init("\(p).placement.hosts", "must not be empty when given")) }
                 let anti = pl.antiAffinity ?? []
                 let aff = pl.affinity ?? []
+                // Rules may name VMs of other documents, or VMs not created yet: a rule naming no
+                // existing VM constrains nothing, so only names are checked here.
                 for (j, other) in anti.enumerated() {
                     if other == vm.name { out.append(.init("\(p).placement.antiAffinity[\(j)]", "a VM cannot be kept apart from itself")) }
-                    else { ref("\(p).placement.antiAffinity[\(j)]", other, in: vmNames, "VM") }
+                    else if !Names.isValid(other) { out.append(.init("\(p).placement.antiAffinity[\(j)]", nameRule)) }
                 }
                 for (j, other) in aff.enumerated() {
                     if other == vm.name { out.append(.init("\(p).placement.affinity[\(j)]", "a VM is always with itself")) }
-                    else { ref("\(p).placement.affinity[\(j)]", other, in: vmNames, "VM") }
+                    else if !Names.isValid(other) { out.append(.init("\(p).placement.affinity[\(j)]", nameRule)) }
                     if anti.contains(other) {
                         out.append(.init("\(p).placement.affinity[\(j)]", "\(other) is also in antiAffinity"))
                     }

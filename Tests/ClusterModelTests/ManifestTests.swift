@@ -45,7 +45,7 @@ import Testing
             "hosts":[{"name":"h1","site":"dc9","agent":"http://x"},{"name":"h1"}],
             "networks":[{"name":"n1","vlan":5000}],
             "vms":[{"name":"Web","cpus":1,"memoryMiB":8},{"name":"v2","cpus":1,"memoryMiB":64,"nics":[{"network":"nope"}],
-                    "placement":{"antiAffinity":["v2","ghost"],"site":"dc2"}}]
+                    "placement":{"antiAffinity":["v2","elsewhere","Bad_Name"],"site":"dc2"}}]
             """#)
         #expect(problems(json) == [
             "hosts[1].name: duplicate name h1 (also hosts[0])",
@@ -58,7 +58,7 @@ import Testing
             "vms[1].nics[0].network: no network named nope in this document",
             "vms[1].placement.site: no site named dc2 in this document",
             "vms[1].placement.antiAffinity[0]: a VM cannot be kept apart from itself",
-            "vms[1].placement.antiAffinity[1]: no VM named ghost in this document",
+            "vms[1].placement.antiAffinity[2]: must match ^[a-z][a-z0-9-]{0,62}$",
         ])
     }
 

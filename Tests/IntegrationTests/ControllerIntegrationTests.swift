@@ -84,7 +84,15 @@ struct ControllerOnTestbed {
         #expect(again == 0)
         #expect(try JSONDecoder().decode(ApplyResponse.self, from: Data(againOut.utf8)).changes.isEmpty, "a second apply changes nothing")
 
-        let (del, delOut) = try ctl("delete", "-f", file)
+        // --prune: a document without app2 deletes it, from the desired state and from its host.
+        let smaller = try manifest([("app1", []), ("app3", [])], file: "apply-pruned.json")
+        let (prc, pout) = try ctl("apply", "-f", smaller, "--prune", "-o", "json")
+        #expect(prc == 0, "\(pout)")
+        let pruned = try JSONDecoder().decode(ApplyResponse.self, from: Data(pout.utf8)).changes
+        #expect(pruned.map { "\($0.action) \($0.name)" } == ["update app1", "delete app2"], "app1 lost its anti-affinity rule; app2 goes")
+        _ = try eventuallySync(timeout: 60) { try (domains("h1") + domains("h2")).contains("app2") ? nil : true }
+
+        let (del, delOut) = try ctl("delete", "-f", smaller)
         #expect(del == 0, "\(delOut)")
         _ = try eventuallySync(timeout: 60) {
             try (domains("h1") + domains("h2")).contains(where: { $0.hasPrefix("app") }) ? nil : true
