@@ -83,6 +83,8 @@ extension Controller {
         let generations = Dictionary(uniqueKeysWithValues: try await store.objects(kind: "vm").map { ($0.name, $0.generation) })
         var actions = 0
         let scheduler = Scheduler(strategy: ClusterSnapshot.strategy(manifest))
+        // Placement's view, built once per pass (when a VM needs a host) and kept current as VMs are placed.
+        var placementState: ClusterState?
 
         func run(_ action: String, _ vm: String, _ host: String?, _ reason: String, _ body: () async throws -> Void) async throws -> Bool {
             actions += 1
@@ -130,10 +132,12 @@ extension Controller {
                 // Not defined anywhere: define it on its recorded host, or place it first.
                 var host = status.host.flatMap { h in observed.inventories[h] != nil ? h : nil }
                 if host == nil && (status.host == nil || hostsByName[status.host!] == nil) {
-                    let (state, _) = try await snapshot(manifest)
+                    if placementState == nil { placementState = try await snapshot(manifest).0 }
+                    let state = placementState!
                     let vm = ClusterSnapshot.vm(spec)
                     if let i = scheduler.choose(vm, state: state) {
                         let chosen = state.hosts[i].name
+                        placementState?.commit(vm, to: i)
                         host = chosen
                         status.host = chosen
                         status.state = "pending"
