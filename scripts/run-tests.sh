@@ -16,6 +16,18 @@ export VSPHERE_CONFIG=$VSPHERE_TESTBED/ctl.json
 PG_DIR=/tmp/vsphere-test-postgres
 PG_PORT=${VSPHERE_TEST_PG_PORT:-55432}
 
+# swift_test LOG ARGS...: runs the built tests, keeps the full output in LOG, shows it without build
+# progress lines, and returns swift test's own status.
+swift_test() {
+    local log=$1 rc
+    shift
+    set +e
+    swift test --skip-build "$@" 2>&1 | tee "$log" | grep --line-buffered -v -E "^\[[0-9]+/[0-9]+\]"
+    rc=${PIPESTATUS[0]}
+    set -e
+    return "$rc"
+}
+
 cleanup() {
     bash scripts/testbed.sh down || true
     bash scripts/pg-test-server.sh stop "$PG_DIR" || true
@@ -26,18 +38,10 @@ trap cleanup EXIT
 export VSPHERE_TEST_POSTGRES=$(bash scripts/pg-test-server.sh start "$PG_DIR" "$PG_PORT")
 bash scripts/testbed.sh up 2 1
 
-set +e
-swift test --skip-build --parallel 2>&1 | tee /tmp/vsphere-test.log | grep --line-buffered -v -E "^\[[0-9]+\/[0-9]+\]"
-rc=${PIPESTATUS[0]}
-set -e
-[ "$rc" = 0 ] || exit "$rc"
+swift_test /tmp/vsphere-test.log --parallel
 
 echo "== two sites; the controller suite with its state in PostgreSQL"
 bash scripts/testbed.sh down
 VSPHERE_TESTBED_DATABASE="$VSPHERE_TEST_POSTGRES" bash scripts/testbed.sh up 2 2
 grep -q -- "--database postgres://" "$VSPHERE_TESTBED/controller/controller.cmd"
-set +e
-swift test --skip-build --filter "ControllerOnTestbed|TwoSites" 2>&1 | tee /tmp/vsphere-test-pg.log | grep --line-buffered -v -E "^\[[0-9]+\/[0-9]+\]"
-rc=${PIPESTATUS[0]}
-set -e
-exit "$rc"
+swift_test /tmp/vsphere-test-pg.log --filter "ControllerOnTestbed|TwoSites"

@@ -59,7 +59,7 @@ public final class Controller: Sendable {
         var changes: [Change] = []
         var writes: [(kind: String, name: String, spec: String?)] = []
 
-        func merge<T: Codable & Equatable>(_ kind: String, _ items: [T]?, _ current: inout [T]?, _ name: (T) -> String) async throws {
+        func merge<T: Codable & Equatable>(_ kind: String, _ items: [T]?, _ current: inout [T]?, _ name: (T) -> String) {
             guard let items else { return }
             var list = current ?? []
             for item in items {
@@ -78,12 +78,12 @@ public final class Controller: Sendable {
             }
             current = list
         }
-        try await merge("site", doc.sites, &merged.sites, \.name)
-        try await merge("host", doc.hosts, &merged.hosts, \.name)
-        try await merge("storagePool", doc.storagePools, &merged.storagePools, \.name)
-        try await merge("network", doc.networks, &merged.networks, \.name)
-        try await merge("resourcePool", doc.resourcePools, &merged.resourcePools, \.name)
-        try await merge("vm", doc.vms, &merged.vms, \.name)
+        merge("site", doc.sites, &merged.sites, \.name)
+        merge("host", doc.hosts, &merged.hosts, \.name)
+        merge("storagePool", doc.storagePools, &merged.storagePools, \.name)
+        merge("network", doc.networks, &merged.networks, \.name)
+        merge("resourcePool", doc.resourcePools, &merged.resourcePools, \.name)
+        merge("vm", doc.vms, &merged.vms, \.name)
         if let s = doc.settings, s != merged.settings {
             merged.settings = s
             changes.append(Change(action: "update", kind: "settings", name: "cluster", reason: "settings changed"))

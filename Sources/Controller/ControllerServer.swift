@@ -16,10 +16,7 @@ public enum ControllerServer {
         router.post("/v1/apply") { request, _ in
             await respond {
                 let body = try await request.body.collect(upTo: 16 << 20)
-                let req: ApplyRequest
-                do {
-                    req = try decodeApply(Data(buffer: body))
-                }
+                let req = try decodeApply(Data(buffer: body))
                 let changes = try await controller.apply(req.manifest, prune: req.prune, dryRun: req.dryRun)
                 if !req.dryRun && !changes.isEmpty { loop.trigger() }
                 return ApplyResponse(changes: changes)
@@ -64,11 +61,21 @@ public enum ControllerServer {
         router.get("/v1/pools") { _, _ in await respond { try await controller.desired().storagePools ?? [] } }
         router.get("/v1/networks") { _, _ in await respond { try await controller.desired().networks ?? [] } }
         router.get("/v1/resource-pools") { _, _ in await respond { try await controller.desired().resourcePools ?? [] } }
-        router.get("/v1/tasks") { _, _ in await respond { try await controller.store.tasks() } }
+        router.get("/v1/tasks") { _, _ in
+            await respond {
+                try await controller.store.tasks().map {
+                    TaskView(id: $0.id, action: $0.action, kind: $0.kind, name: $0.name, host: $0.host, state: $0.state,
+                             reason: $0.reason, error: $0.error, createdMs: $0.createdMs)
+                }
+            }
+        }
         router.get("/v1/events") { request, _ in
             await respond {
                 let after = request.uri.queryParameters.get("after").flatMap { Int64($0) } ?? 0
-                return try await controller.store.events(after: after)
+                return try await controller.store.events(after: after).map {
+                    EventView(id: $0.id, timeMs: $0.timeMs, source: $0.source, kind: $0.kind, name: $0.name, event: $0.event,
+                              detail: $0.detail, message: $0.message)
+                }
             }
         }
         return router

@@ -75,6 +75,54 @@ public struct HostView: Codable, Sendable, Equatable {
     }
 }
 
+/// One action of the reconciler.
+public struct TaskView: Codable, Sendable, Equatable {
+    public var id: Int64
+    public var action: String
+    public var kind: String
+    public var name: String
+    public var host: String?
+    /// running, done, failed.
+    public var state: String
+    public var reason: String
+    public var error: String?
+    public var createdMs: Int64
+    public init(id: Int64, action: String, kind: String, name: String, host: String?, state: String, reason: String, error: String?, createdMs: Int64) {
+        self.id = id
+        self.action = action
+        self.kind = kind
+        self.name = name
+        self.host = host
+        self.state = state
+        self.reason = reason
+        self.error = error
+        self.createdMs = createdMs
+    }
+}
+
+/// One entry of the controller's event log: its own actions and the hosts' libvirt events.
+public struct EventView: Codable, Sendable, Equatable {
+    public var id: Int64
+    public var timeMs: Int64
+    /// `controller` or the host the event came from.
+    public var source: String
+    public var kind: String
+    public var name: String?
+    public var event: String?
+    public var detail: String?
+    public var message: String?
+    public init(id: Int64, timeMs: Int64, source: String, kind: String, name: String?, event: String?, detail: String?, message: String?) {
+        self.id = id
+        self.timeMs = timeMs
+        self.source = source
+        self.kind = kind
+        self.name = name
+        self.event = event
+        self.detail = detail
+        self.message = message
+    }
+}
+
 public struct APIError: Codable, Sendable, Error, CustomStringConvertible {
     public var error: String
     public var problems: [ValidationProblem]?

@@ -22,7 +22,7 @@ public enum AgentServer {
             await respond { try await agent.status(try name(ctx)) }
         }
         router.put("/v1/vms/:name") { request, ctx in
-            await respond(created: true) {
+            await respondDefined {
                 let vmName = try name(ctx)
                 let body = try await request.body.collect(upTo: 1 << 20)
                 let spec: VMSpec
@@ -119,7 +119,7 @@ public enum AgentServer {
         return n
     }
 
-    static func respond<T: Encodable>(created: Bool = false, _ body: () async throws -> T) async -> Response {
+    static func respond<T: Encodable>(_ body: () async throws -> T) async -> Response {
         do {
             return json(200, try await body())
         } catch {
@@ -127,7 +127,8 @@ public enum AgentServer {
         }
     }
 
-    static func respond(created: Bool, _ body: () async throws -> (VMStatus, created: Bool)) async -> Response {
+    /// 201 when the VM was created, 200 when an existing definition was updated.
+    static func respondDefined(_ body: () async throws -> (VMStatus, created: Bool)) async -> Response {
         do {
             let (status, wasCreated) = try await body()
             return json(wasCreated ? 201 : 200, status)

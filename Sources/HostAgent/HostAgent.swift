@@ -148,9 +148,6 @@ public final class HostAgent: Sendable {
                 ValidationProblem("disks[\($0)].path", "is required by the agent (the controller resolves pools into paths)")
             })
         }
-        if spec.nics.contains(where: { $0.bridge == nil && $0.network == nil }) {
-            throw AgentError.invalid([ValidationProblem("nics", "every NIC needs a bridge")])
-        }
         let fixed = spec
         let options = { @Sendable (mhz: Int) in self.domainOptions(hostCoreMHz: mhz, name: fixed.name) }
         return try await withLibvirt { c in

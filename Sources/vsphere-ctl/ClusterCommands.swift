@@ -150,29 +150,6 @@ struct Get: AsyncParsableCommand {
     }
 }
 
-struct TaskView: Codable {
-    var id: Int64
-    var action: String
-    var kind: String
-    var name: String
-    var host: String?
-    var state: String
-    var reason: String
-    var error: String?
-    var createdMs: Int64
-}
-
-struct EventView: Codable {
-    var id: Int64
-    var timeMs: Int64
-    var source: String
-    var kind: String
-    var name: String?
-    var event: String?
-    var detail: String?
-    var message: String?
-}
-
 func printEvents(_ events: [EventView]) {
     let f = ISO8601DateFormatter()
     for e in events {

@@ -65,9 +65,9 @@ struct ControllerOnTestbed {
         #expect(at["app1"] != at["app2"], "anti-affinity keeps app1 and app2 apart")
 
         // The hosts' libvirt events reach the controller's event log, attributed to their host.
-        let started = try eventuallySync(timeout: 30) { () -> [EventLine]? in
+        let started = try eventuallySync(timeout: 30) { () -> [EventView]? in
             let (_, out) = try ctl("get", "events", "-o", "json")
-            let events = try JSONDecoder().decode([EventLine].self, from: Data(out.utf8))
+            let events = try JSONDecoder().decode([EventView].self, from: Data(out.utf8))
             let mine = events.filter { $0.kind == "lifecycle" && $0.event == "started" && $0.name?.hasPrefix("app") == true }
             return mine.count >= 3 ? mine : nil
         }
@@ -75,7 +75,7 @@ struct ControllerOnTestbed {
 
         // Every action is a task: place, define and start for each VM.
         let (_, tasksOut) = try ctl("get", "tasks", "-o", "json")
-        let tasks = try JSONDecoder().decode([TaskLine].self, from: Data(tasksOut.utf8)).filter { $0.name.hasPrefix("app") }
+        let tasks = try JSONDecoder().decode([TaskView].self, from: Data(tasksOut.utf8)).filter { $0.name.hasPrefix("app") }
         for vm in ["app1", "app2", "app3"] {
             #expect(Set(tasks.filter { $0.name == vm && $0.state == "done" }.map(\.action)).isSuperset(of: ["place", "define", "start"]), "\(vm)")
         }
@@ -139,19 +139,6 @@ struct ControllerOnTestbed {
         #expect(try vms().allSatisfy { $0.name != "ok1" })
         #expect(try ctl("describe", "vm", "ok1").0 == 3, "not found is exit 3")
     }
-}
-
-struct TaskLine: Decodable {
-    var action: String
-    var name: String
-    var state: String
-}
-
-struct EventLine: Decodable {
-    var source: String
-    var kind: String
-    var name: String?
-    var event: String?
 }
 
 func eventuallySync<T>(timeout: Double = 90, _ body: () throws -> T?) throws -> T {
