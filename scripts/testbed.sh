@@ -33,10 +33,30 @@ site_of() { # host index, hosts, sites -> site number (contiguous blocks)
 
 holder() { cat "$TB/$1/holder.pid"; }
 
-in_host() { # HOST CMD...: enter the host's network, mount and UTS namespaces
-    local h=$1
+in_host() { # HOST CMD...: join the host's cgroups, enter its network, mount, UTS and cgroup namespaces
+    local h=$1 pid
     shift
-    nsenter -t "$(holder "$h")" -n -m -u -- "$@"
+    pid=$(holder "$h")
+    # The shell joins the host's cgroup subtree, then execs nsenter, which execs CMD: one pid throughout.
+    sh -c 'for f in /sys/fs/cgroup/*/vs-'"$h"'/cgroup.procs; do echo $$ >"$f"; done; exec "$@"' \
+        in_host nsenter -t "$pid" -n -m -u -C -- "$@"
+}
+
+make_cgroups() { # HOST: a cgroup subtree per host in every hierarchy (cpuset needs its cpus and mems)
+    local h=$1 c
+    for c in /sys/fs/cgroup/*/; do
+        mkdir -p "$c/vs-$h"
+        if [ -e "$c/cpuset.cpus" ]; then
+            cat "$c/cpuset.cpus" >"$c/vs-$h/cpuset.cpus"
+            cat "$c/cpuset.mems" >"$c/vs-$h/cpuset.mems"
+        fi
+    done
+}
+
+remove_cgroups() { # every host's subtree, deepest first (guests' leftovers included)
+    find /sys/fs/cgroup/*/ -mindepth 1 -maxdepth 1 -type d -name 'vs-*' 2>/dev/null | while read -r top; do
+        find "$top" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+    done
 }
 
 wait_for() { # SECONDS DESCRIPTION CMD...
@@ -99,24 +119,14 @@ EOF
     ip -n "vs-$h" addr add "$addr/24" dev br0
     [ -n "$gw" ] && ip -n "vs-$h" route add 10.250.0.0/16 via "$gw"
 
-    # Mounts and hostname: a private mount namespace held open by a sleeping process.
+    # Mounts, hostname and cgroups: private mount, UTS and cgroup namespaces held open by a sleeping
+    # process. The holder joins the host's own cgroup subtree before unsharing its cgroup namespace, and
+    # mounts every hierarchy afresh, so the host sees that subtree as its root: its libvirtd keeps its
+    # guests under its own /machine, and a VM of the same name on two hosts (as during a migration)
+    # gets two distinct cgroups. /sys is mounted anew so it shows the host's own network devices.
     rm -f "$dir/ready"
-    # /sys is mounted anew so it shows the host's own network devices; the cgroup hierarchies (which
-    # libvirt needs for cputune/memtune) are carried over from the root namespace's /sys.
-    mkdir -p "$dir/cg"
-    nsenter --net="/run/netns/vs-$h" unshare -m -u --propagation private sh -c "
-        mount --rbind /sys/fs/cgroup '$dir/cg' &&
-        mount -t sysfs sysfs /sys &&
-        mount --move '$dir/cg' /sys/fs/cgroup &&
-        mount -t tmpfs -o mode=0755 tmpfs /run &&
-        mkdir -p /run/libvirt /run/lock &&
-        mount --bind '$dir/lib' /var/lib/libvirt &&
-        mount --bind '$dir/cache' /var/cache/libvirt &&
-        mount --bind '$dir/log' /var/log/libvirt &&
-        mount --bind '$dir/etc' /etc/libvirt &&
-        hostname '$h' &&
-        touch '$dir/ready' &&
-        exec sleep infinity" </dev/null >"$dir/holder.log" 2>&1 &
+    make_cgroups "$h"
+    nsenter --net="/run/netns/vs-$h" bash "$ROOT/scripts/testbed-holder.sh" "$h" "$dir" </dev/null >"$dir/holder.log" 2>&1 &
     echo $! >"$dir/holder.pid"
     wait_for 10 "namespace of $h" test -e "$dir/ready"
     echo "$addr" >"$dir/address"
@@ -298,8 +308,8 @@ down() {
             [ -e "$f" ] || continue
             h=$(basename "$(dirname "$f")")
             kill -0 "$(cat "$f")" 2>/dev/null || continue
-            for d in $(timeout 10 nsenter -t "$(cat "$f")" -n -m -u -- virsh -c qemu:///system list --name 2>/dev/null); do
-                timeout 10 nsenter -t "$(cat "$f")" -n -m -u -- virsh -c qemu:///system destroy "$d" >/dev/null 2>&1 || true
+            for d in $(timeout 10 nsenter -t "$(cat "$f")" -n -m -u -C -- virsh -c qemu:///system list --name 2>/dev/null); do
+                timeout 10 nsenter -t "$(cat "$f")" -n -m -u -C -- virsh -c qemu:///system destroy "$d" >/dev/null 2>&1 || true
             done
         done
     fi
@@ -317,10 +327,8 @@ down() {
     for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | sed 's/@.*//' | grep '^vs-' || true); do
         ip link del "$l" 2>/dev/null || true
     done
-    # Empty cgroups left by guests that were killed rather than stopped.
-    find /sys/fs/cgroup/*/machine -maxdepth 1 -name 'qemu-*' -type d -empty 2>/dev/null | while read -r d; do
-        rmdir "$d" 2>/dev/null || true
-    done
+    # The hosts' cgroup subtrees (with what guests that were killed rather than stopped left there).
+    remove_cgroups
     # Processes that were just killed may still be closing files under $TB.
     for _ in 1 2 3 4 5 6 7 8 9 10; do
         rm -rf "$TB" 2>/dev/null && break
@@ -361,7 +369,7 @@ case "$cmd" in
     up) up "$@" ;;
     down) down ;;
     status) status ;;
-    exec) h=$1; shift; exec nsenter -t "$(holder "$h")" -n -m -u -- "$@" ;;
+    exec) h=$1; shift; in_host "$h" "$@" ;;
     restart-libvirtd) restart_libvirtd "$1" ;;
     restart-controller) restart_controller "${1:-}" ;;
     stop-libvirtd) in_host "$1" sh -c 'kill $(cat /run/libvirtd.pid)' ;;
