@@ -37,6 +37,8 @@ let package = Package(
         .target(name: "ClusterModel", swiftSettings: strict),
         // Pure: the scheduler (filters and weights over a snapshot).
         .target(name: "Placement", dependencies: ["ClusterModel"], swiftSettings: strict),
+        // Pure: live migration's convergence policies, pricing and compatibility checks.
+        .target(name: "MigrationPolicy", dependencies: ["ClusterModel", "Placement"], swiftSettings: strict),
         // Pure: VM spec -> libvirt domain XML and back, built with libxml2's tree API.
         .target(name: "DomainXML", dependencies: ["ClusterModel", "CLibXML2"], swiftSettings: strict),
         // Safe wrapper over libvirt's C API.
@@ -70,12 +72,12 @@ let package = Package(
             ],
             swiftSettings: strict),
         // Wire types of the agent's HTTP API (Schemas/agent-api.json).
-        .target(name: "AgentAPI", dependencies: ["ClusterModel"], swiftSettings: strict),
+        .target(name: "AgentAPI", dependencies: ["ClusterModel", "MigrationPolicy"], swiftSettings: strict),
         // The host agent service.
         .target(
             name: "HostAgent",
             dependencies: [
-                "AgentAPI", "ClusterModel", "DomainXML", "Libvirt",
+                "AgentAPI", "ClusterModel", "DomainXML", "Libvirt", "MigrationPolicy",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -85,12 +87,12 @@ let package = Package(
             ],
             swiftSettings: strict),
         // Wire types of the controller's HTTP API (Schemas/controller-api.json).
-        .target(name: "ControllerAPI", dependencies: ["ClusterModel"], swiftSettings: strict),
+        .target(name: "ControllerAPI", dependencies: ["ClusterModel", "MigrationPolicy"], swiftSettings: strict),
         // The controller service: desired state, reconcile loop, HTTPS API.
         .target(
             name: "Controller",
             dependencies: [
-                "AgentAPI", "ClusterModel", "ControllerAPI", "Placement", "Store",
+                "AgentAPI", "ClusterModel", "ControllerAPI", "MigrationPolicy", "Placement", "Store",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -124,7 +126,7 @@ let package = Package(
         .executableTarget(
             name: "vsphere-ctl",
             dependencies: [
-                "ClusterModel", "Placement", "ControllerAPI",
+                "ClusterModel", "Placement", "ControllerAPI", "MigrationPolicy",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -134,15 +136,18 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // Test-only helpers (a seeded generator for property tests).
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "ClusterModelTests", dependencies: ["ClusterModel"]),
-        .testTarget(name: "PlacementTests", dependencies: ["Placement", "ClusterModel"]),
+        .testTarget(name: "MigrationPolicyTests", dependencies: ["MigrationPolicy", "Placement", "ClusterModel", "TestSupport"]),
+        .testTarget(name: "PlacementTests", dependencies: ["Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "ClusterModel"]),
-        .testTarget(name: "DomainXMLTests", dependencies: ["DomainXML", "ClusterModel"]),
+        .testTarget(name: "DomainXMLTests", dependencies: ["DomainXML", "ClusterModel", "TestSupport"]),
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt", "DomainXML", "ClusterModel"]),
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "AgentAPI", "ClusterModel", "ControllerAPI",
+                "AgentAPI", "ClusterModel", "ControllerAPI", "MigrationPolicy",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),

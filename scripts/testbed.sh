@@ -263,17 +263,23 @@ start_controller() {
         mkdir -p "$(dirname "$CTL_CONFIG")"
         cp "$TB/ctl.json" "$CTL_CONFIG"
     fi
-    python3 - "$n" "$m" >"$TB/cluster.json" <<'PY'
+    # A directory every host sees at the same path: the testbed's shared storage pool.
+    mkdir -p "$TB/shared"
+    python3 - "$n" "$m" "$TB/shared" >"$TB/cluster.json" <<'PY'
 import json, sys
-n, m = int(sys.argv[1]), int(sys.argv[2])
+n, m, shared = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 per = (n + m - 1) // m
 hosts = []
 for i in range(1, n + 1):
     s = (i - 1) // per + 1
     hosts.append({"name": f"h{i}", "site": f"dc{s}", "agent": f"https://10.250.{s}.{i}:7443",
                   "power": {"driver": "testbed", "host": f"h{i}"}})
+# Migration streams travel over plain TCP here (libvirtd listens on tcp only on the testbed), and the
+# shared pool is a local directory every host sees, which libvirt cannot verify as shared.
 print(json.dumps({"apiVersion": "vsphere/v1", "kind": "Cluster", "metadata": {"name": "testbed"},
+                  "settings": {"migration": {"transport": "tcp", "sharedStorageUnverifiable": True}},
                   "sites": [{"name": f"dc{s}"} for s in range(1, m + 1)], "hosts": hosts,
+                  "storagePools": [{"name": "shared", "type": "shared", "path": shared}],
                   "networks": [{"name": "lan", "type": "bridge", "bridge": "br0"}]}, indent=2))
 PY
     VSPHERE_CONFIG="$TB/ctl.json" "$CTL" apply -f "$TB/cluster.json" >/dev/null

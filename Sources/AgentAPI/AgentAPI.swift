@@ -51,6 +51,12 @@ public struct HostInventory: Codable, Sendable, Equatable {
     public var memory: Memory
     public var capacity: Capacity
     public var connected: Bool
+    /// CPU models QEMU can give guests here (domain capabilities, usable ones).
+    public var cpuModels: [String]?
+    /// The host CPU's own model name.
+    public var hostCPUModel: String?
+    /// Bridges and libvirt networks guests can plug into.
+    public var networks: [String]?
 
     public struct CPU: Codable, Sendable, Equatable {
         public var model: String
@@ -117,7 +123,10 @@ public struct HostInventory: Codable, Sendable, Equatable {
         }
     }
 
-    public init(hostname: String, agentVersion: String, libvirtVersion: String, qemuVersion: String, accelerator: String, cpu: CPU, numa: [NUMANode], memory: Memory, capacity: Capacity, connected: Bool) {
+    public init(hostname: String, agentVersion: String, libvirtVersion: String, qemuVersion: String, accelerator: String, cpu: CPU, numa: [NUMANode], memory: Memory, capacity: Capacity, connected: Bool, cpuModels: [String]? = nil, hostCPUModel: String? = nil, networks: [String]? = nil) {
+        self.cpuModels = cpuModels
+        self.hostCPUModel = hostCPUModel
+        self.networks = networks
         self.hostname = hostname
         self.agentVersion = agentVersion
         self.libvirtVersion = libvirtVersion

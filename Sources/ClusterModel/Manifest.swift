@@ -38,7 +38,38 @@ public struct ClusterManifest: Codable, Sendable, Equatable {
 
     public struct Settings: Codable, Sendable, Equatable {
         public var placement: PlacementSettings?
-        public init(placement: PlacementSettings? = nil) { self.placement = placement }
+        public var migration: MigrationSettings?
+        public init(placement: PlacementSettings? = nil, migration: MigrationSettings? = nil) {
+            self.placement = placement
+            self.migration = migration
+        }
+    }
+
+    /// Live migration (vMotion) settings of the cluster.
+    public struct MigrationSettings: Codable, Sendable, Equatable {
+        /// Concurrent outgoing and incoming migrations per host (default 2 and 2).
+        public var maxOutgoingPerHost: Int?
+        public var maxIncomingPerHost: Int?
+        /// What all outgoing migrations of one host may use together, MiB/s (default: no cap).
+        public var hostBandwidthMiBps: Int?
+        /// The policy used when a migration names none (default `minimal-downtime`).
+        public var defaultPolicy: String?
+        /// How source libvirtd reaches the destination's: `tls` (default, qemu+tls) or `tcp`
+        /// (qemu+tcp; for test beds only: the stream is not encrypted).
+        public var transport: String?
+        /// The operator vouches that `shared` pools are coherent between hosts even where libvirt cannot
+        /// tell (a directory on a local file system that every host sees, as on the testbed); libvirt then
+        /// migrates their disks without its shared-storage check. Default false.
+        public var sharedStorageUnverifiable: Bool?
+
+        public init(maxOutgoingPerHost: Int? = nil, maxIncomingPerHost: Int? = nil, hostBandwidthMiBps: Int? = nil, defaultPolicy: String? = nil, transport: String? = nil, sharedStorageUnverifiable: Bool? = nil) {
+            self.sharedStorageUnverifiable = sharedStorageUnverifiable
+            self.maxOutgoingPerHost = maxOutgoingPerHost
+            self.maxIncomingPerHost = maxIncomingPerHost
+            self.hostBandwidthMiBps = hostBandwidthMiBps
+            self.defaultPolicy = defaultPolicy
+            self.transport = transport
+        }
     }
 
     public struct PlacementSettings: Codable, Sendable, Equatable {

@@ -45,6 +45,23 @@ extension ClusterManifest {
                 out.append(.init("settings.placement.memoryOvercommit", "must be between 1 and 4"))
             }
         }
+        if let m = settings?.migration {
+            if let n = m.maxOutgoingPerHost, !(1...16).contains(n) {
+                out.append(.init("settings.migration.maxOutgoingPerHost", "must be between 1 and 16"))
+            }
+            if let n = m.maxIncomingPerHost, !(1...16).contains(n) {
+                out.append(.init("settings.migration.maxIncomingPerHost", "must be between 1 and 16"))
+            }
+            if let n = m.hostBandwidthMiBps, !(1...100_000).contains(n) {
+                out.append(.init("settings.migration.hostBandwidthMiBps", "must be between 1 and 100000"))
+            }
+            if let p = m.defaultPolicy, !["minimal-downtime", "auto-converge", "post-copy", "suspend-if-needed"].contains(p) {
+                out.append(.init("settings.migration.defaultPolicy", "must be minimal-downtime, auto-converge, post-copy or suspend-if-needed"))
+            }
+            if let t = m.transport, t != "tls" && t != "tcp" {
+                out.append(.init("settings.migration.transport", "must be tls or tcp"))
+            }
+        }
 
         func names<T>(_ section: String, _ items: [T]?, _ name: (T) -> String) -> Set<String>? {
             guard let items else { return nil }

@@ -105,6 +105,10 @@ indirect enum Shape: Sendable {
             "metadata": .object(["name": .string], required: ["name"]),
             "settings": .object([
                 "placement": .object(["strategy": .string, "cpuOvercommit": .number, "memoryOvercommit": .number]),
+                "migration": .object([
+                    "maxOutgoingPerHost": .integer, "maxIncomingPerHost": .integer, "hostBandwidthMiBps": .integer,
+                    "defaultPolicy": .string, "transport": .string, "sharedStorageUnverifiable": .boolean,
+                ]),
             ]),
             "sites": .array(.object(["name": .string], required: ["name"])),
             "hosts": .array(.object(

@@ -76,4 +76,45 @@ public final class AgentClient: Sendable {
         if result.0 == 404 { return }
         _ = try decode([String: String].self, result)
     }
+
+    // MARK: Migration
+
+    public func vm(_ agent: String, _ name: String) async throws -> VMStatus {
+        try decode(VMStatus.self, try await call(.GET, agent + "/v1/vms/\(name)", timeout: .seconds(10)))
+    }
+
+    public func migrationFacts(_ agent: String, _ name: String) async throws -> MigrationFacts {
+        try decode(MigrationFacts.self, try await call(.GET, agent + "/v1/vms/\(name)/migration-facts", timeout: .seconds(30)))
+    }
+
+    public func prepareDisks(_ agent: String, _ req: DiskPrepare) async throws -> DiskPrepareResult {
+        try decode(DiskPrepareResult.self, try await call(.POST, agent + "/v1/disks/prepare", body: try JSONEncoder().encode(req), timeout: .seconds(120)))
+    }
+
+    public func releaseDisks(_ agent: String, _ paths: [String]) async throws {
+        _ = try decode([String: [String]].self, try await call(.POST, agent + "/v1/disks/release", body: try JSONEncoder().encode(["paths": paths])))
+    }
+
+    /// Starts a migration on the source's agent; an id the agent already has is returned as it stands
+    /// (a controller restarted between asking and recording).
+    public func startMigration(_ agent: String, _ req: MigrationStart) async throws -> MigrationProgress {
+        let result = try await call(.POST, agent + "/v1/migrations", body: try JSONEncoder().encode(req))
+        if result.0 == 409, let existing = try? await migration(agent, req.id) { return existing }
+        return try decode(MigrationProgress.self, result)
+    }
+
+    /// nil when the agent has no such migration (it restarted).
+    public func migration(_ agent: String, _ id: String) async throws -> MigrationProgress? {
+        let result = try await call(.GET, agent + "/v1/migrations/\(id)", timeout: .seconds(10))
+        if result.0 == 404 { return nil }
+        return try decode(MigrationProgress.self, result)
+    }
+
+    public func cancelMigration(_ agent: String, _ id: String) async throws -> MigrationProgress {
+        try decode(MigrationProgress.self, try await call(.POST, agent + "/v1/migrations/\(id)/cancel", timeout: .seconds(30)))
+    }
+
+    public func completedJob(_ agent: String, _ name: String) async throws -> CompletedJob {
+        try decode(CompletedJob.self, try await call(.GET, agent + "/v1/vms/\(name)/completed-job", timeout: .seconds(10)))
+    }
 }

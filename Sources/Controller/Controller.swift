@@ -165,10 +165,11 @@ public final class Controller: Sendable {
 
     public func vmViews() async throws -> [VMView] {
         let statuses = Dictionary(uniqueKeysWithValues: try await store.vmStatuses().map { ($0.name, $0) })
+        let migrating = Set(try await store.activeMigrations().filter { $0.state != "queued" }.map(\.vm))
         return try await store.objects(kind: "vm").compactMap { Self.decode(VMSpec.self, $0.spec) }.map { spec in
             let s = statuses[spec.name]
             return VMView(
-                name: spec.name, host: s?.host, state: s?.state ?? "pending", desiredPower: spec.powerState ?? "running",
+                name: spec.name, host: s?.host, state: migrating.contains(spec.name) ? "migrating" : s?.state ?? "pending", desiredPower: spec.powerState ?? "running",
                 cpus: spec.cpus, memoryMiB: spec.memoryMiB, resourcePool: spec.resourcePool, message: s?.message)
         }
     }

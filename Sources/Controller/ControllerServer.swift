@@ -10,7 +10,7 @@ import NIOSSL
 
 /// The controller's HTTPS API (Schemas/controller-api.json).
 public enum ControllerServer {
-    public static func router(controller: Controller, loop: ReconcileLoop) -> Router<BasicRequestContext> {
+    public static func router(controller: Controller, loop: ReconcileLoop, migrations: MigrationLoop) -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
         router.get("/healthz") { _, _ in json(200, ["status": "ok"]) }
         router.post("/v1/apply") { request, _ in
@@ -38,12 +38,43 @@ public enum ControllerServer {
                 return ApplyResponse(changes: [Change(action: "delete", kind: "vm", name: name, reason: "requested")])
             }
         }
+        router.post("/v1/vms/:name/migrate") { request, ctx in
+            await respond {
+                let name = ctx.parameters.get("name") ?? ""
+                let body = try await request.body.collect(upTo: 1 << 20)
+                let req: MigrateRequest
+                do {
+                    req = try JSONDecoder().decode(MigrateRequest.self, from: Data(buffer: body))
+                } catch {
+                    throw ValidationFailure([ValidationProblem("to", "body must be {\"to\": HOST, \"policy\"?, \"bandwidthMiBps\"?, \"budgetSeconds\"?}")])
+                }
+                let view = try await controller.requestMigration(vm: name, req)
+                migrations.trigger()
+                return view
+            }
+        }
+        router.get("/v1/migrations") { _, _ in await respond { try await controller.migrationViews() } }
+        router.get("/v1/migrations/:name") { _, ctx in
+            await respond {
+                let name = ctx.parameters.get("name") ?? ""
+                guard let m = try await controller.migrationView(name) else { throw NotFound(what: "migration \(name)") }
+                return m
+            }
+        }
+        router.post("/v1/migrations/:name/cancel") { _, ctx in
+            await respond {
+                let name = ctx.parameters.get("name") ?? ""
+                guard let m = try await controller.cancelMigration(name) else { throw NotFound(what: "migration \(name)") }
+                migrations.trigger()
+                return m
+            }
+        }
         router.post("/v1/vms/:name/:action") { _, ctx in
             await respond {
                 let name = ctx.parameters.get("name") ?? ""
                 let action = ctx.parameters.get("action") ?? ""
                 guard ["start", "stop", "restart"].contains(action) else {
-                    throw ValidationFailure([ValidationProblem("action", "must be start, stop or restart")])
+                    throw ValidationFailure([ValidationProblem("action", "must be start, stop, restart or migrate")])
                 }
                 guard try await controller.power(name, action: action) else { throw NotFound(what: "vm \(name)") }
                 loop.trigger()
@@ -100,6 +131,8 @@ public enum ControllerServer {
             return json(400, APIError(error: f.description, problems: f.problems))
         } catch let n as NotFound {
             return json(404, APIError(error: "no \(n.what)"))
+        } catch let c as Conflict {
+            return json(409, APIError(error: c.description, problems: c.problems))
         } catch let a as AgentClient.Failure {
             return json(a.status >= 400 && a.status < 500 ? a.status : 502, APIError(error: a.description))
         } catch {
@@ -117,10 +150,11 @@ public enum ControllerServer {
     }
 
     public static func application(
-        controller: Controller, loop: ReconcileLoop, listen: String, port: Int, tls: TLSConfiguration, logger: Logger
+        controller: Controller, loop: ReconcileLoop, migrations: MigrationLoop, listen: String, port: Int, tls: TLSConfiguration,
+        logger: Logger
     ) throws -> some ApplicationProtocol {
         Application(
-            router: router(controller: controller, loop: loop),
+            router: router(controller: controller, loop: loop, migrations: migrations),
             server: try .tls(.http1(), tlsConfiguration: tls),
             configuration: .init(address: .hostname(listen, port: port), serverName: "vsphere-controller"),
             logger: logger)

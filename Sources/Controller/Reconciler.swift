@@ -102,8 +102,12 @@ extension Controller {
             }
         }
 
+        // A migrating VM belongs to the migration loop until it ends (both hosts show it meanwhile).
+        let migrating = Set(try await store.activeMigrations().filter { $0.state != "queued" }.map(\.vm))
+
         for spec in Scheduler.orderedSpecs(manifest.vms ?? []) {
             let name = spec.name
+            if migrating.contains(name) { continue }
             let generation = generations[name] ?? 0
             var status = statuses[name] ?? Store.VMStatus(name: name, host: nil, state: "pending", uuid: nil, message: nil, generation: 0)
             let seen = observed.vms[name] ?? []
@@ -202,7 +206,7 @@ extension Controller {
 
         // VMs no longer desired: remove them from their hosts.
         let desiredNames = Set((manifest.vms ?? []).map(\.name))
-        for (name, status) in statuses where !desiredNames.contains(name) {
+        for (name, status) in statuses where !desiredNames.contains(name) && !migrating.contains(name) {
             let hosts = Set((observed.vms[name] ?? []).map(\.host) + (status.host.map { [$0] } ?? []))
             var ok = true
             for host in hosts.sorted() {

@@ -278,4 +278,20 @@ public enum CapabilitiesXML {
                 cpus: cell.child("cpus")?.all("cpu").compactMap { $0.attribute("id").flatMap(Int.init) } ?? [])
         }
     }
+
+    /// The host CPU's model name (`<host><cpu><model>`), for host-model and host-passthrough guests.
+    public static func hostCPUModel(_ xml: String) throws(DomainXMLError) -> String? {
+        let doc = try XMLDocument(parsing: xml)
+        return doc.root.child("host")?.child("cpu")?.child("model")?.text
+    }
+
+    /// CPU models QEMU can give guests on this host: `<cpu><mode name="custom">` models marked usable in
+    /// the domain capabilities.
+    public static func usableCPUModels(domainCapabilities xml: String) throws(DomainXMLError) -> [String] {
+        let doc = try XMLDocument(parsing: xml)
+        guard let modes = doc.root.child("cpu")?.all("mode"),
+            let custom = modes.first(where: { $0.attribute("name") == "custom" }), custom.attribute("supported") == "yes"
+        else { return [] }
+        return custom.all("model").filter { $0.attribute("usable") == "yes" }.map(\.text).sorted()
+    }
 }

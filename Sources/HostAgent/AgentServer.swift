@@ -65,6 +65,9 @@ public enum AgentServer {
                     return try await agent.shutdown(vmName, timeout: .seconds(timeout))
                 case "destroy", "reboot", "suspend", "resume":
                     return try await agent.simple(vmName, action: action)
+                case "settle":
+                    let resume = request.uri.queryParameters.get("resume").map { $0 == "true" || $0 == "1" } ?? false
+                    return try await agent.settleIncoming(vmName, resume: resume)
                 default:
                     throw AgentError.notFound("no action \(action); use start, shutdown, destroy, reboot, suspend or resume")
                 }
@@ -75,6 +78,25 @@ public enum AgentServer {
                 guard let s = try await agent.stats(try name(ctx)).first else { throw AgentError.notFound("no stats") }
                 return s
             }
+        }
+        router.get("/v1/vms/:name/disks") { _, ctx in await respond { try await agent.disks(try name(ctx)) } }
+        router.get("/v1/vms/:name/migration-facts") { _, ctx in await respond { try await agent.migrationFacts(try name(ctx)) } }
+        router.get("/v1/vms/:name/completed-job") { _, ctx in await respond { try await agent.completedJob(try name(ctx)) } }
+        router.post("/v1/disks/prepare") { request, _ in
+            await respond { try await agent.prepareDisks(try await body(DiskPrepare.self, request)) }
+        }
+        router.post("/v1/disks/release") { request, _ in
+            await respond { ["removed": try await agent.releaseDisks(try await body([String: [String]].self, request)["paths"] ?? [])] }
+        }
+        router.get("/v1/migrations") { _, _ in await respond { agent.migrations.list() } }
+        router.post("/v1/migrations") { request, _ in
+            await respond { try await agent.migrations.start(try await body(MigrationStart.self, request), on: agent) }
+        }
+        router.get("/v1/migrations/:id") { _, ctx in
+            await respond { try agent.migrations.get(ctx.parameters.get("id") ?? "") }
+        }
+        router.post("/v1/migrations/:id/cancel") { _, ctx in
+            await respond { try await agent.migrations.cancel(ctx.parameters.get("id") ?? "", on: agent) }
         }
         router.get("/v1/vms/:name/tuning") { _, ctx in await respond { try await agent.tuning(try name(ctx)) } }
         router.get("/v1/vms/:name/console") { _, ctx in
@@ -117,6 +139,22 @@ public enum AgentServer {
         let n = ctx.parameters.get("name") ?? ""
         guard Names.isValid(n) else { throw AgentError.invalid([ValidationProblem("name", "must match ^[a-z][a-z0-9-]{0,62}$")]) }
         return n
+    }
+
+    /// Decodes a JSON body; a field of the wrong type or a missing one is a 400 naming the field.
+    static func body<T: Decodable>(_ type: T.Type, _ request: Request) async throws -> T {
+        let buffer = try await request.body.collect(upTo: 1 << 20)
+        do {
+            return try JSONDecoder().decode(T.self, from: Data(buffer: buffer))
+        } catch let DecodingError.keyNotFound(key, ctx) {
+            throw AgentError.invalid([ValidationProblem((ctx.codingPath + [key]).map(\.stringValue).joined(separator: "."), "is required")])
+        } catch let DecodingError.typeMismatch(_, ctx) {
+            throw AgentError.invalid([ValidationProblem(ctx.codingPath.map(\.stringValue).joined(separator: "."), "has the wrong type")])
+        } catch let DecodingError.valueNotFound(_, ctx) {
+            throw AgentError.invalid([ValidationProblem(ctx.codingPath.map(\.stringValue).joined(separator: "."), "must not be null")])
+        } catch {
+            throw AgentError.invalid([ValidationProblem("", "body must be a JSON object")])
+        }
     }
 
     static func respond<T: Encodable>(_ body: () async throws -> T) async -> Response {

@@ -13,6 +13,8 @@ public final class HostAgent: Sendable {
     public let config: AgentConfig
     public let supervisor: LibvirtSupervisor
     public let hub: EventHub
+    /// Outgoing live migrations.
+    public let migrations = MigrationRunner()
     public let accelerator: String
     let hardLimitInDefinition: Bool
     let logger: Logger
@@ -72,8 +74,18 @@ public final class HostAgent: Sendable {
                     reservedCPUMHz: usage.reservedMHz, freeMemoryMiB: Int(free / 1024 / 1024),
                     unreservedMemoryMiB: max(0, totalMiB - reserve - usage.reservedMemoryMiB),
                     unreservedCPUMHz: max(0, totalMHz - usage.reservedMHz)),
-                connected: true)
+                connected: true,
+                cpuModels: (try? CapabilitiesXML.usableCPUModels(
+                    domainCapabilities: c.domainCapabilitiesXML(virtType: accelerator == "kvm" ? "kvm" : "qemu"))) ?? [],
+                hostCPUModel: try? CapabilitiesXML.hostCPUModel(c.capabilitiesXML()),
+                networks: Self.bridges() + ((try? c.networks().map(\.name)) ?? []))
         }
+    }
+
+    /// Linux bridges of this host (guests' NICs plug into them).
+    static func bridges() -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/net")) ?? []
+        return names.filter { FileManager.default.fileExists(atPath: "/sys/class/net/\($0)/bridge") }.sorted()
     }
 
     struct Usage {

@@ -119,6 +119,15 @@ public enum Migrations {
             """,
             "CREATE INDEX tasks_by_name ON tasks (kind, name)",
         ]),
+        (2, [
+            // Live migrations: the columns the controller queries on, and the whole record as JSON.
+            """
+            CREATE TABLE migrations (
+                id BIGINT PRIMARY KEY, vm TEXT NOT NULL, source TEXT NOT NULL, destination TEXT NOT NULL,
+                state TEXT NOT NULL, record TEXT NOT NULL, created_ms BIGINT NOT NULL, updated_ms BIGINT NOT NULL)
+            """,
+            "CREATE INDEX migrations_by_state ON migrations (state)",
+        ]),
     ]
 }
 
@@ -128,12 +137,14 @@ public actor Store {
     public let backend: any SQLBackend
     private var nextTaskID: Int64 = 0
     private var nextEventID: Int64 = 0
+    private var nextMigrationID: Int64 = 0
 
     public init(backend: any SQLBackend) async throws {
         self.backend = backend
         try await migrate()
         nextTaskID = try await backend.query("SELECT COALESCE(MAX(id), 0) AS m FROM tasks", []).first?["m"]?.int ?? 0
         nextEventID = try await backend.query("SELECT COALESCE(MAX(id), 0) AS m FROM events", []).first?["m"]?.int ?? 0
+        nextMigrationID = try await backend.query("SELECT COALESCE(MAX(id), 0) AS m FROM migrations", []).first?["m"]?.int ?? 0
     }
 
     /// Opens a store from a `--database` value: `postgres://...` (PostgreSQL), a file path or
@@ -345,6 +356,60 @@ public actor Store {
                 id: $0["id"]?.int ?? 0, timeMs: $0["time_ms"]?.int ?? 0, source: $0["source"]?.text ?? "", kind: $0["kind"]?.text ?? "",
                 name: $0["name"]?.text, event: $0["event"]?.text, detail: $0["detail"]?.text, message: $0["message"]?.text)
         }
+    }
+
+    // MARK: Migrations
+
+    /// A migration row: the queried columns and the controller's record (JSON).
+    public struct Migration: Sendable, Equatable {
+        public var id: Int64
+        public var vm: String
+        public var source: String
+        public var destination: String
+        /// `queued`, `starting`, `running`, `completed`, `failed`, `cancelled`, `aborted`.
+        public var state: String
+        public var record: String
+        public var createdMs: Int64
+
+        public static let activeStates = ["queued", "starting", "running"]
+        public var isActive: Bool { Self.activeStates.contains(state) }
+    }
+
+    /// Records a new migration; returns its id.
+    public func addMigration(vm: String, source: String, destination: String, state: String, record: (Int64) -> String) async throws -> Int64 {
+        nextMigrationID += 1
+        let t = now()
+        try await backend.execute(
+            "INSERT INTO migrations (id, vm, source, destination, state, record, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+            [.int(nextMigrationID), .text(vm), .text(source), .text(destination), .text(state), .text(record(nextMigrationID)), .int(t)])
+        return nextMigrationID
+    }
+
+    public func updateMigration(_ id: Int64, state: String, record: String) async throws {
+        try await backend.execute(
+            "UPDATE migrations SET state = $1, record = $2, updated_ms = $3 WHERE id = $4",
+            [.text(state), .text(record), .int(now()), .int(id)])
+    }
+
+    public func migrations(limit: Int = 200) async throws -> [Migration] {
+        try await backend.query("SELECT * FROM migrations ORDER BY id DESC LIMIT $1", [.int(Int64(limit))]).map(Self.migration)
+    }
+
+    public func activeMigrations() async throws -> [Migration] {
+        try await backend.query(
+            "SELECT * FROM migrations WHERE state IN ('queued', 'starting', 'running') ORDER BY id", []
+        ).map(Self.migration)
+    }
+
+    public func migration(id: Int64) async throws -> Migration? {
+        try await backend.query("SELECT * FROM migrations WHERE id = $1", [.int(id)]).first.map(Self.migration)
+    }
+
+    static func migration(_ r: SQLRow) -> Migration {
+        Migration(
+            id: r["id"]?.int ?? 0, vm: r["vm"]?.text ?? "", source: r["source"]?.text ?? "",
+            destination: r["destination"]?.text ?? "", state: r["state"]?.text ?? "", record: r["record"]?.text ?? "{}",
+            createdMs: r["created_ms"]?.int ?? 0)
     }
 
     public func close() async throws { try await backend.close() }

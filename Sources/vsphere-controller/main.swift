@@ -44,11 +44,12 @@ struct ControllerCommand: AsyncParsableCommand {
         let agents = try AgentClient(trustedCAs: agentCA)
         let controller = Controller(store: store, agents: agents, logger: logger)
         let loop = ReconcileLoop(controller: controller, interval: .milliseconds(Int(reconcileInterval * 1000)))
+        let migrations = MigrationLoop(controller: controller)
         var names = ["localhost", "127.0.0.1", ProcessInfo.processInfo.hostName] + tlsSAN
         if listen != "0.0.0.0" && listen != "::" { names.insert(listen, at: 0) }
         let identity = try TLSIdentity.loadOrCreate(dataDir: dataDir, names: names, prefix: "controller")
         let app = try ControllerServer.application(
-            controller: controller, loop: loop, listen: listen, port: port, tls: try identity.serverConfiguration(), logger: logger)
+            controller: controller, loop: loop, migrations: migrations, listen: listen, port: port, tls: try identity.serverConfiguration(), logger: logger)
         let schema = try await store.schemaVersion()
         logger.info("vsphere-controller starting", metadata: [
             "listen": "\(listen):\(port)", "database": "\(database)", "schema": "\(schema)",
@@ -57,7 +58,8 @@ struct ControllerCommand: AsyncParsableCommand {
         let collector = AgentEventCollector(controller: controller, loop: loop)
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: app), .init(service: loop), .init(service: collector)],
+                services: [.init(service: app), .init(service: loop), .init(service: collector),
+                           .init(service: migrations)],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         try await agents.shutdown()

@@ -73,7 +73,7 @@ final class ControllerClient: Sendable {
         let status = Int(resp.status.code)
         guard (200..<300).contains(status) else {
             let err = try? JSONDecoder().decode(APIError.self, from: data)
-            if let problems = err?.problems, !problems.isEmpty {
+            if status == 400, let problems = err?.problems, !problems.isEmpty {
                 for p in problems { stderr(p.description) }
             } else {
                 stderr(err?.error ?? "HTTP \(status): \(String(decoding: data, as: UTF8.self))")

@@ -144,8 +144,9 @@ struct Get: AsyncParsableCommand {
             if output == .json { return try printJSON(events) }
             printEvents(events)
         default:
-            if output == .json { return try printJSON([String]()) }
-            print("no migrations yet (live migration arrives with the vMotion issue)")
+            let migrations: [MigrationView] = try await client.call(.GET, "/v1/migrations")
+            if output == .json { return try printJSON(migrations) }
+            printMigrations(migrations)
         }
     }
 }
@@ -251,23 +252,46 @@ struct Delete: AsyncParsableCommand {
 
 /// `vsphere-ctl vm start|stop|restart NAME [--wait]`.
 struct VMCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "vm", abstract: "Start, stop or restart a VM.")
+    static let configuration = CommandConfiguration(
+        commandName: "vm", abstract: "Start, stop, restart or live-migrate a VM.",
+        discussion: "vm migrate NAME --to HOST [--wait] [--policy NAME] [--bandwidth MIBPS] [--budget SECONDS] [-o json]")
     @OptionGroup var server: ServerOptions
-    @Argument(help: "start, stop or restart") var action: String
+    @Argument(help: "start, stop, restart or migrate") var action: String
     @Argument(help: "the VM") var name: String
-    @Flag(help: "Wait until the VM is in the desired state.") var wait = false
+    @Flag(help: "Wait until the VM is in the desired state (or the migration ended).") var wait = false
     @Option(help: "Seconds to wait at most.") var timeout: Int = 300
+    @Option(help: "migrate: the destination host.") var to: String?
+    @Option(help: "migrate: minimal-downtime, auto-converge, post-copy or suspend-if-needed.") var policy: String?
+    @Option(help: "migrate: cap in MiB/s.") var bandwidth: Int?
+    @Option(help: "migrate: seconds before the policy gives up (or switches).") var budget: Int?
+    @Option(name: .shortAndLong, help: "migrate: table or json (json waits and prints the finished migration).") var output: OutputFormat = .table
 
     func validate() throws {
-        if !["start", "stop", "restart"].contains(action) {
-            throw ValidationError("\(action): use start, stop or restart (migrate arrives with the vMotion issue)")
+        if !["start", "stop", "restart", "migrate"].contains(action) {
+            throw ValidationError("\(action): use start, stop, restart or migrate")
         }
         if !Names.isValid(name) { throw ValidationError("\(name): must match ^[a-z][a-z0-9-]{0,62}$") }
+        if action == "migrate" {
+            guard let to else { throw ValidationError("--to: migrate needs the destination host") }
+            if !Names.isValid(to) { throw ValidationError("--to: must match ^[a-z][a-z0-9-]{0,62}$") }
+            if let p = policy, !["minimal-downtime", "auto-converge", "post-copy", "suspend-if-needed"].contains(p) {
+                throw ValidationError("--policy: must be minimal-downtime, auto-converge, post-copy or suspend-if-needed")
+            }
+            if let b = bandwidth, !(1...100_000).contains(b) { throw ValidationError("--bandwidth: must be between 1 and 100000") }
+            if let b = budget, !(1...86_400).contains(b) { throw ValidationError("--budget: must be between 1 and 86400") }
+        } else if to != nil || policy != nil || bandwidth != nil || budget != nil {
+            throw ValidationError("--to, --policy, --bandwidth and --budget belong to vm migrate")
+        }
     }
 
     func run() async throws {
         let client = try server.client()
         defer { Task { await client.close() } }
+        if action == "migrate" {
+            return try await migrate(
+                client: client, vm: name, request: MigrateRequest(to: to!, policy: policy, bandwidthMiBps: bandwidth, budgetSeconds: budget),
+                wait: wait || output == .json, json: output == .json, timeout: timeout)
+        }
         let _: ApplyResponse = try await client.call(.POST, "/v1/vms/\(name)/\(action)")
         print("vm \(name): \(action) requested")
         if wait {

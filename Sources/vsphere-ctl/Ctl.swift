@@ -7,7 +7,7 @@ struct Ctl: ParsableCommand {
         abstract: "The vsphere CLI. validate and simulate work offline; the rest talks to the controller.",
         version: "0.1.0",
         subcommands: [
-            Validate.self, Plan.self, Apply.self, Get.self, Describe.self, Delete.self, VMCommand.self, Events.self,
+            Validate.self, Plan.self, Apply.self, Get.self, Describe.self, Delete.self, VMCommand.self, MigrationCommand.self, Events.self,
             Simulate.self, ValidateVM.self,
         ])
 }

@@ -2,6 +2,7 @@ import ClusterModel
 @testable import DomainXML
 import Foundation
 import Testing
+import TestSupport
 
 @Suite struct DomainXMLRoundTrip {
     static let options = DomainOptions(type: .qemu, hostCoreMHz: 2000, hardLimitInDefinition: true, consoleLogPath: "/var/log/libvirt/qemu/web1.console.log")
@@ -173,17 +174,5 @@ import Testing
             """
         let cells = try CapabilitiesXML.numaCells(xml)
         #expect(cells == [.init(id: 0, memoryKiB: 1_048_576, cpus: [0, 1]), .init(id: 1, memoryKiB: 2_097_152, cpus: [2])])
-    }
-}
-
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

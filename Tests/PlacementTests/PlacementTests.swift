@@ -2,23 +2,11 @@ import ClusterModel
 import Foundation
 import Placement
 import Testing
-
-struct Rand {
-    var state: UInt64
-    init(_ seed: Int) { state = UInt64(seed) &+ 0x9E37_79B9_7F4A_7C15 }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func int(_ range: ClosedRange<Int>) -> Int { range.lowerBound + Int(next() % UInt64(range.count)) }
-}
+import TestSupport
 
 /// A seeded random cluster and a batch of VMs with random sizes and constraints.
 func randomCluster(_ seed: Int) -> (ClusterState, [PlacementVM]) {
-    var r = Rand(seed)
+    var r = SplitMix(seed)
     let hostCount = r.int(1...24)
     let hosts = (0..<hostCount).map { i in
         PlacementHost(
