@@ -7,12 +7,18 @@ export VSPHERE_TESTBED=${VSPHERE_TESTBED_DIR:-/var/lib/vsphere-testbed}
 command -v hspace >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q ganeti-htools >/dev/null
 swift build -c release --product vsphere-ctl
 swift build -c release --product vsphere-agent
+swift build -c release --product vsphere-controller
 
 echo "== placement (vs Ganeti hspace)"
 python3 bench/placement.py
 
-echo "== vm-start (vs virsh start)"
 bash scripts/testbed.sh down >/dev/null 2>&1 || true
 trap 'bash scripts/testbed.sh down' EXIT
-VSPHERE_AGENT=$PWD/.build/release/vsphere-agent bash scripts/testbed.sh up 1 1
+VSPHERE_AGENT=$PWD/.build/release/vsphere-agent VSPHERE_CONTROLLER=$PWD/.build/release/vsphere-controller \
+    VSPHERE_CTL=$PWD/.build/release/vsphere-ctl VSPHERE_CONFIG=$VSPHERE_TESTBED/ctl.json bash scripts/testbed.sh up 2 1
+
+echo "== vm-start (vs virsh start)"
 python3 bench/vm_start.py
+
+echo "== migration (vs virsh migrate --live --p2p)"
+VSPHERE_CTL=$PWD/.build/release/vsphere-ctl python3 bench/migration.py

@@ -121,7 +121,7 @@ public struct DiskPrepareResult: Codable, Sendable, Equatable {
     }
 }
 
-/// GET /v1/vms/{name}/migration-price-facts: what pricing needs from the source.
+/// GET /v1/vms/{name}/migration-facts: what pricing needs from the source.
 public struct MigrationFacts: Codable, Sendable, Equatable {
     public var vm: String
     public var memoryBytes: Int64

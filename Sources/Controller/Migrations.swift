@@ -209,9 +209,13 @@ extension Controller {
             let link = try await linkEstimate(from: v.from, to: v.to, manifest: manifest)
             let effective = bandwidth.map { min(link, Int64($0) << 20) } ?? link
             let diskBytes = copy.reduce(Int64(0)) { $0 + (incremental ? $1.actualSize : max($1.actualSize, 0)) }
+            // The memory that holds data: QEMU's resident memory overstates it (QEMU's own heap, the TCG
+            // code cache); a previous migration of this VM measured what its first pass really sent.
+            let previous = try await migrationViews().first { $0.vm == v.vm && $0.state == "completed" && $0.copyDisks.isEmpty && ($0.bytes ?? 0) > 0 }
+            let dataBytes = previous.flatMap(\.bytes).map { min($0, facts.memoryBytes) } ?? facts.residentBytes
             v.predicted = Pricing.price(
                 PriceInput(
-                    memoryBytes: facts.memoryBytes, dataBytes: facts.residentBytes, dirtyRate: facts.dirtyRate ?? 0,
+                    memoryBytes: facts.memoryBytes, dataBytes: dataBytes, dirtyRate: facts.dirtyRate ?? 0,
                     bandwidth: effective, diskBytes: diskBytes),
                 policy: v.policy)
             v.bandwidthMiBps = bandwidth
@@ -304,6 +308,14 @@ extension Controller {
             v.totalMs = job.timeElapsedMs
             v.downtimeMs = job.downtimeMs
             v.bytes = job.dataProcessed > 0 ? job.dataProcessed : job.dataTotal
+        } else if let p = progress {
+            // libvirt keeps no completed-job statistics on the destination after post-copy: the agent's
+            // last reading stands in (no downtime figure).
+            v.totalMs = p.sample?.elapsedMs ?? p.elapsedMs
+            v.bytes = p.sample?.dataProcessed
+            v.steps.append(PolicyStep(
+                atMs: v.totalMs ?? 0, iteration: p.sample?.iteration ?? 0, action: "note",
+                detail: "libvirt kept no completed-job statistics on the destination; time and bytes from the source's last reading"))
         }
         // The copied disks live on the destination now (same paths); the source's copies go.
         if !v.preparedDisks.isEmpty, let src = urls[v.from] {

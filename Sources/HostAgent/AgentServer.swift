@@ -69,7 +69,7 @@ public enum AgentServer {
                     let resume = request.uri.queryParameters.get("resume").map { $0 == "true" || $0 == "1" } ?? false
                     return try await agent.settleIncoming(vmName, resume: resume)
                 default:
-                    throw AgentError.notFound("no action \(action); use start, shutdown, destroy, reboot, suspend or resume")
+                    throw AgentError.notFound("no action \(action); use start, shutdown, destroy, reboot, suspend, resume or settle")
                 }
             }
         }

@@ -45,7 +45,7 @@ public struct Price: Sendable, Codable, Equatable {
     public var downtimeMs: Int64
     public var bytes: Int64
     public var iterations: Int
-    /// How the policy ends it: `precopy`, `post-copy`, `suspend`, `abort`.
+    /// How it ends: `precopy`, `auto-converge`, `post-copy`, `suspend`, `abort`.
     public var outcome: String
     public var dirtyRate: Int64
     public var bandwidth: Int64
