@@ -375,7 +375,9 @@ case "$cmd" in
     up) up "$@" ;;
     down) down ;;
     status) status ;;
-    exec) h=$1; shift; in_host "$h" "$@" ;;
+    # exec, not a child: the caller's pid becomes CMD's (tests signal it).
+    exec) h=$1; shift; pid=$(holder "$h"); exec sh -c 'for f in /sys/fs/cgroup/*/vs-'"$h"'/cgroup.procs; do echo $$ >"$f"; done; exec "$@"' \
+        in_host nsenter -t "$pid" -n -m -u -C -- "$@" ;;
     restart-libvirtd) restart_libvirtd "$1" ;;
     restart-controller) restart_controller "${1:-}" ;;
     stop-libvirtd) in_host "$1" sh -c 'kill $(cat /run/libvirtd.pid)' ;;

@@ -150,11 +150,19 @@ public actor Store {
     /// Opens a store from a `--database` value: `postgres://...` (PostgreSQL), a file path or
     /// `sqlite:PATH` (SQLite).
     public static func open(_ database: String, logger: Logger) async throws -> Store {
+        let backend: any SQLBackend
         if database.hasPrefix("postgres://") || database.hasPrefix("postgresql://") {
-            return try await Store(backend: try await PostgresBackend(url: database, logger: logger))
+            backend = try await PostgresBackend(url: database, logger: logger)
+        } else {
+            backend = try await SQLiteBackend(path: database.hasPrefix("sqlite:") ? String(database.dropFirst(7)) : database, logger: logger)
         }
-        let path = database.hasPrefix("sqlite:") ? String(database.dropFirst(7)) : database
-        return try await Store(backend: try await SQLiteBackend(path: path, logger: logger))
+        do {
+            return try await Store(backend: backend)
+        } catch {
+            // A connection must be closed before it goes (postgres-nio asserts it).
+            try? await backend.close()
+            throw error
+        }
     }
 
     func migrate() async throws {

@@ -2,6 +2,11 @@ import ControllerAPI
 import Foundation
 import Testing
 
+/// Suites that change the cluster's VMs through the controller run one after the other: an
+/// `apply --prune` in one would delete the others' VMs.
+@Suite(.serialized) enum ClusterOnTestbed {}
+
+extension ClusterOnTestbed {
 /// The controller on the testbed, driven through the real CLI as an operator would.
 @Suite(.serialized, .enabled(if: Testbed.available && !Testbed.ctlBinary.isEmpty, "needs the testbed and VSPHERE_CTL_BIN"))
 struct ControllerOnTestbed {
@@ -139,6 +144,7 @@ struct ControllerOnTestbed {
         #expect(try vms().allSatisfy { $0.name != "ok1" })
         #expect(try ctl("describe", "vm", "ok1").0 == 3, "not found is exit 3")
     }
+}
 }
 
 func eventuallySync<T>(timeout: Double = 90, _ body: () throws -> T?) throws -> T {
