@@ -107,7 +107,12 @@ public struct DiskImage: Codable, Sendable, Equatable {
 /// POST /v1/disks/prepare on the destination: create empty images to receive copied disks.
 public struct DiskPrepare: Codable, Sendable, Equatable {
     public var disks: [DiskImage]
-    public init(disks: [DiskImage]) { self.disks = disks }
+    /// Images in shared pools that must already be visible here (the pool is mounted); checked first.
+    public var mustExist: [String]?
+    public init(disks: [DiskImage], mustExist: [String]? = nil) {
+        self.disks = disks
+        self.mustExist = mustExist
+    }
 }
 
 /// What the destination's prepare created (and may remove again if the migration fails).

@@ -193,12 +193,16 @@ extension Controller {
                 throw Conflict("\(ro.target) (\(ro.path)) is read-only and not in a shared pool: it cannot be copied live")
             }
             var incremental = false
-            if !copy.isEmpty {
-                let prepared = try await agents.prepareDisks(dst, DiskPrepare(disks: copy))
+            let shared = facts.disks.filter { d in !copy.contains(d) }.map(\.path)
+            if !copy.isEmpty || !shared.isEmpty {
+                // The destination sees the shared pools' images, and receives empty images for the rest.
+                let prepared = try await agents.prepareDisks(dst, DiskPrepare(disks: copy, mustExist: shared))
                 v.preparedDisks = prepared.created
-                incremental = prepared.backingPresent
-                v.copyDisks = copy.map(\.target)
-                v.storage = incremental ? "copy-incremental" : "copy"
+                if !copy.isEmpty {
+                    incremental = prepared.backingPresent
+                    v.copyDisks = copy.map(\.target)
+                    v.storage = incremental ? "copy-incremental" : "copy"
+                }
             }
 
             // The bandwidth: the request's cap, the host's share, the measured link.
@@ -207,7 +211,7 @@ extension Controller {
                 bandwidth = min(bandwidth ?? Int.max, max(1, hostCap / max(1, sharing)))
             }
             let link = try await linkEstimate(from: v.from, to: v.to, manifest: manifest)
-            let effective = bandwidth.map { min(link, Int64($0) << 20) } ?? link
+            let effective = bandwidth.map { min(link.bandwidth, Int64($0) << 20) } ?? link.bandwidth
             let diskBytes = copy.reduce(Int64(0)) { $0 + (incremental ? $1.actualSize : max($1.actualSize, 0)) }
             // The memory that holds data: QEMU's resident memory overstates it (QEMU's own heap, the TCG
             // code cache); a previous migration of this VM measured what its first pass really sent.
@@ -216,7 +220,7 @@ extension Controller {
             v.predicted = Pricing.price(
                 PriceInput(
                     memoryBytes: facts.memoryBytes, dataBytes: dataBytes, dirtyRate: facts.dirtyRate ?? 0,
-                    bandwidth: effective, diskBytes: diskBytes),
+                    bandwidth: effective, diskBytes: diskBytes, setupMs: link.setupMs, switchoverMs: link.switchoverMs),
                 policy: v.policy)
             v.bandwidthMiBps = bandwidth
 
@@ -354,16 +358,35 @@ extension Controller {
             step: p.steps.last.map { "\($0.action): \($0.detail)" }, phase: p.phase)
     }
 
-    /// Bytes per second migrations between these hosts' sites achieved lately (median of the last
-    /// five), or the default before any was measured.
-    func linkEstimate(from: String, to: String, manifest: ClusterManifest) async throws -> Int64 {
+    /// What migrations between these hosts' sites measured lately (the last five completed ones without
+    /// disk copies or a bandwidth cap): the link's throughput (QEMU's own figure, else bytes over job time), the fixed
+    /// set-up time (job time not explained by the transfer) and the switch-over pause of idle guests.
+    /// Defaults before any was measured.
+    struct LinkFacts {
+        var bandwidth: Int64 = Controller.defaultLinkMiBps << 20
+        var setupMs: Int64 = 250
+        var switchoverMs: Int64 = 50
+    }
+
+    func linkEstimate(from: String, to: String, manifest: ClusterManifest) async throws -> LinkFacts {
         let site = Dictionary(uniqueKeysWithValues: (manifest.hosts ?? []).map { ($0.name, $0.site ?? "") })
         let pair = (site[from] ?? "", site[to] ?? "")
-        let rates = try await migrationViews().filter { m in
+        let recent = try await migrationViews().filter { m in
             m.state == "completed" && (site[m.from] ?? "", site[m.to] ?? "") == pair && (m.totalMs ?? 0) > 0 && (m.bytes ?? 0) > 0
-                && m.copyDisks.isEmpty
-        }.prefix(5).map { ($0.bytes! * 1000) / $0.totalMs! }.sorted()
-        return rates.isEmpty ? Self.defaultLinkMiBps << 20 : rates[rates.count / 2]
+                && m.copyDisks.isEmpty && m.bandwidthMiBps == nil
+        }.prefix(5)
+        var facts = LinkFacts()
+        func median(_ xs: [Int64]) -> Int64? { xs.isEmpty ? nil : xs.sorted()[xs.count / 2] }
+        let rates: [Int64] = recent.map { m in
+            let measured = Int64((m.progress?.bandwidthMiBps ?? 0) * 1_048_576)
+            return measured > 0 ? measured : (m.bytes! * 1000) / m.totalMs!
+        }
+        if let r = median(rates) { facts.bandwidth = max(1 << 20, r) }
+        let setups: [Int64] = zip(recent, rates).map { m, r in max(0, m.totalMs! - m.bytes! * 1000 / max(1, r)) }
+        if let s = median(setups) { facts.setupMs = s }
+        let idle = recent.filter { ($0.predicted?.dirtyRate ?? Int64.max) < 4 << 20 && $0.downtimeMs != nil }
+        if let d = median(idle.map { $0.downtimeMs! }) { facts.switchoverMs = d }
+        return facts
     }
 }
 

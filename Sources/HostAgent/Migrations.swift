@@ -280,6 +280,9 @@ extension HostAgent {
         }
         if !problems.isEmpty { throw AgentError.invalid(problems) }
         let fm = FileManager.default
+        if let missing = (req.mustExist ?? []).first(where: { !fm.fileExists(atPath: $0) }) {
+            throw AgentError.conflict("\(missing) is not visible on this host: is its shared pool mounted here?")
+        }
         if let taken = req.disks.first(where: { fm.fileExists(atPath: $0.path) }) {
             throw AgentError.conflict("\(taken.path) exists on this host; it will not be overwritten")
         }

@@ -22,11 +22,14 @@ public struct PriceInput: Sendable, Codable, Equatable {
     public var zeroScanRate: Int64
     /// Fixed cost: connection, destination QEMU start-up, device state.
     public var setupMs: Int64
+    /// The pause at the switch-over beyond sending the last dirty pages (device state, stop and start).
+    public var switchoverMs: Int64
 
     public init(
         memoryBytes: Int64, dataBytes: Int64, dirtyRate: Int64, bandwidth: Int64, workingSetBytes: Int64? = nil,
-        diskBytes: Int64 = 0, zeroScanRate: Int64 = 2 << 30, setupMs: Int64 = 250
+        diskBytes: Int64 = 0, zeroScanRate: Int64 = 2 << 30, setupMs: Int64 = 250, switchoverMs: Int64 = 50
     ) {
+        self.switchoverMs = switchoverMs
         self.memoryBytes = memoryBytes
         self.dataBytes = min(dataBytes, memoryBytes)
         self.dirtyRate = dirtyRate
@@ -49,6 +52,9 @@ public struct Price: Sendable, Codable, Equatable {
     public var outcome: String
     public var dirtyRate: Int64
     public var bandwidth: Int64
+    /// The fixed costs the price assumed (learned from earlier migrations by the controller).
+    public var setupMs: Int64?
+    public var switchoverMs: Int64?
 
     public init(converges: Bool, totalMs: Int64, downtimeMs: Int64, bytes: Int64, iterations: Int, outcome: String, dirtyRate: Int64, bandwidth: Int64) {
         self.converges = converges
@@ -68,6 +74,14 @@ public enum Pricing {
     /// The price of migrating under `policy`. Monotone (property-tested): more memory, more dirtying or
     /// less bandwidth never make it cheaper.
     public static func price(_ input: PriceInput, policy: ConvergencePolicy) -> Price {
+        var p = rawPrice(input, policy: policy)
+        p.setupMs = input.setupMs
+        p.switchoverMs = input.switchoverMs
+        return p
+    }
+
+    static func rawPrice(_ input: PriceInput, policy: ConvergencePolicy) -> Price {
+        let switchover = Double(max(0, input.switchoverMs)) / 1000
         let b = Double(max(1, input.bandwidth))
         let d = Double(max(0, input.dirtyRate))
         let w = Double(max(0, min(input.workingSetBytes, input.memoryBytes)))
@@ -90,7 +104,7 @@ public enum Pricing {
             let limit = Double(policy.downtime(afterStep: step)) / 1000
             if dirty / b <= limit {
                 return Price(
-                    converges: true, totalMs: ms(seconds + dirty / b), downtimeMs: ms(dirty / b + 0.02),
+                    converges: true, totalMs: ms(seconds + dirty / b), downtimeMs: ms(dirty / b + switchover),
                     bytes: Int64(bytes + dirty), iterations: iterations, outcome: "precopy", dirtyRate: input.dirtyRate,
                     bandwidth: input.bandwidth)
             }
@@ -106,14 +120,14 @@ public enum Pricing {
                     // After the switch the rest is pulled once, at link speed; the pause is the switch-over.
                     let rest = min(dirty, w)
                     return Price(
-                        converges: false, totalMs: ms(seconds + rest / b), downtimeMs: 50, bytes: Int64(bytes + rest),
+                        converges: false, totalMs: ms(seconds + rest / b), downtimeMs: ms(switchover), bytes: Int64(bytes + rest),
                         iterations: iterations + 1, outcome: "post-copy", dirtyRate: input.dirtyRate, bandwidth: input.bandwidth)
                 }
                 if policy.suspendIfNeeded {
                     let wait = max(0, min(budget, stalled ? seconds : budget) - seconds)
                     let rest = min(d * (pass + wait), w)
                     return Price(
-                        converges: false, totalMs: ms(seconds + wait + rest / b), downtimeMs: ms(rest / b + 0.02),
+                        converges: false, totalMs: ms(seconds + wait + rest / b), downtimeMs: ms(rest / b + switchover),
                         bytes: Int64(bytes + b * wait + rest), iterations: iterations + 1, outcome: "suspend",
                         dirtyRate: input.dirtyRate, bandwidth: input.bandwidth)
                 }
@@ -132,7 +146,7 @@ public enum Pricing {
                         passNow = dirtyNow / b
                         if passNow <= Double(policy.maxDowntimeMs) / 1000 {
                             return Price(
-                                converges: true, totalMs: ms(seconds + passNow), downtimeMs: ms(passNow + 0.02),
+                                converges: true, totalMs: ms(seconds + passNow), downtimeMs: ms(passNow + switchover),
                                 bytes: Int64(bytes + dirtyNow), iterations: iterations, outcome: "auto-converge",
                                 dirtyRate: input.dirtyRate, bandwidth: input.bandwidth)
                         }
