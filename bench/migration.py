@@ -130,6 +130,7 @@ def main():
     total_errors = [e for e in (err(p, a) for p, a, _, _ in predictions) if e is not None]
     result = {
         "benchmark": "migration",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "guest": "256 MiB TCG guest, direct kernel boot, idle",
         "rounds": ROUNDS,
         "ours": rows["ours"], "virsh": rows["virsh"], "median": med,

@@ -46,11 +46,11 @@ extension ClusterManifest {
             }
         }
         if let m = settings?.migration {
-            if let n = m.maxOutgoingPerHost, !(1...16).contains(n) {
-                out.append(.init("settings.migration.maxOutgoingPerHost", "must be between 1 and 16"))
+            if let n = m.maxOutgoingPerHost, !(1...4).contains(n) {
+                out.append(.init("settings.migration.maxOutgoingPerHost", "must be between 1 and 4"))
             }
-            if let n = m.maxIncomingPerHost, !(1...16).contains(n) {
-                out.append(.init("settings.migration.maxIncomingPerHost", "must be between 1 and 16"))
+            if let n = m.maxIncomingPerHost, !(1...4).contains(n) {
+                out.append(.init("settings.migration.maxIncomingPerHost", "must be between 1 and 4"))
             }
             if let n = m.hostBandwidthMiBps, !(1...100_000).contains(n) {
                 out.append(.init("settings.migration.hostBandwidthMiBps", "must be between 1 and 100000"))

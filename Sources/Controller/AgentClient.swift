@@ -83,6 +83,13 @@ public final class AgentClient: Sendable {
         try decode(VMStatus.self, try await call(.GET, agent + "/v1/vms/\(name)", timeout: .seconds(10)))
     }
 
+    /// The VM's status on that host; nil when the host has no such domain.
+    public func vmIfPresent(_ agent: String, _ name: String) async throws -> VMStatus? {
+        let result = try await call(.GET, agent + "/v1/vms/\(name)", timeout: .seconds(10))
+        if result.0 == 404 { return nil }
+        return try decode(VMStatus.self, result)
+    }
+
     public func migrationFacts(_ agent: String, _ name: String) async throws -> MigrationFacts {
         try decode(MigrationFacts.self, try await call(.GET, agent + "/v1/vms/\(name)/migration-facts", timeout: .seconds(30)))
     }

@@ -166,20 +166,35 @@ extension Controller {
             guard let row = try await store.migration(id: m.id), row.state == "queued" else { continue }
             outgoing[m.source, default: 0] += 1
             incoming[m.destination, default: 0] += 1
-            await begin(&view, agents: agentsByHost, manifest: manifest, sharing: outgoing[m.source, default: 1])
+            await begin(&view, agents: agentsByHost, manifest: manifest)
         }
     }
 
-    func save(_ v: MigrationView) async throws {
+    /// Writes the record. An operator's cancel written meanwhile (by the API) is kept: the loop works on
+    /// a copy read at the start of its pass.
+    func save(_ v: inout MigrationView) async throws {
+        if !v.cancelRequested, let row = try await store.migration(id: v.id), let current = Self.decode(MigrationView.self, row.record),
+            current.cancelRequested
+        {
+            v.cancelRequested = true
+            if row.state == "cancelled" && v.state == "starting" {
+                // Cancelled while queued, just as it was being started: it stays cancelled.
+                v.state = "cancelled"
+                v.result = "cancelled"
+                v.error = current.error
+                v.finishedMs = current.finishedMs
+            }
+        }
         try await store.updateMigration(v.id, state: v.state, record: Self.json(v))
     }
 
     /// Prices, prepares and starts a queued migration on the source's agent.
-    func begin(_ v: inout MigrationView, agents urls: [String: String], manifest: ClusterManifest, sharing: Int) async {
+    func begin(_ v: inout MigrationView, agents urls: [String: String], manifest: ClusterManifest) async {
         v.state = "starting"
         v.startedMs = Int64(Date().timeIntervalSince1970 * 1000)
         do {
-            try await save(v)
+            try await save(&v)
+            if v.isFinished { return }
             guard let src = urls[v.from], let dst = urls[v.to] else { throw Conflict("\(v.from) or \(v.to) has no agent") }
             guard let spec = manifest.vms?.first(where: { $0.name == v.vm }) else { throw Conflict("\(v.vm) is no longer desired") }
             let blockers = try await compatibility(spec: spec, manifest: manifest, source: v.from, destination: v.to)
@@ -198,6 +213,8 @@ extension Controller {
                 // The destination sees the shared pools' images, and receives empty images for the rest.
                 let prepared = try await agents.prepareDisks(dst, DiskPrepare(disks: copy, mustExist: shared))
                 v.preparedDisks = prepared.created
+                // Recorded at once: whatever happens next, they are found and removed again.
+                try await save(&v)
                 if !copy.isEmpty {
                     incremental = prepared.backingPresent
                     v.copyDisks = copy.map(\.target)
@@ -205,14 +222,18 @@ extension Controller {
                 }
             }
 
-            // The bandwidth: the request's cap, the host's share, the measured link.
+            // The bandwidth: the request's cap and the host's share (its cap over its outgoing slots, so that
+            // together they never exceed it), then the measured link.
             var bandwidth = v.bandwidthMiBps
             if let hostCap = manifest.settings?.migration?.hostBandwidthMiBps {
-                bandwidth = min(bandwidth ?? Int.max, max(1, hostCap / max(1, sharing)))
+                let slots = manifest.settings?.migration?.maxOutgoingPerHost ?? Self.defaultMaxOutgoing
+                bandwidth = min(bandwidth ?? Int.max, max(1, hostCap / max(1, slots)))
             }
             let link = try await linkEstimate(from: v.from, to: v.to, manifest: manifest)
             let effective = bandwidth.map { min(link.bandwidth, Int64($0) << 20) } ?? link.bandwidth
-            let diskBytes = copy.reduce(Int64(0)) { $0 + (incremental ? $1.actualSize : max($1.actualSize, 0)) }
+            // A full copy sends every allocated block of the chain (at most the virtual size); an
+            // incremental one only the top image.
+            let diskBytes = copy.reduce(Int64(0)) { $0 + (incremental ? $1.actualSize : $1.virtualSize) }
             // The memory that holds data: QEMU's resident memory overstates it (QEMU's own heap, the TCG
             // code cache); a previous migration of this VM measured what its first pass really sent.
             let previous = try await migrationViews().first { $0.vm == v.vm && $0.state == "completed" && $0.copyDisks.isEmpty && ($0.bytes ?? 0) > 0 }
@@ -222,26 +243,36 @@ extension Controller {
                     memoryBytes: facts.memoryBytes, dataBytes: dataBytes, dirtyRate: facts.dirtyRate ?? 0,
                     bandwidth: effective, diskBytes: diskBytes, setupMs: link.setupMs, switchoverMs: link.switchoverMs),
                 policy: v.policy)
-            v.bandwidthMiBps = bandwidth
+            v.effectiveBandwidthMiBps = bandwidth
 
             let transport = manifest.settings?.migration?.transport ?? "tls"
             guard let host = URLComponents(string: dst)?.host else { throw Conflict("agent URL of \(v.to) has no host") }
             let uri = "qemu+\(transport)://\(host)/system"
-            try await save(v)
-            _ = try await agents.startMigration(
-                src,
-                MigrationStart(
-                    id: v.name, vm: v.vm, destinationURI: uri, copyDisks: v.copyDisks, incremental: incremental,
-                    bandwidthMiBps: bandwidth, policy: v.policy,
-                    unsafe: manifest.settings?.migration?.sharedStorageUnverifiable ?? false))
-            v.state = "running"
-            try await save(v)
-            try await store.addEvent(
-                source: "controller", kind: "migration", name: v.vm, event: "started", detail: v.name,
-                message: "\(v.from) → \(v.to); predicted \(v.predicted.map { "\($0.totalMs) ms, downtime \($0.downtimeMs) ms, \($0.outcome)" } ?? "?")")
+            try await save(&v)
+            if v.isFinished { throw Conflict("cancelled by the operator before it started") }
+            do {
+                _ = try await agents.startMigration(
+                    src,
+                    MigrationStart(
+                        id: v.name, vm: v.vm, destinationURI: uri, copyDisks: v.copyDisks, incremental: incremental,
+                        bandwidthMiBps: bandwidth, policy: v.policy,
+                        unsafe: manifest.settings?.migration?.sharedStorageUnverifiable ?? false))
+            } catch let f as AgentClient.Failure where f.status == 0 {
+                // No answer: the agent may have started it. The row stays `starting`; following it asks
+                // the agent, which knows.
+                logger.warning("no answer starting migration", metadata: ["id": "\(v.name)", "error": "\(f)"])
+                return
+            }
         } catch {
             await fail(&v, error: "\(error)", agents: urls)
+            return
         }
+        // From here on the agent runs it: nothing but its own record may end it.
+        v.state = "running"
+        try? await save(&v)
+        try? await store.addEvent(
+            source: "controller", kind: "migration", name: v.vm, event: "started", detail: v.name,
+            message: "\(v.from) → \(v.to); predicted \(v.predicted.map { "\($0.totalMs) ms, downtime \($0.downtimeMs) ms, \($0.outcome)" } ?? "?")")
     }
 
     func fail(_ v: inout MigrationView, error: String, agents urls: [String: String], state: String = "failed") async {
@@ -252,7 +283,7 @@ extension Controller {
         if !v.preparedDisks.isEmpty, let dst = urls[v.to] {
             try? await agents.releaseDisks(dst, v.preparedDisks)
         }
-        try? await save(v)
+        try? await save(&v)
         try? await store.addEvent(source: "controller", kind: "migration", name: v.vm, event: state, detail: v.name, message: error)
         logger.warning("migration ended", metadata: ["id": "\(v.name)", "state": "\(state)", "error": "\(error)"])
     }
@@ -262,17 +293,29 @@ extension Controller {
         guard let src = urls[v.from] else { return }
         guard let p = try await agents.migration(src, v.name) else {
             // The agent has no record: it restarted, or it was never asked (a controller restart while
-            // starting). Where libvirt left the VM decides.
-            if row.state == "starting" && v.predicted == nil {
+            // starting). Where libvirt has the VM decides.
+            let dst = urls[v.to] ?? ""
+            let atSource = try await agents.vmIfPresent(src, v.vm)
+            let atDestination = try await agents.vmIfPresent(dst, v.vm)
+            switch (atSource, atDestination) {
+            case (.some, .none) where row.state == "starting":
+                // Never started: queue it again from scratch.
+                if !v.preparedDisks.isEmpty { try await agents.releaseDisks(dst, v.preparedDisks) }
+                v.preparedDisks = []
+                v.copyDisks = []
+                v.storage = "shared"
+                v.predicted = nil
                 v.state = "queued"
-                try await save(v)
-                return
-            }
-            let onDestination = (try? await agents.vm(urls[v.to] ?? "", v.vm))?.state == "running"
-            if onDestination {
+                try await save(&v)
+            case (.some, .none):
+                await fail(&v, error: "the source agent lost track of the migration (it restarted); \(v.vm) stays on \(v.from)", agents: urls)
+            case (.none, .some):
                 try await complete(&v, progress: nil, agents: urls)
-            } else {
-                await fail(&v, error: "the source agent lost track of the migration (restarted); \(v.vm) stays on \(v.from)", agents: urls)
+            case (.some, .some):
+                // libvirt's job is still under way (both hosts hold the domain): wait for it to end.
+                break
+            case (.none, .none):
+                await fail(&v, error: "\(v.vm) is on neither \(v.from) nor \(v.to)", agents: urls)
             }
             return
         }
@@ -288,7 +331,7 @@ extension Controller {
         v.steps = p.steps + v.steps.filter { $0.action.hasPrefix("cancel") }
         v.progress = Self.progressView(p)
         if !p.isFinished {
-            try await save(v)
+            try await save(&v)
             return
         }
         if p.phase == "completed" {
@@ -317,23 +360,24 @@ extension Controller {
             // last reading stands in (no downtime figure).
             v.totalMs = p.sample?.elapsedMs ?? p.elapsedMs
             v.bytes = p.sample?.dataProcessed
-            v.steps.append(PolicyStep(
-                atMs: v.totalMs ?? 0, iteration: p.sample?.iteration ?? 0, action: "note",
-                detail: "libvirt kept no completed-job statistics on the destination; time and bytes from the source's last reading"))
+            let note = "libvirt kept no completed-job statistics on the destination; time and bytes from the source's last reading"
+            if !v.steps.contains(where: { $0.detail == note }) {
+                v.steps.append(PolicyStep(atMs: v.totalMs ?? 0, iteration: p.sample?.iteration ?? 0, action: "note", detail: note))
+            }
         }
         // The copied disks live on the destination now (same paths); the source's copies go.
         if !v.preparedDisks.isEmpty, let src = urls[v.from] {
             try? await agents.releaseDisks(src, v.preparedDisks)
         }
+        // Settled before it counts as completed: a failure here (the destination's agent unreachable) is
+        // retried on the next pass rather than leaving a paused guest behind.
         let suspended = v.steps.contains { $0.action == "suspend" }
-        var state = "running"
-        if let settled = try? await agents.action(dst, v.vm, "settle", query: suspended ? "?resume=true" : "") {
-            state = Self.viewState(settled.state)
-        }
+        let settled = try await agents.action(dst, v.vm, "settle", query: suspended ? "?resume=true" : "")
+        let state = Self.viewState(settled.state)
         v.state = "completed"
         v.result = "completed"
         v.finishedMs = Int64(Date().timeIntervalSince1970 * 1000)
-        try await save(v)
+        try await save(&v)
         var status = try await store.vmStatuses().first { $0.name == v.vm }
             ?? Store.VMStatus(name: v.vm, host: nil, state: state, uuid: nil, message: nil, generation: 0)
         status.host = v.to
@@ -368,12 +412,19 @@ extension Controller {
         var switchoverMs: Int64 = 50
     }
 
+    /// Whether a migration ran at its bandwidth cap (its throughput says nothing about the link).
+    static func capLimited(_ m: MigrationView) -> Bool {
+        guard let cap = m.effectiveBandwidthMiBps ?? m.bandwidthMiBps else { return false }
+        let measured = m.progress?.bandwidthMiBps ?? 0
+        return measured <= 0 || measured >= Double(cap) * 0.9
+    }
+
     func linkEstimate(from: String, to: String, manifest: ClusterManifest) async throws -> LinkFacts {
         let site = Dictionary(uniqueKeysWithValues: (manifest.hosts ?? []).map { ($0.name, $0.site ?? "") })
         let pair = (site[from] ?? "", site[to] ?? "")
         let recent = try await migrationViews().filter { m in
             m.state == "completed" && (site[m.from] ?? "", site[m.to] ?? "") == pair && (m.totalMs ?? 0) > 0 && (m.bytes ?? 0) > 0
-                && m.copyDisks.isEmpty && m.bandwidthMiBps == nil
+                && m.copyDisks.isEmpty && !Self.capLimited(m)
         }.prefix(5)
         var facts = LinkFacts()
         func median(_ xs: [Int64]) -> Int64? { xs.isEmpty ? nil : xs.sorted()[xs.count / 2] }

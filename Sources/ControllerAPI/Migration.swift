@@ -35,6 +35,8 @@ public struct MigrationView: Codable, Sendable, Equatable {
     public var result: String?
     public var policy: ConvergencePolicy
     public var bandwidthMiBps: Int?
+    /// The cap it ran with: the request's, or the host's share of `hostBandwidthMiBps`.
+    public var effectiveBandwidthMiBps: Int?
     /// `shared`, or `copy` / `copy-incremental` with the copied disk targets in `copyDisks`.
     public var storage: String
     public var copyDisks: [String]

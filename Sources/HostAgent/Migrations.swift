@@ -42,10 +42,8 @@ public final class MigrationRunner: @unchecked Sendable {
         if req.id.isEmpty || req.id.count > 64 || !req.id.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }) {
             problems.append(.init("id", "must be 1 to 64 letters, digits or dashes"))
         }
-        if !(req.destinationURI.hasPrefix("qemu+tls://") || req.destinationURI.hasPrefix("qemu+tcp://")
-            || req.destinationURI.hasPrefix("qemu+ssh://") || req.destinationURI.hasPrefix("test://"))
-        {
-            problems.append(.init("destinationURI", "must be a qemu+tls://, qemu+tcp:// or qemu+ssh:// libvirt URI"))
+        if !Self.isDestinationURI(req.destinationURI) {
+            problems.append(.init("destinationURI", "must be qemu+tls://HOST/system or qemu+tcp://HOST/system (no user, port path or query)"))
         }
         if let bw = req.bandwidthMiBps, bw < 1 || bw > 100_000 { problems.append(.init("bandwidthMiBps", "must be between 1 and 100000")) }
         for d in req.copyDisks where !(d.hasPrefix("vd") || d.hasPrefix("sd")) || d.count > 8 {
@@ -64,6 +62,9 @@ public final class MigrationRunner: @unchecked Sendable {
             if let busy = records.values.first(where: { $0.vm == req.vm && !$0.isFinished }) {
                 return AgentError.conflict("\(req.vm) is already migrating (\(busy.id))")
             }
+            if records.values.filter({ !$0.isFinished }).count >= Self.maxConcurrent {
+                return AgentError.conflict("this host already runs \(Self.maxConcurrent) outgoing migrations")
+            }
             records[req.id] = progress
             return nil
         }
@@ -72,6 +73,21 @@ public final class MigrationRunner: @unchecked Sendable {
         Task.detached { await self.run(req, agent) }
         return progress
     }
+
+    /// Only `qemu+tls://HOST/system` or `qemu+tcp://HOST/system` with a plain host name or address:
+    /// libvirt URIs can carry parameters (`?command=`, `?socket=`) that must never come from a request.
+    static func isDestinationURI(_ uri: String) -> Bool {
+        for scheme in ["qemu+tls://", "qemu+tcp://"] where uri.hasPrefix(scheme) && uri.hasSuffix("/system") {
+            let host = uri.dropFirst(scheme.count).dropLast("/system".count)
+            let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:[]")
+            return !host.isEmpty && host.count <= 253 && host.allSatisfy { allowed.contains($0) }
+        }
+        return false
+    }
+
+    /// At most this many outgoing migrations at once: each holds a libvirt pool thread for its whole
+    /// length, and the pool must stay free for job statistics, aborts and inventory.
+    static let maxConcurrent = 4
 
     public func cancel(_ id: String, on agent: HostAgent) async throws(AgentError) -> MigrationProgress {
         let r = try get(id)
@@ -102,6 +118,8 @@ public final class MigrationRunner: @unchecked Sendable {
         request.autoConvergeIncrementPercent = Int32(req.policy.autoConvergeIncrementPercent)
         request.postCopy = req.policy.postCopy
         request.unsafe = req.unsafe ?? false
+        // Over TLS, QEMU's own streams (memory, copied disks) are encrypted too, not only libvirtd's.
+        request.tls = req.destinationURI.hasPrefix("qemu+tls://")
         let uri = req.destinationURI
         let vm = req.vm
         let logger = agent.logger
@@ -132,12 +150,17 @@ public final class MigrationRunner: @unchecked Sendable {
             group.addTask {
                 var engine = initialEngine
                 var memoryPhaseStartMs: Int64?
+                var abortSent = false
                 while !Task.isCancelled {
                     try? await Task.sleep(for: Self.pollInterval)
                     if Task.isCancelled { break }
                     guard let (type, stats) = try? await conn.run({ _ in try dom.jobStats() }),
                         type == .bounded || type == .unbounded
                     else { continue }
+                    // A cancel that arrived before libvirt had created the job is carried out now.
+                    if !abortSent && self.lock.withLock({ self.cancelRequests.contains(id) }) {
+                        abortSent = (try? await conn.run { _ in try dom.abortJob() }) != nil
+                    }
                     let postCopy = (try? await conn.run { _ in try dom.isInPostCopy() }) ?? false
                     let elapsed = stats["time_elapsed"]?.intValue ?? 0
                     let iteration = Int(stats["memory_iteration"]?.intValue ?? 0)
@@ -172,7 +195,7 @@ public final class MigrationRunner: @unchecked Sendable {
                             if case .startPostCopy = action { self.update(id) { $0.phase = "post-copy" } }
                         } catch {
                             logger.warning("migration policy step failed", metadata: ["id": "\(id)", "error": "\(error)"])
-                            engine.recordExternal(atMs: sample.elapsedMs, iteration: iteration, action: "step-failed", detail: "\(error)")
+                            engine.stepFailed(atMs: sample.elapsedMs, iteration: iteration, detail: "\(error)")
                         }
                     }
                     self.update(id) { $0.steps = engine.steps }

@@ -23,6 +23,8 @@ public struct MigrationRequest: Sendable, Equatable {
     public var abortOnError = true
     /// Skip libvirt's check that disks not copied are on shared storage (VIR_MIGRATE_UNSAFE).
     public var unsafe = false
+    /// Encrypt QEMU's migration streams with TLS (VIR_MIGRATE_TLS; certificates in /etc/pki/qemu).
+    public var tls = false
 
     public init() {}
 
@@ -39,6 +41,7 @@ public struct MigrationRequest: Sendable, Equatable {
         add(postCopy, VIR_MIGRATE_POSTCOPY)
         add(abortOnError, VIR_MIGRATE_ABORT_ON_ERROR)
         add(unsafe, VIR_MIGRATE_UNSAFE)
+        add(tls, VIR_MIGRATE_TLS)
         return f
     }
 }

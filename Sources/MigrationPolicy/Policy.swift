@@ -258,6 +258,13 @@ public struct ConvergenceEngine: Sendable {
         steps.append(PolicyStep(atMs: atMs, iteration: iteration, action: action, detail: detail))
     }
 
+    /// The last step could not be carried out (libvirt refused it): the engine goes back to precopy, so
+    /// that the next sample decides again (and the budget's end is enforced again).
+    public mutating func stepFailed(atMs: Int64, iteration: Int, detail: String) {
+        if phase != .precopy { phase = .precopy }
+        steps.append(PolicyStep(atMs: atMs, iteration: iteration, action: "step-failed", detail: detail))
+    }
+
     mutating func record(_ at: Int64, _ iteration: Int, _ a: PolicyAction, _ detail: String?) {
         let (name, text): (String, String)
         switch a {

@@ -189,9 +189,11 @@ struct VMotionOnTestbed {
         (rc, out) = try t.ctl("vm", "migrate", "vmo-cancel", "--to", to, "--bandwidth", "8", "--budget", "600")
         #expect(rc == 0, "\(out)")
         _ = try eventuallySync(timeout: 60) { (try t.migration("vmo-cancel").progress?.transferredMiB ?? 0) > 1 ? true : nil }
-        let (prc, pid) = try Testbed.run(["bash", Testbed.script, "exec", to, "cat", "/run/libvirt/qemu/vmo-cancel.pid"])
-        #expect(prc == 0, "\(pid)")
-        #expect(kill(pid_t(pid.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0, SIGKILL) == 0)
+        let (prc, pidText) = try Testbed.run(["bash", Testbed.script, "exec", to, "cat", "/run/libvirt/qemu/vmo-cancel.pid"])
+        #expect(prc == 0, "\(pidText)")
+        let pid = try #require(pid_t(pidText.trimmingCharacters(in: .whitespacesAndNewlines)), "\(pidText)")
+        try #require(pid > 1)
+        #expect(kill(pid, SIGKILL) == 0)
         let failed = try eventuallySync(timeout: 90) { () -> MigrationView? in
             let m = try t.migration("vmo-cancel")
             return m.isFinished ? m : nil
@@ -209,11 +211,15 @@ struct VMotionOnTestbed {
         defer { try? t.delete("vmo-restart") }
         let from = try #require(try t.vm("vmo-restart").host)
         let to = t.other(from)
-        var (rc, out) = try t.ctl("vm", "migrate", "vmo-restart", "--to", to, "--bandwidth", "8")
+        // About 90 MiB at 4 MiB/s: over 20 s, time enough to kill and restart the controller.
+        var (rc, out) = try t.ctl("vm", "migrate", "vmo-restart", "--to", to, "--bandwidth", "4")
         #expect(rc == 0, "\(out)")
         _ = try eventuallySync(timeout: 60) { try t.migration("vmo-restart").state == "running" ? true : nil }
         (rc, out) = try Testbed.run(["bash", Testbed.script, "restart-controller", "--kill"])
         #expect(rc == 0, "\(out)")
+        // The restarted controller finds it still under way, and follows it.
+        let resumed = try t.migration("vmo-restart")
+        #expect(resumed.state == "running", "\(resumed)")
         let done = try eventuallySync(timeout: 180) { () -> MigrationView? in
             let m = try t.migration("vmo-restart")
             return m.isFinished ? m : nil

@@ -149,6 +149,23 @@ func randomPolicy(_ r: inout SplitMix) -> ConvergencePolicy {
         #expect(engine.steps.last!.action == "suspend")
     }
 
+    @Test func aFailedStepIsDecidedAgain() {
+        // The abort at the budget fails (libvirt refused): the next sample asks for it again.
+        var engine = ConvergenceEngine(policy: ConvergencePolicy.named("minimal-downtime", budgetSeconds: 10)!)
+        _ = engine.start()
+        var aborts = 0
+        for t in stride(from: Int64(500), through: 12_000, by: 500) {
+            for a in engine.observe(JobSample(elapsedMs: t, iteration: 1, dataRemaining: 64 * MiB)) {
+                if case .abort = a {
+                    aborts += 1
+                    if aborts == 1 { engine.stepFailed(atMs: t, iteration: 1, detail: "job not ready") }
+                }
+            }
+        }
+        #expect(aborts == 2)
+        #expect(engine.phase == .aborted)
+    }
+
     @Test func autoConvergeThrottlingIsRecorded() {
         var engine = ConvergenceEngine(policy: ConvergencePolicy.named("auto-converge")!)
         _ = engine.start()
