@@ -7,6 +7,8 @@
 #   testbed.sh status             list hosts, their processes and addresses
 #   testbed.sh exec HOST CMD...   run a command inside a host (its network, mounts and hostname)
 #   testbed.sh restart-libvirtd HOST
+#   testbed.sh restart-agent HOST [--kill]
+#   testbed.sh restart-controller [--kill]
 #
 # Addressing (shared/CONTRACT.md): site s = 10.250.s.0/24 on bridge vsbr<s>, host i at 10.250.s.i,
 # the root namespace at .254 (set up before anything talks to a host, so no packet leaves this
@@ -369,6 +371,15 @@ restart_libvirtd() {
     wait_for 30 "libvirtd on $h" in_host "$h" virsh -c qemu:///system version
 }
 
+restart_agent() { # HOST [--kill]: stop the host's agent (SIGTERM, or SIGKILL) and start it again
+    local h=$1 sig=TERM pid
+    [ "${2:-}" = --kill ] && sig=KILL
+    pid=$(cat "$TB/$h/agent.pid")
+    kill -"$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    start_agent "$h"
+}
+
 cmd=${1:-status}
 shift || true
 case "$cmd" in
@@ -380,7 +391,8 @@ case "$cmd" in
         in_host nsenter -t "$pid" -n -m -u -C -- "$@" ;;
     restart-libvirtd) restart_libvirtd "$1" ;;
     restart-controller) restart_controller "${1:-}" ;;
+    restart-agent) restart_agent "$1" "${2:-}" ;;
     stop-libvirtd) in_host "$1" sh -c 'kill $(cat /run/libvirtd.pid)' ;;
     start-libvirtd) in_host "$1" libvirtd -d --listen </dev/null >>"$TB/$1/libvirtd.log" 2>&1 ;;
-    *) echo "usage: $0 up HOSTS [SITES] | down | status | exec HOST CMD... | restart-libvirtd HOST" >&2; exit 2 ;;
+    *) echo "usage: $0 up HOSTS [SITES] | down | status | exec HOST CMD... | restart-libvirtd HOST | restart-agent HOST [--kill] | restart-controller [--kill]" >&2; exit 2 ;;
 esac

@@ -24,6 +24,8 @@ public final class HostAgent: Sendable {
         self.hub = hub
         self.logger = logger
         self.supervisor = LibvirtSupervisor(uri: config.libvirtURI, hub: hub, logger: logger)
+        let migrations = self.migrations
+        supervisor.setOnConnected { conn in await migrations.abortOrphans(conn, hub: hub, logger: logger) }
         self.accelerator = HostFacts.accelerator(setting: config.accelerator)
         try? FileManager.default.createDirectory(atPath: config.consoleLogDir, withIntermediateDirectories: true)
         switch config.hardLimitMode {

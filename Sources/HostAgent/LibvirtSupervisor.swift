@@ -13,6 +13,7 @@ public final class LibvirtSupervisor: Service, Sendable {
         var registration: EventRegistration?
         var shuttingDown = false
         var connectedAt: Date?
+        var onConnected: (@Sendable (Connection) async -> Void)?
     }
 
     public let uri: String
@@ -66,6 +67,11 @@ public final class LibvirtSupervisor: Service, Sendable {
 
     private var shuttingDown: Bool { state.withLock { $0.shuttingDown } }
 
+    /// Runs after every (re)connection, before the agent reports itself connected.
+    public func setOnConnected(_ hook: @escaping @Sendable (Connection) async -> Void) {
+        state.withLock { $0.onConnected = hook }
+    }
+
     private func loop() async {
         var delay: Duration = .milliseconds(200)
         while !shuttingDown && !Task.isCancelled {
@@ -110,6 +116,7 @@ public final class LibvirtSupervisor: Service, Sendable {
             s.connectedAt = Date()
         }
         logger.info("libvirt connected", metadata: ["uri": "\(uri)"])
+        if let hook = state.withLock({ $0.onConnected }) { await hook(conn) }
         hub.publish(kind: "agent", event: "libvirt-connected", info: ["uri": uri])
     }
 }

@@ -89,6 +89,36 @@ public final class MigrationRunner: @unchecked Sendable {
     /// length, and the pool must stay free for job statistics, aborts and inventory.
     static let maxConcurrent = 4
 
+    /// Outgoing migrations this agent does not follow (it restarted while libvirtd went on migrating)
+    /// are aborted: nobody would enforce their policy or budget, and a precopy abort leaves the guest
+    /// running here. One already in post-copy cannot go back and is left to finish.
+    func abortOrphans(_ conn: Connection, hub: EventHub, logger: Logger) async {
+        let followed = lock.withLock { Set(records.values.filter { !$0.isFinished }.map(\.vm)) }
+        let outcome: [(String, String)] = (try? await conn.run { c in
+            var out: [(String, String)] = []
+            for d in try c.domains() where !followed.contains(d.name) {
+                guard let (type, stats) = try? d.jobStats(), type == .bounded || type == .unbounded,
+                    stats["operation"]?.intValue == JobOperation.migrationOut
+                else { continue }
+                if (try? d.isInPostCopy()) == true {
+                    out.append((d.name, "in post-copy: left to finish"))
+                } else {
+                    do {
+                        try d.abortJob()
+                        out.append((d.name, "aborted"))
+                    } catch {
+                        out.append((d.name, "abort failed: \(error)"))
+                    }
+                }
+            }
+            return out
+        }) ?? []
+        for (vm, what) in outcome {
+            logger.warning("outgoing migration nobody follows", metadata: ["vm": "\(vm)", "outcome": "\(what)"])
+            _ = hub.publish(kind: "migration", domain: vm, event: "orphan", detail: what)
+        }
+    }
+
     public func cancel(_ id: String, on agent: HostAgent) async throws(AgentError) -> MigrationProgress {
         let r = try get(id)
         if r.isFinished { return r }

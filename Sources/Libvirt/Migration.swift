@@ -62,6 +62,12 @@ public enum JobType: String, Sendable, Codable {
     }
 }
 
+/// The `operation` field of a job's statistics.
+public enum JobOperation {
+    public static let migrationIn = Int64(VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN.rawValue)
+    public static let migrationOut = Int64(VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT.rawValue)
+}
+
 extension Domain {
     /// Migrates the domain to the libvirtd at `destinationURI` (blocks until it ends: run it on the
     /// libvirt pool, and watch it from another thread with `jobStats`).

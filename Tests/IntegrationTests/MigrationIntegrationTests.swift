@@ -232,6 +232,29 @@ struct VMotionOnTestbed {
         #expect(try t.vm("vmo-restart").host == to)
     }
 
+    /// kill -9 of the source's agent mid-migration: the restarted agent aborts the migration nobody
+    /// follows any more (no policy, no budget would bound it); the guest runs on, once, on the source,
+    /// and the controller records the failure and where the VM is.
+    @Test func sourceAgentKilledMidMigration() throws {
+        try t.apply("vmo-agent", hosts: ["h1", "h2"])
+        defer { try? t.delete("vmo-agent") }
+        let from = try #require(try t.vm("vmo-agent").host)
+        let to = t.other(from)
+        var (rc, out) = try t.ctl("vm", "migrate", "vmo-agent", "--to", to, "--bandwidth", "4")
+        #expect(rc == 0, "\(out)")
+        _ = try eventuallySync(timeout: 60) { (try t.migration("vmo-agent").progress?.transferredMiB ?? 0) > 1 ? true : nil }
+        (rc, out) = try Testbed.run(["bash", Testbed.script, "restart-agent", from, "--kill"])
+        #expect(rc == 0, "\(out)")
+        let ended = try eventuallySync(timeout: 120) { () -> MigrationView? in
+            let m = try t.migration("vmo-agent")
+            return m.isFinished ? m : nil
+        }
+        #expect(ended.state == "failed", "\(ended)")
+        _ = try eventuallySync(timeout: 60) { try t.domains(to).contains("vmo-agent") ? nil : true }
+        #expect(try t.domains(from, running: true).contains("vmo-agent"), "runs on at the source")
+        #expect(try t.vm("vmo-agent").host == from)
+    }
+
     /// Refusals name their reason and change nothing.
     @Test func refusals() throws {
         var (rc, out) = try t.ctl("vm", "migrate", "nosuchvm", "--to", "h2")
