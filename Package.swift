@@ -37,6 +37,8 @@ let package = Package(
         .target(name: "ClusterModel", swiftSettings: strict),
         // Pure: the scheduler (filters and weights over a snapshot).
         .target(name: "Placement", dependencies: ["ClusterModel"], swiftSettings: strict),
+        // Pure: DRS and DPM planners (consolidation, balance) over placement's snapshot.
+        .target(name: "Planner", dependencies: ["ClusterModel", "Placement"], swiftSettings: strict),
         // Pure: live migration's convergence policies, pricing and compatibility checks.
         .target(name: "MigrationPolicy", dependencies: ["ClusterModel", "Placement"], swiftSettings: strict),
         // Pure: VM spec -> libvirt domain XML and back, built with libxml2's tree API.
@@ -126,7 +128,7 @@ let package = Package(
         .executableTarget(
             name: "vsphere-ctl",
             dependencies: [
-                "ClusterModel", "Placement", "ControllerAPI", "MigrationPolicy",
+                "ClusterModel", "Placement", "Planner", "ControllerAPI", "MigrationPolicy",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -140,6 +142,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "ClusterModelTests", dependencies: ["ClusterModel"]),
         .testTarget(name: "MigrationPolicyTests", dependencies: ["MigrationPolicy", "Placement", "ClusterModel", "TestSupport"]),
+        .testTarget(name: "PlannerTests", dependencies: ["Planner", "Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "ClusterModel"]),
         .testTarget(name: "DomainXMLTests", dependencies: ["DomainXML", "ClusterModel", "TestSupport"]),

@@ -12,6 +12,9 @@ swift build -c release --product vsphere-controller
 echo "== placement (vs Ganeti hspace)"
 python3 bench/placement.py
 
+echo "== consolidation (vs a keep-the-fullest best-fit repack, and the lower bound)"
+python3 bench/consolidation.py
+
 bash scripts/testbed.sh down >/dev/null 2>&1 || true
 trap 'bash scripts/testbed.sh down' EXIT
 VSPHERE_AGENT=$PWD/.build/release/vsphere-agent VSPHERE_CONTROLLER=$PWD/.build/release/vsphere-controller \

@@ -2,11 +2,12 @@ import ArgumentParser
 import ClusterModel
 import Foundation
 import Placement
+import Planner
 
 struct Simulate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the real scheduler on a described cluster, in this process (capacity planning).",
-        subcommands: [SimulatePlace.self])
+        subcommands: [SimulatePlace.self, SimulateConsolidate.self])
 }
 
 /// `vsphere-ctl simulate place`: like Ganeti's hspace, how many VMs of a size fit, and where.
@@ -108,5 +109,68 @@ struct SimulatePlace: ParsableCommand {
         }
         for u in unplaced.prefix(10) { print("unplaced \(u.vm): \(u.summary)") }
         if unplaced.count > 10 { print("... and \(unplaced.count - 10) more unplaced") }
+    }
+}
+
+/// `vsphere-ctl simulate consolidate`: the DPM planner on a described cluster with its VMs where they run:
+/// which VMs move where (in execution order) and which hosts could then be powered off.
+struct SimulateConsolidate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "consolidate",
+        abstract: "Plan consolidation of a cluster file's running VMs onto fewer hosts (moves, hosts to power off).")
+
+    @Option(name: .shortAndLong, help: "Cluster file: hosts with capacity, VMs with the host they run on.") var file: String
+    @Option(help: "Empty hosts kept powered on as headroom.") var spareHosts: Int = 0
+    @Option(name: .shortAndLong, help: "table or json.") var output: OutputFormat = .table
+
+    struct Output: Encodable {
+        var placed: Int
+        var unplaced: Int
+        var hostsUsed: Int
+        var hostsBefore: Int
+        var lowerBound: Int
+        var elapsedMs: Double
+        var moves: [Move]
+        var hostsToPowerOff: [String]
+        var spareHosts: [String]
+        var kept: [Kept]
+    }
+
+    func validate() throws {
+        if !(0...100_000).contains(spareHosts) { throw ValidationError("--spare-hosts: must be between 0 and 100000") }
+    }
+
+    func run() throws {
+        let manifest: ClusterManifest
+        do {
+            manifest = try ClusterManifest.decodeValidated(try readInput(file))
+        } catch let failure as ValidationFailure {
+            throw reportProblems(failure.problems)
+        }
+        if let i = manifest.hosts?.firstIndex(where: { $0.capacity == nil }) {
+            throw reportProblems(["hosts[\(i)].capacity: is required by simulate"])
+        }
+        let start = ContinuousClock.now
+        let (state, running, pending) = ClusterSnapshot.state(manifest)
+        let vms = Dictionary(uniqueKeysWithValues: running.map { ($0.name, $0) })
+        let plan = Consolidator(spareHosts: spareHosts).plan(state, vms: vms)
+        let elapsed = ContinuousClock.now - start
+        let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+        let out = Output(
+            placed: running.count, unplaced: pending.count, hostsUsed: plan.hostsUsed,
+            hostsBefore: state.hosts.filter { !$0.vms.isEmpty }.count, lowerBound: plan.lowerBound,
+            elapsedMs: (ms * 1000).rounded() / 1000, moves: plan.moves, hostsToPowerOff: plan.hostsToPowerOff,
+            spareHosts: plan.spareHosts, kept: plan.kept)
+        if output == .json {
+            try printJSON(out)
+            return
+        }
+        print("hosts used \(out.hostsBefore) → \(out.hostsUsed) (lower bound \(out.lowerBound)), \(out.moves.count) moves in \(Set(out.moves.map(\.batch)).count) batches, \(String(format: "%.1f", out.elapsedMs)) ms")
+        if !out.hostsToPowerOff.isEmpty { print("power off: \(out.hostsToPowerOff.joined(separator: ", "))") }
+        if !out.spareHosts.isEmpty { print("spare (kept on): \(out.spareHosts.joined(separator: ", "))") }
+        for m in out.moves.prefix(50) { print("batch \(m.batch): \(m.vm) \(m.from) → \(m.to) (\(m.reason))") }
+        if out.moves.count > 50 { print("... and \(out.moves.count - 50) more moves") }
+        for k in out.kept where k.reason.hasPrefix("stays on:") { print("\(k.host ?? k.vm ?? "?") \(k.reason)") }
+        if out.unplaced > 0 { print("\(out.unplaced) VMs name no host: not part of the plan") }
     }
 }
