@@ -37,6 +37,8 @@ let package = Package(
         .target(name: "ClusterModel", swiftSettings: strict),
         // Pure: the scheduler (filters and weights over a snapshot).
         .target(name: "Placement", dependencies: ["ClusterModel"], swiftSettings: strict),
+        // posix_spawn attributes for children that start with no signal blocked.
+        .target(name: "Spawn", swiftSettings: strict),
         // Pure: DRS and DPM planners (consolidation, balance) over placement's snapshot.
         .target(name: "Planner", dependencies: ["ClusterModel", "Placement"], swiftSettings: strict),
         // Pure: live migration's convergence policies, pricing and compatibility checks.
@@ -79,7 +81,7 @@ let package = Package(
         .target(
             name: "HostAgent",
             dependencies: [
-                "AgentAPI", "ClusterModel", "DomainXML", "Libvirt", "MigrationPolicy",
+                "AgentAPI", "ClusterModel", "DomainXML", "Libvirt", "MigrationPolicy", "Spawn",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -150,7 +152,7 @@ let package = Package(
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "AgentAPI", "ClusterModel", "ControllerAPI", "MigrationPolicy",
+                "AgentAPI", "ClusterModel", "ControllerAPI", "MigrationPolicy", "Spawn",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -1,4 +1,5 @@
 import Foundation
+import Spawn
 import Libvirt
 
 /// Runs a program with an argument vector (never a shell) and collects its output. Used for qemu-img.
@@ -25,19 +26,7 @@ enum Subprocess {
         let argv = ([program] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
-        // Service lifecycle's signal handling blocks signals in our threads; children start with none blocked.
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for s in [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2, SIGALRM] { sigaddset(&defaults, s) }
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let rc = posix_spawnp(&pid, program, &actions, &attr, argv, environ)
+        let rc = Spawn.withCleanAttributes { attr in posix_spawnp(&pid, program, &actions, &attr, argv, environ) }
         close(out[1])
         guard rc == 0 else {
             close(out[0])

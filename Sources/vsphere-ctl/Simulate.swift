@@ -4,6 +4,20 @@ import Foundation
 import Placement
 import Planner
 
+/// A cluster file for simulate: validated, every host with a capacity. Problems exit 2, naming their path.
+func simulatedCluster(_ file: String) throws -> ClusterManifest {
+    let manifest: ClusterManifest
+    do {
+        manifest = try ClusterManifest.decodeValidated(try readInput(file))
+    } catch let failure as ValidationFailure {
+        throw reportProblems(failure.problems)
+    }
+    if let i = manifest.hosts?.firstIndex(where: { $0.capacity == nil }) {
+        throw reportProblems(["hosts[\(i)].capacity: is required by simulate"])
+    }
+    return manifest
+}
+
 struct Simulate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the real scheduler on a described cluster, in this process (capacity planning).",
@@ -44,15 +58,7 @@ struct SimulatePlace: ParsableCommand {
     }
 
     func run() throws {
-        let manifest: ClusterManifest
-        do {
-            manifest = try ClusterManifest.decodeValidated(try readInput(file))
-        } catch let failure as ValidationFailure {
-            throw reportProblems(failure.problems)
-        }
-        if let i = manifest.hosts?.firstIndex(where: { $0.capacity == nil }) {
-            throw reportProblems(["hosts[\(i)].capacity: is required by simulate"])
-        }
+        let manifest = try simulatedCluster(file)
         let chosen = strategy.flatMap(Strategy.init(rawValue:)) ?? ClusterSnapshot.strategy(manifest)
         let scheduler = Scheduler(strategy: chosen)
         let start = ContinuousClock.now
@@ -141,15 +147,7 @@ struct SimulateConsolidate: ParsableCommand {
     }
 
     func run() throws {
-        let manifest: ClusterManifest
-        do {
-            manifest = try ClusterManifest.decodeValidated(try readInput(file))
-        } catch let failure as ValidationFailure {
-            throw reportProblems(failure.problems)
-        }
-        if let i = manifest.hosts?.firstIndex(where: { $0.capacity == nil }) {
-            throw reportProblems(["hosts[\(i)].capacity: is required by simulate"])
-        }
+        let manifest = try simulatedCluster(file)
         let start = ContinuousClock.now
         let (state, running, pending) = ClusterSnapshot.state(manifest)
         let vms = Dictionary(uniqueKeysWithValues: running.map { ($0.name, $0) })

@@ -1,6 +1,7 @@
 import AgentAPI
 import AsyncHTTPClient
 import Foundation
+import Spawn
 import NIOCore
 import NIOHTTP1
 import NIOFoundationCompat
@@ -39,20 +40,9 @@ struct Testbed {
         let argv = args.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
-        // The test runner's threads block most signals and children inherit the mask: a daemon started
-        // from here (a restarted libvirtd, agent or controller) would ignore SIGTERM. Start clean.
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for s in [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGPIPE, SIGCHLD, SIGUSR1, SIGUSR2, SIGALRM] { sigaddset(&defaults, s) }
-        posix_spawnattr_setsigdefault(&attr, &defaults)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        let rc = posix_spawnp(&pid, args[0], &actions, &attr, argv, environ)
+        // The test runner's threads block most signals: children start clean (a daemon started from here,
+        // a restarted libvirtd, agent or controller, would otherwise ignore SIGTERM).
+        let rc = Spawn.withCleanAttributes { attr in posix_spawnp(&pid, args[0], &actions, &attr, argv, environ) }
         guard rc == 0 else { throw TestFailure("cannot run \(args[0]): \(String(cString: strerror(rc)))") }
         return pid
     }
