@@ -37,6 +37,15 @@ let package = Package(
         .target(name: "ClusterModel", swiftSettings: strict),
         // Pure: the scheduler (filters and weights over a snapshot).
         .target(name: "Placement", dependencies: ["ClusterModel"], swiftSettings: strict),
+        // What both HTTPS servers share (JSON responses).
+        .target(
+            name: "ServerSupport",
+            dependencies: [
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOCore", package: "swift-nio"),
+            ],
+            swiftSettings: strict),
         // posix_spawn attributes for children that start with no signal blocked.
         .target(name: "Spawn", swiftSettings: strict),
         // Pure: DRS and DPM planners (consolidation, balance) over placement's snapshot.
@@ -81,7 +90,7 @@ let package = Package(
         .target(
             name: "HostAgent",
             dependencies: [
-                "AgentAPI", "ClusterModel", "DomainXML", "Libvirt", "MigrationPolicy", "Spawn",
+                "AgentAPI", "ClusterModel", "DomainXML", "Libvirt", "MigrationPolicy", "ServerSupport", "Spawn",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -96,7 +105,7 @@ let package = Package(
         .target(
             name: "Controller",
             dependencies: [
-                "AgentAPI", "ClusterModel", "ControllerAPI", "MigrationPolicy", "Placement", "Store",
+                "AgentAPI", "ClusterModel", "ControllerAPI", "MigrationPolicy", "Placement", "ServerSupport", "Store",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),

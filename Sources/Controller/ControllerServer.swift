@@ -5,6 +5,7 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdTLS
 import Logging
+import ServerSupport
 import NIOCore
 import NIOSSL
 
@@ -12,7 +13,7 @@ import NIOSSL
 public enum ControllerServer {
     public static func router(controller: Controller, loop: ReconcileLoop, migrations: MigrationLoop) -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
-        router.get("/healthz") { _, _ in json(200, ["status": "ok"]) }
+        router.get("/healthz") { _, _ in Response.json(200, ["status": "ok"]) }
         router.post("/v1/apply") { request, _ in
             await respond {
                 let body = try await request.body.collect(upTo: 16 << 20)
@@ -126,27 +127,18 @@ public enum ControllerServer {
 
     static func respond<T: Encodable>(_ body: () async throws -> T) async -> Response {
         do {
-            return json(200, try await body())
+            return Response.json(200, try await body())
         } catch let f as ValidationFailure {
-            return json(400, APIError(error: f.description, problems: f.problems))
+            return Response.json(400, APIError(error: f.description, problems: f.problems))
         } catch let n as NotFound {
-            return json(404, APIError(error: "no \(n.what)"))
+            return Response.json(404, APIError(error: "no \(n.what)"))
         } catch let c as Conflict {
-            return json(409, APIError(error: c.description, problems: c.problems))
+            return Response.json(409, APIError(error: c.description, problems: c.problems))
         } catch let a as AgentClient.Failure {
-            return json(a.status >= 400 && a.status < 500 ? a.status : 502, APIError(error: a.description))
+            return Response.json(a.status >= 400 && a.status < 500 ? a.status : 502, APIError(error: a.description))
         } catch {
-            return json(500, APIError(error: "\(error)"))
+            return Response.json(500, APIError(error: "\(error)"))
         }
-    }
-
-    static func json<T: Encodable>(_ status: Int, _ value: T) -> Response {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
-        return Response(
-            status: HTTPResponse.Status(code: status), headers: [.contentType: "application/json"],
-            body: .init(byteBuffer: ByteBuffer(bytes: data)))
     }
 
     public static func application(

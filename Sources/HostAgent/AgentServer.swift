@@ -5,6 +5,7 @@ import Hummingbird
 import HummingbirdTLS
 import HTTPTypes
 import Logging
+import ServerSupport
 import NIOCore
 import NIOSSL
 
@@ -13,7 +14,7 @@ public enum AgentServer {
     public static func router(agent: HostAgent) -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
         router.get("/healthz") { _, _ in
-            json(200, ["status": agent.supervisor.isConnected ? "ok" : "libvirt-disconnected"])
+            Response.json(200, ["status": agent.supervisor.isConnected ? "ok" : "libvirt-disconnected"])
         }
         router.get("/v1/host") { _, _ in await respond { try await agent.inventory() } }
         router.get("/v1/vms") { _, _ in await respond { try await agent.list() } }
@@ -159,7 +160,7 @@ public enum AgentServer {
 
     static func respond<T: Encodable>(_ body: () async throws -> T) async -> Response {
         do {
-            return json(200, try await body())
+            return Response.json(200, try await body())
         } catch {
             return failure(error)
         }
@@ -169,7 +170,7 @@ public enum AgentServer {
     static func respondDefined(_ body: () async throws -> (VMStatus, created: Bool)) async -> Response {
         do {
             let (status, wasCreated) = try await body()
-            return json(wasCreated ? 201 : 200, status)
+            return Response.json(wasCreated ? 201 : 200, status)
         } catch {
             return failure(error)
         }
@@ -183,16 +184,7 @@ public enum AgentServer {
             e = .invalid([ValidationProblem("", "request body too large")])
         default: e = .internalError("\(error)")
         }
-        return json(e.status, e.body)
-    }
-
-    static func json<T: Encodable>(_ status: Int, _ value: T) -> Response {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let data = (try? encoder.encode(value)) ?? Data("{}".utf8)
-        return Response(
-            status: HTTPResponse.Status(code: status), headers: [.contentType: "application/json"],
-            body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        return Response.json(e.status, e.body)
     }
 
     /// The HTTPS application; run it with the supervisor in one ServiceGroup.
