@@ -229,14 +229,16 @@ extension Controller {
                 let slots = manifest.settings?.migration?.maxOutgoingPerHost ?? Self.defaultMaxOutgoing
                 bandwidth = min(bandwidth ?? Int.max, max(1, hostCap / max(1, slots)))
             }
-            let link = try await linkEstimate(from: v.from, to: v.to, manifest: manifest)
+            // The history, read once: what the link and this VM measured before.
+            let history = try await migrationViews()
+            let link = Self.linkEstimate(from: v.from, to: v.to, manifest: manifest, history: history)
             let effective = bandwidth.map { min(link.bandwidth, Int64($0) << 20) } ?? link.bandwidth
             // A full copy sends every allocated block of the chain (at most the virtual size); an
             // incremental one only the top image.
             let diskBytes = copy.reduce(Int64(0)) { $0 + (incremental ? $1.actualSize : $1.virtualSize) }
             // The memory that holds data: QEMU's resident memory overstates it (QEMU's own heap, the TCG
             // code cache); a previous migration of this VM measured what its first pass really sent.
-            let previous = try await migrationViews().first { $0.vm == v.vm && $0.state == "completed" && $0.copyDisks.isEmpty && ($0.bytes ?? 0) > 0 }
+            let previous = history.first { $0.vm == v.vm && $0.state == "completed" && $0.copyDisks.isEmpty && ($0.bytes ?? 0) > 0 }
             let dataBytes = previous.flatMap(\.bytes).map { min($0, facts.memoryBytes) } ?? facts.residentBytes
             v.predicted = Pricing.price(
                 PriceInput(
@@ -419,10 +421,10 @@ extension Controller {
         return measured <= 0 || measured >= Double(cap) * 0.9
     }
 
-    func linkEstimate(from: String, to: String, manifest: ClusterManifest) async throws -> LinkFacts {
+    static func linkEstimate(from: String, to: String, manifest: ClusterManifest, history: [MigrationView]) -> LinkFacts {
         let site = Dictionary(uniqueKeysWithValues: (manifest.hosts ?? []).map { ($0.name, $0.site ?? "") })
         let pair = (site[from] ?? "", site[to] ?? "")
-        let recent = try await migrationViews().filter { m in
+        let recent = history.filter { m in
             m.state == "completed" && (site[m.from] ?? "", site[m.to] ?? "") == pair && (m.totalMs ?? 0) > 0 && (m.bytes ?? 0) > 0
                 && m.copyDisks.isEmpty && !Self.capLimited(m)
         }.prefix(5)

@@ -18,6 +18,13 @@ func simulatedCluster(_ file: String) throws -> ClusterManifest {
     return manifest
 }
 
+/// Milliseconds since `start`, to the microsecond.
+func milliseconds(since start: ContinuousClock.Instant) -> Double {
+    let elapsed = ContinuousClock.now - start
+    let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+    return (ms * 1000).rounded() / 1000
+}
+
 struct Simulate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run the real scheduler on a described cluster, in this process (capacity planning).",
@@ -97,11 +104,10 @@ struct SimulatePlace: ParsableCommand {
             state.commit(vm, to: h)
             placements.append(.init(vm: name, host: state.hosts[h].name))
         }
-        let elapsed = ContinuousClock.now - start
-        let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+        let ms = milliseconds(since: start)
         let out = Output(
             placed: placements.count, unplaced: unplaced.count, hostsUsed: state.hosts.filter { !$0.vms.isEmpty }.count,
-            elapsedMs: (ms * 1000).rounded() / 1000, strategy: chosen.rawValue, limitedBy: limitedBy,
+            elapsedMs: ms, strategy: chosen.rawValue, limitedBy: limitedBy,
             placements: placements, unplacedVMs: unplaced)
         if output == .json {
             try printJSON(out)
@@ -152,12 +158,11 @@ struct SimulateConsolidate: ParsableCommand {
         let (state, running, pending) = ClusterSnapshot.state(manifest)
         let vms = Dictionary(uniqueKeysWithValues: running.map { ($0.name, $0) })
         let plan = Consolidator(spareHosts: spareHosts).plan(state, vms: vms)
-        let elapsed = ContinuousClock.now - start
-        let ms = Double(elapsed.components.seconds) * 1000 + Double(elapsed.components.attoseconds) / 1e15
+        let ms = milliseconds(since: start)
         let out = Output(
             placed: running.count, unplaced: pending.count, hostsUsed: plan.hostsUsed,
             hostsBefore: state.hosts.filter { !$0.vms.isEmpty }.count, lowerBound: plan.lowerBound,
-            elapsedMs: (ms * 1000).rounded() / 1000, moves: plan.moves, hostsToPowerOff: plan.hostsToPowerOff,
+            elapsedMs: ms, moves: plan.moves, hostsToPowerOff: plan.hostsToPowerOff,
             spareHosts: plan.spareHosts, kept: plan.kept)
         if output == .json {
             try printJSON(out)
