@@ -61,7 +61,14 @@ public struct Consolidator: Sendable {
     public var maxOutgoingPerHost: Int
     public var maxIncomingPerHost: Int
 
-    public init(spareHosts: Int = 0, maxOutgoingPerHost: Int = 2, maxIncomingPerHost: Int = 2) {
+    /// When set, a host receives VMs only while its measured demand (`demand`) stays at or below this
+    /// share of its capacity (DPM's target utilization): packing never creates a hot spot.
+    public var maxLoad: Double?
+    public var demand: [String: Demand]
+
+    public init(spareHosts: Int = 0, maxOutgoingPerHost: Int = 2, maxIncomingPerHost: Int = 2, maxLoad: Double? = nil, demand: [String: Demand] = [:]) {
+        self.maxLoad = maxLoad
+        self.demand = demand
         self.spareHosts = spareHosts
         self.maxOutgoingPerHost = maxOutgoingPerHost
         self.maxIncomingPerHost = maxIncomingPerHost
@@ -83,6 +90,13 @@ public struct Consolidator: Sendable {
         }
         // Hosts that received VMs stay on: emptying them later would move those VMs twice.
         var receivers = Set<Int>()
+        var load = state.hosts.map { h in
+            h.vms.reduce(Demand(cpuMHz: 0, memoryMiB: 0)) { acc, n in
+                guard let vm = vms[n] else { return acc }
+                let d = Balancer.demand(vm, demand)
+                return Demand(cpuMHz: acc.cpuMHz + d.cpuMHz, memoryMiB: acc.memoryMiB + d.memoryMiB)
+            }
+        }
         for h in order {
             if receivers.contains(h) {
                 kept.append(Kept(host: state.hosts[h].name, reason: "stays on: receives VMs from emptied hosts"))
@@ -90,6 +104,7 @@ public struct Consolidator: Sendable {
             }
             // Receivers: connected hosts that keep running (not emptied, not this one).
             var trial = state
+            var trialLoad = load
             var trialMoves: [(String, Int, Int, String, Int)] = []
             var stuck: String?
             // Affinity groups on this host move as one unit; the biggest units first (best fit).
@@ -110,14 +125,20 @@ public struct Consolidator: Sendable {
             units.sort { ($0.reduce(0) { $0 + $1.memoryMiB }, $0.count) > ($1.reduce(0) { $0 + $1.memoryMiB }, $1.count) }
             if stuck == nil {
                 for unit in units {
-                    guard let to = bestReceiver(unit, from: h, state: trial, excluded: emptied) else {
+                    guard let to = bestReceiver(unit, from: h, state: trial, excluded: emptied, load: trialLoad) else {
                         stuck = unit.count == 1
                             ? "\(unit[0].name) fits on no host that stays on"
                             : "\(unit.map(\.name).joined(separator: "+")) (affinity) fit together on no host that stays on"
+                        if maxLoad != nil { stuck! += " below the target utilization" }
                         break
                     }
                     group += 1
                     for vm in unit {
+                        let d = Balancer.demand(vm, demand)
+                        trialLoad[to].cpuMHz += d.cpuMHz
+                        trialLoad[to].memoryMiB += d.memoryMiB
+                        trialLoad[h].cpuMHz -= d.cpuMHz
+                        trialLoad[h].memoryMiB -= d.memoryMiB
                         trial.hosts[h].remove(vm)
                         trial.commit(vm, to: to)
                         trialMoves.append((vm.name, h, to, "empties \(trial.hosts[h].name)", group))
@@ -129,6 +150,7 @@ public struct Consolidator: Sendable {
                 continue
             }
             state = trial
+            load = trialLoad
             emptied.insert(h)
             for m in trialMoves { receivers.insert(m.2) }
             moves += trialMoves.map { (vm: $0.0, from: $0.1, to: $0.2, reason: $0.3, group: $0.4) }
@@ -158,7 +180,7 @@ public struct Consolidator: Sendable {
 
     /// The fullest connected host (least free memory, then fewest free vCPUs) that admits the whole
     /// unit: its capacity for the sum, every other rule for each member.
-    func bestReceiver(_ unit: [PlacementVM], from: Int, state: ClusterState, excluded: Set<Int>) -> Int? {
+    func bestReceiver(_ unit: [PlacementVM], from: Int, state: ClusterState, excluded: Set<Int>, load: [Demand]) -> Int? {
         let mem = unit.reduce(0) { $0 + $1.memoryMiB }
         let cpus = unit.reduce(0) { $0 + $1.cpus }
         let mhz = unit.reduce(0) { $0 + $1.reservationMHz }
@@ -170,6 +192,15 @@ public struct Consolidator: Sendable {
         var bestKey = (Int.max, Int.max)
         for (i, host) in view.hosts.enumerated() where i != from && !excluded.contains(i) && host.state == .connected && !host.vms.isEmpty {
             guard mem <= host.freeMemoryMiB, cpus <= host.freeVCPUs, mhz <= host.freeMHz else { continue }
+            if let maxLoad {
+                let d = unit.reduce(Demand(cpuMHz: 0, memoryMiB: 0)) { acc, vm in
+                    let x = Balancer.demand(vm, demand)
+                    return Demand(cpuMHz: acc.cpuMHz + x.cpuMHz, memoryMiB: acc.memoryMiB + x.memoryMiB)
+                }
+                guard (load[i].cpuMHz + d.cpuMHz) <= maxLoad * Double(host.cpuMHzCapacity),
+                    (load[i].memoryMiB + d.memoryMiB) <= maxLoad * Double(host.memoryCapacityMiB)
+                else { continue }
+            }
             let ok = contexts.allSatisfy { c in
                 Filters.all.allSatisfy { f in
                     f.name == "capacity" || (f.name == "affinity" && unit.count > 1) || !f.applies(to: c) || f.admits(c, host: host, index: i)

@@ -158,6 +158,14 @@ struct AgentOnTestbed {
         #expect(!xml.contains("<disk"))
         #expect(try await agent.delete("/v1/vms/evil1").status == 200)
     }
+}
+
+extension ClusterOnTestbed {
+/// libvirtd restarts take a host's libvirt away for a moment: the controller sees the host without its
+/// inventory meanwhile, so this runs one after the other with the suites that drive the cluster.
+@Suite(.serialized, .enabled(if: Testbed.available, "needs the testbed (make test brings it up)"))
+struct LibvirtdRestartOnTestbed {
+    func guestSpec(_ name: String, ip: String) -> VMSpec { AgentOnTestbed().guestSpec(name, ip: ip) }
 
     /// libvirtd restarts under a running agent: the agent reports the loss, reconnects, and its event
     /// stream goes on with events from the new connection. A guest running across the restart survives.
@@ -192,6 +200,7 @@ struct AgentOnTestbed {
         let first = try await replay.waitFor("replayed") { _ in true }
         #expect(first.seq == max(1, last - 1))
     }
+}
 }
 
 @Suite(.serialized, .enabled(if: Testbed.available && !Testbed.agentBinary.isEmpty, "needs the testbed and VSPHERE_AGENT_BIN"))
