@@ -105,7 +105,7 @@ let package = Package(
         .target(
             name: "Controller",
             dependencies: [
-                "AgentAPI", "ClusterModel", "ControllerAPI", "MigrationPolicy", "Placement", "ServerSupport", "Store",
+                "AgentAPI", "ClusterModel", "ControllerAPI", "MigrationPolicy", "Placement", "Planner", "ServerSupport", "Spawn", "Store",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),

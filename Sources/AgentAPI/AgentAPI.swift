@@ -57,6 +57,10 @@ public struct HostInventory: Codable, Sendable, Equatable {
     public var hostCPUModel: String?
     /// Bridges and libvirt networks guests can plug into.
     public var networks: [String]?
+    /// The host CPUs guests may run on (the agent's `guestCPUs`); nil: all of them.
+    public var guestCPUs: [Int]?
+    /// Guest CPUs parked now: no vCPU or emulator thread is pinned there (core parking).
+    public var parkedCPUs: [Int]?
 
     public struct CPU: Codable, Sendable, Equatable {
         public var model: String
@@ -123,7 +127,9 @@ public struct HostInventory: Codable, Sendable, Equatable {
         }
     }
 
-    public init(hostname: String, agentVersion: String, libvirtVersion: String, qemuVersion: String, accelerator: String, cpu: CPU, numa: [NUMANode], memory: Memory, capacity: Capacity, connected: Bool, cpuModels: [String]? = nil, hostCPUModel: String? = nil, networks: [String]? = nil) {
+    public init(hostname: String, agentVersion: String, libvirtVersion: String, qemuVersion: String, accelerator: String, cpu: CPU, numa: [NUMANode], memory: Memory, capacity: Capacity, connected: Bool, cpuModels: [String]? = nil, hostCPUModel: String? = nil, networks: [String]? = nil, guestCPUs: [Int]? = nil, parkedCPUs: [Int]? = nil) {
+        self.guestCPUs = guestCPUs
+        self.parkedCPUs = parkedCPUs
         self.cpuModels = cpuModels
         self.hostCPUModel = hostCPUModel
         self.networks = networks

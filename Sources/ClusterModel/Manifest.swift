@@ -39,9 +39,67 @@ public struct ClusterManifest: Codable, Sendable, Equatable {
     public struct Settings: Codable, Sendable, Equatable {
         public var placement: PlacementSettings?
         public var migration: MigrationSettings?
-        public init(placement: PlacementSettings? = nil, migration: MigrationSettings? = nil) {
+        public var drs: DRSSettings?
+        public var dpm: DPMSettings?
+        public init(placement: PlacementSettings? = nil, migration: MigrationSettings? = nil, drs: DRSSettings? = nil, dpm: DPMSettings? = nil) {
             self.placement = placement
             self.migration = migration
+            self.drs = drs
+            self.dpm = dpm
+        }
+    }
+
+    /// DRS: load balancing by live migration.
+    public struct DRSSettings: Codable, Sendable, Equatable {
+        /// `manual` (plans only; `drs apply` carries them out), `partiallyAutomated` (default: the same,
+        /// with initial placement automatic, which it always is here) or `fullyAutomated` (the controller
+        /// applies plans every `intervalSeconds`).
+        public var automation: String?
+        /// 1 (conservative: only rule violations) ... 5 (aggressive); default 3.
+        public var migrationThreshold: Int?
+        /// The least imbalance a move must remove (default 0.01).
+        public var minGain: Double?
+        /// Moves per plan at most (default 32).
+        public var maxMoves: Int?
+        /// How often a fully automated DRS plans (default 300).
+        public var intervalSeconds: Int?
+        /// Demand is smoothed over about this long (default 60).
+        public var demandWindowSeconds: Int?
+        public init(automation: String? = nil, migrationThreshold: Int? = nil, minGain: Double? = nil, maxMoves: Int? = nil, intervalSeconds: Int? = nil, demandWindowSeconds: Int? = nil) {
+            self.automation = automation
+            self.migrationThreshold = migrationThreshold
+            self.minGain = minGain
+            self.maxMoves = maxMoves
+            self.intervalSeconds = intervalSeconds
+            self.demandWindowSeconds = demandWindowSeconds
+        }
+    }
+
+    /// DPM: consolidation and host power management.
+    public struct DPMSettings: Codable, Sendable, Equatable {
+        /// `off` (default), `manual` (`drs plan` shows power actions, `drs apply` carries them out) or
+        /// `automated` (the controller carries them out when the hysteresis windows say so).
+        public var automation: String?
+        /// Target host utilization, percent (default 63), and the tolerance around it (default 18): hosts
+        /// are woken above target + tolerance and packed below target − tolerance.
+        public var targetUtilization: Int?
+        public var tolerance: Int?
+        /// How long demand must stay high before a host is woken (default 300) and low before hosts are
+        /// packed and powered off (default 2400).
+        public var powerOnSustainSeconds: Int?
+        public var powerOffSustainSeconds: Int?
+        /// Empty hosts kept powered on as headroom (default 0).
+        public var spareHosts: Int?
+        /// How long a woken host may take until its agent reports back (default 600).
+        public var powerOnTimeoutSeconds: Int?
+        public init(automation: String? = nil, targetUtilization: Int? = nil, tolerance: Int? = nil, powerOnSustainSeconds: Int? = nil, powerOffSustainSeconds: Int? = nil, spareHosts: Int? = nil, powerOnTimeoutSeconds: Int? = nil) {
+            self.automation = automation
+            self.targetUtilization = targetUtilization
+            self.tolerance = tolerance
+            self.powerOnSustainSeconds = powerOnSustainSeconds
+            self.powerOffSustainSeconds = powerOffSustainSeconds
+            self.spareHosts = spareHosts
+            self.powerOnTimeoutSeconds = powerOnTimeoutSeconds
         }
     }
 
@@ -159,9 +217,9 @@ public struct ClusterManifest: Codable, Sendable, Equatable {
 
         static let optionsByDriver: [String: Set<String>] = [
             "ipmi": ["address", "username", "passwordFile", "interface"],
-            "wol": ["mac", "broadcast", "interface"],
+            "wol": ["mac", "broadcast", "port", "off"],
             "command": ["on", "off", "status"],
-            "testbed": ["host"],
+            "testbed": ["host", "script"],
             "none": [],
         ]
     }

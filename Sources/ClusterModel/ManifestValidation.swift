@@ -62,6 +62,32 @@ extension ClusterManifest {
                 out.append(.init("settings.migration.transport", "must be tls or tcp"))
             }
         }
+        if let d = settings?.drs {
+            let p = "settings.drs"
+            if let a = d.automation, !["manual", "partiallyAutomated", "fullyAutomated"].contains(a) {
+                out.append(.init("\(p).automation", "must be manual, partiallyAutomated or fullyAutomated"))
+            }
+            if let t = d.migrationThreshold, !(1...5).contains(t) { out.append(.init("\(p).migrationThreshold", "must be between 1 and 5")) }
+            if let g = d.minGain, !(g > 0 && g <= 1) { out.append(.init("\(p).minGain", "must be above 0 and at most 1")) }
+            if let m = d.maxMoves, !(1...1000).contains(m) { out.append(.init("\(p).maxMoves", "must be between 1 and 1000")) }
+            if let i = d.intervalSeconds, !(1...86_400).contains(i) { out.append(.init("\(p).intervalSeconds", "must be between 1 and 86400")) }
+            if let w = d.demandWindowSeconds, !(1...3600).contains(w) { out.append(.init("\(p).demandWindowSeconds", "must be between 1 and 3600")) }
+        }
+        if let d = settings?.dpm {
+            let p = "settings.dpm"
+            if let a = d.automation, !["off", "manual", "automated"].contains(a) {
+                out.append(.init("\(p).automation", "must be off, manual or automated"))
+            }
+            if let t = d.targetUtilization, !(10...95).contains(t) { out.append(.init("\(p).targetUtilization", "must be between 10 and 95 (percent)")) }
+            if let t = d.tolerance, !(1...40).contains(t) { out.append(.init("\(p).tolerance", "must be between 1 and 40 (percent)")) }
+            if let t = d.targetUtilization, let tol = d.tolerance, t + tol > 100 {
+                out.append(.init("\(p).tolerance", "target + tolerance must be at most 100"))
+            }
+            if let s = d.powerOnSustainSeconds, !(1...86_400).contains(s) { out.append(.init("\(p).powerOnSustainSeconds", "must be between 1 and 86400")) }
+            if let s = d.powerOffSustainSeconds, !(1...86_400).contains(s) { out.append(.init("\(p).powerOffSustainSeconds", "must be between 1 and 86400")) }
+            if let s = d.spareHosts, !(0...1000).contains(s) { out.append(.init("\(p).spareHosts", "must be between 0 and 1000")) }
+            if let s = d.powerOnTimeoutSeconds, !(10...7200).contains(s) { out.append(.init("\(p).powerOnTimeoutSeconds", "must be between 10 and 7200")) }
+        }
 
         func names<T>(_ section: String, _ items: [T]?, _ name: (T) -> String) -> Set<String>? {
             guard let items else { return nil }
@@ -199,7 +225,26 @@ extension ClusterManifest {
         if let mac = power.options["mac"], !VMSpec.isMAC(mac) && !Self.isAnyMAC(mac) {
             out.append(.init("\(path).mac", "must be a MAC address"))
         }
+        if let port = power.options["port"], !(UInt16(port).map { $0 > 0 } ?? false) {
+            out.append(.init("\(path).port", "must be a UDP port (1-65535)"))
+        }
+        if let b = power.options["broadcast"], !Self.isIPv4(b) {
+            out.append(.init("\(path).broadcast", "must be an IPv4 address"))
+        }
+        if let i = power.options["interface"], !["lan", "lanplus"].contains(i) {
+            out.append(.init("\(path).interface", "must be lan or lanplus"))
+        }
+        for key in ["address", "username", "passwordFile", "script", "host"] {
+            if let v = power.options[key], v.isEmpty || v.hasPrefix("-") || v.contains("\0") {
+                out.append(.init("\(path).\(key)", "must be non-empty and must not start with '-'"))
+            }
+        }
         return out
+    }
+
+    static func isIPv4(_ s: String) -> Bool {
+        let parts = s.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts.allSatisfy { !$0.isEmpty && $0.count <= 3 && UInt8($0) != nil }
     }
 
     static func isAnyMAC(_ s: String) -> Bool {

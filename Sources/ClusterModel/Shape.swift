@@ -109,6 +109,14 @@ indirect enum Shape: Sendable {
                     "maxOutgoingPerHost": .integer, "maxIncomingPerHost": .integer, "hostBandwidthMiBps": .integer,
                     "defaultPolicy": .string, "transport": .string, "sharedStorageUnverifiable": .boolean,
                 ]),
+                "drs": .object([
+                    "automation": .string, "migrationThreshold": .integer, "minGain": .number, "maxMoves": .integer,
+                    "intervalSeconds": .integer, "demandWindowSeconds": .integer,
+                ]),
+                "dpm": .object([
+                    "automation": .string, "targetUtilization": .integer, "tolerance": .integer, "powerOnSustainSeconds": .integer,
+                    "powerOffSustainSeconds": .integer, "spareHosts": .integer, "powerOnTimeoutSeconds": .integer,
+                ]),
             ]),
             "sites": .array(.object(["name": .string], required: ["name"])),
             "hosts": .array(.object(

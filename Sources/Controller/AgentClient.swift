@@ -59,6 +59,9 @@ public final class AgentClient: Sendable {
         try decode(HostInventory.self, try await call(.GET, agent + "/v1/host", timeout: .seconds(5)))
     }
 
+    public func stats(_ agent: String) async throws -> [VMStats] {
+        try decode([VMStats].self, try await call(.GET, agent + "/v1/stats", timeout: .seconds(5)))
+    }
     public func vms(_ agent: String) async throws -> [VMStatus] {
         try decode([VMStatus].self, try await call(.GET, agent + "/v1/vms", timeout: .seconds(10)))
     }

@@ -14,11 +14,23 @@ public final class Controller: Sendable {
     public let store: Store
     let agents: AgentClient
     let logger: Logger
+    /// Measured demand of every VM and the history of host loads (DRS and DPM).
+    public let demand = DemandTracker()
+    /// DRS applies and host evacuations under way or finished lately.
+    let jobs = JobRegistry()
 
     public init(store: Store, agents: AgentClient, logger: Logger) {
         self.store = store
         self.agents = agents
         self.logger = logger
+    }
+
+    /// How long after a power-off an agent that still answers is taken as shutting down, not as back.
+    static let powerOffGraceMs: Int64 = 60_000
+
+    static func clock(_ ms: Int64) -> String {
+        let f = ISO8601DateFormatter()
+        return f.string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
     }
 
     static let kinds = ["site", "host", "storagePool", "network", "resourcePool", "vm", "settings"]
@@ -143,7 +155,7 @@ public final class Controller: Sendable {
             let s = statuses[h.name]
             let inv = s?.inventory.flatMap { Self.decode(HostInventory.self, $0) }
             let state = PlacementHost.State(rawValue: s?.state ?? "disconnected") ?? .disconnected
-            let cpus = inv?.cpu.cpus ?? h.capacity?.cpus ?? 0
+            let cpus = inv.map(Self.guestCPUCount) ?? h.capacity?.cpus ?? 0
             let mem = inv.map { $0.memory.totalMiB } ?? h.capacity?.memoryMiB ?? 0
             let mhz = inv?.cpu.mhz ?? h.capacity?.cpuMHz ?? ClusterSnapshot.defaultCoreMHz
             index[h.name] = hosts.count
@@ -180,10 +192,12 @@ public final class Controller: Sendable {
         return try await store.objects(kind: "host").compactMap { Self.decode(ClusterManifest.Host.self, $0.spec) }.map { h in
             let s = statuses[h.name]
             let inv = s?.inventory.flatMap { Self.decode(HostInventory.self, $0) }
+            let power = s?.power.flatMap { Self.decode(PowerRecord.self, $0) }
             return HostView(
                 name: h.name, site: h.site, agent: h.agent, state: s?.state ?? "disconnected",
-                cpus: inv?.cpu.cpus ?? h.capacity?.cpus, memoryMiB: inv?.memory.totalMiB ?? h.capacity?.memoryMiB,
-                vms: vmCounts[h.name] ?? 0, message: s?.message)
+                cpus: inv.map(Self.guestCPUCount) ?? h.capacity?.cpus, memoryMiB: inv?.memory.totalMiB ?? h.capacity?.memoryMiB,
+                vms: vmCounts[h.name] ?? 0, message: s?.message, power: power?.state ?? (s?.state == "poweredOff" ? "off" : "on"),
+                parkedCPUs: inv?.parkedCPUs)
         }
     }
 

@@ -90,6 +90,37 @@ public enum ControllerServer {
                 return h
             }
         }
+        router.post("/v1/hosts/:name/maintenance") { request, ctx in
+            await respond {
+                let name = ctx.parameters.get("name") ?? ""
+                let body = try await request.body.collect(upTo: 1 << 16)
+                guard let req = try? JSONDecoder().decode(MaintenanceRequest.self, from: Data(buffer: body)) else {
+                    throw ValidationFailure([ValidationProblem("enabled", "body must be {\"enabled\": true|false}")])
+                }
+                let job = try await controller.setMaintenance(name, enabled: req.enabled)
+                migrations.trigger()
+                loop.trigger()
+                guard let h = try await controller.hostViews().first(where: { $0.name == name }) else { throw NotFound(what: "host \(name)") }
+                return MaintenanceResponse(host: h, job: job)
+            }
+        }
+        router.get("/v1/drs/plan") { _, _ in await respond { try await controller.drsPlan() } }
+        router.post("/v1/drs/apply") { _, _ in
+            await respond {
+                let job = try await controller.startDRSApply(by: "operator")
+                migrations.trigger()
+                return job
+            }
+        }
+        router.get("/v1/jobs") { _, _ in await respond { controller.jobViews() } }
+        router.get("/v1/jobs/:id") { _, ctx in
+            await respond {
+                let id = ctx.parameters.get("id").flatMap { Int($0) } ?? 0
+                guard let j = controller.jobView(id) else { throw NotFound(what: "job \(id)") }
+                return j
+            }
+        }
+        router.get("/v1/dpm") { _, _ in await respond { try await controller.dpmStatus() } }
         router.get("/v1/pools") { _, _ in await respond { try await controller.desired().storagePools ?? [] } }
         router.get("/v1/networks") { _, _ in await respond { try await controller.desired().networks ?? [] } }
         router.get("/v1/resource-pools") { _, _ in await respond { try await controller.desired().resourcePools ?? [] } }

@@ -18,38 +18,71 @@ extension Controller {
     func observe(_ manifest: ClusterManifest) async throws -> Observed {
         var observed = Observed()
         let hosts = (manifest.hosts ?? []).filter { $0.agent != nil }
-        let results = await withTaskGroup(of: (String, Result<(HostInventory, [AgentAPI.VMStatus]), any Error>).self) { group in
+        typealias Seen = (HostInventory, [AgentAPI.VMStatus], [VMStats])
+        let results = await withTaskGroup(of: (String, Result<Seen, any Error>).self) { group in
             for h in hosts {
                 group.addTask {
                     do {
                         async let inv = self.agents.inventory(h.agent!)
                         async let vms = self.agents.vms(h.agent!)
-                        return (h.name, .success((try await inv, try await vms)))
+                        async let stats = self.agents.stats(h.agent!)
+                        return (h.name, .success((try await inv, try await vms, (try? await stats) ?? [])))
                     } catch {
                         return (h.name, .failure(error))
                     }
                 }
             }
-            var out: [(String, Result<(HostInventory, [AgentAPI.VMStatus]), any Error>)] = []
+            var out: [(String, Result<Seen, any Error>)] = []
             for await r in group { out.append(r) }
             return out
         }
         let previous = Dictionary(uniqueKeysWithValues: try await store.hostStatuses().map { ($0.name, $0) })
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let window = Double(manifest.settings?.drs?.demandWindowSeconds ?? 60)
+        let powerOnTimeout = Int64(manifest.settings?.dpm?.powerOnTimeoutSeconds ?? 600) * 1000
         for (name, result) in results {
+            let prev = previous[name]
+            var power = prev?.power.flatMap { Self.decode(PowerRecord.self, $0) }
             switch result {
-            case .success(let (inv, vms)):
+            case .success(let (inv, vms, stats)):
                 observed.inventories[name] = inv
                 for vm in vms { observed.vms[vm.name, default: []].append((name, vm)) }
-                let state = previous[name]?.state == "maintenance" ? "maintenance" : "connected"
-                if previous[name]?.state != state {
-                    try await store.addEvent(source: "controller", kind: "host", name: name, event: state, detail: nil, message: nil)
+                demand.record(host: name, stats: stats, nowMs: now, windowSeconds: window)
+                var state = prev?.state == "maintenance" ? "maintenance" : "connected"
+                var event = state
+                if let p = power, p.state != "on" {
+                    if p.state == "standby" || p.state == "off", now - p.sinceMs < Self.powerOffGraceMs {
+                        // Still shutting down after its power-off: not back.
+                        state = "poweredOff"
+                    } else {
+                        // Back: a wake-up DPM asked for counts only now, when the agent reports.
+                        event = p.state == "poweringOn" ? "powered-on" : "powered-on-externally"
+                        power = PowerRecord(state: "on", sinceMs: now, by: p.state == "poweringOn" ? p.by : "observed", reason: p.reason)
+                        demand.resetSamples()
+                    }
                 }
-                try await store.setHostStatus(.init(name: name, state: state, inventory: Self.json(inv), message: nil))
+                if prev?.state != state || event != state {
+                    try await store.addEvent(source: "controller", kind: "host", name: name, event: event, detail: nil, message: power?.reason)
+                }
+                try await store.setHostStatus(.init(name: name, state: state, inventory: Self.json(inv), message: nil, power: power.map { Self.json($0) }))
             case .failure(let error):
-                if previous[name]?.state != "disconnected" {
+                demand.forget(host: name)
+                if let p = power, p.state != "on" {
+                    // Powered off on purpose: not a disconnection. A wake-up that takes too long failed.
+                    var message = p.state == "poweringOn" ? "powering on since \(Self.clock(p.sinceMs))" : "powered off (\(p.state)) by \(p.by)"
+                    if p.state == "poweringOn" && now - p.sinceMs > powerOnTimeout {
+                        power = PowerRecord(state: "standby", sinceMs: now, by: p.by, reason: p.reason,
+                                            error: "did not report back within \(powerOnTimeout / 1000) s of its power-on")
+                        message = "power-on failed: \(power!.error!)"
+                        try await store.addEvent(source: "controller", kind: "host", name: name, event: "power-on-failed", detail: nil, message: power!.error)
+                    }
+                    try await store.setHostStatus(.init(name: name, state: "poweredOff", inventory: prev?.inventory, message: message, power: power.map { Self.json($0) }))
+                    continue
+                }
+                if prev?.state != "disconnected" {
                     try await store.addEvent(source: "controller", kind: "host", name: name, event: "disconnected", detail: nil, message: "\(error)")
                 }
-                try await store.setHostStatus(.init(name: name, state: "disconnected", inventory: previous[name]?.inventory, message: "\(error)"))
+                try await store.setHostStatus(.init(name: name, state: "disconnected", inventory: prev?.inventory, message: "\(error)", power: prev?.power))
             }
         }
         return observed
@@ -78,6 +111,11 @@ extension Controller {
     public func reconcile() async throws -> Int {
         let manifest = try await desired()
         let observed = try await observe(manifest)
+        do {
+            try await recordLoads(manifest)
+        } catch {
+            logger.warning("recording host loads failed", metadata: ["error": "\(error)"])
+        }
         let hostsByName = Dictionary(uniqueKeysWithValues: (manifest.hosts ?? []).map { ($0.name, $0) })
         var statuses = Dictionary(uniqueKeysWithValues: try await store.vmStatuses().map { ($0.name, $0) })
         let generations = Dictionary(uniqueKeysWithValues: try await store.objects(kind: "vm").map { ($0.name, $0.generation) })

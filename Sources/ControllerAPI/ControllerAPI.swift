@@ -63,7 +63,13 @@ public struct HostView: Codable, Sendable, Equatable {
     public var memoryMiB: Int?
     public var vms: Int
     public var message: String?
-    public init(name: String, site: String?, agent: String?, state: String, cpus: Int?, memoryMiB: Int?, vms: Int, message: String?) {
+    /// `on`, `standby` (powered off by DPM), `poweringOn`, `off`.
+    public var power: String?
+    /// Guest CPUs the host's agent parked (no vCPU runs there while the host is lightly loaded).
+    public var parkedCPUs: [Int]?
+    public init(name: String, site: String?, agent: String?, state: String, cpus: Int?, memoryMiB: Int?, vms: Int, message: String?, power: String? = nil, parkedCPUs: [Int]? = nil) {
+        self.power = power
+        self.parkedCPUs = parkedCPUs
         self.name = name
         self.site = site
         self.agent = agent

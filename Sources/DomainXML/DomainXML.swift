@@ -27,8 +27,11 @@ public struct DomainOptions: Sendable, Equatable {
     public var hardLimitInDefinition: Bool
     /// Where the serial console is logged (virtlogd), so the agent can serve it.
     public var consoleLogPath: String?
+    /// Host CPUs the guest's vCPUs may run on (libvirt CPU list syntax); nil: any.
+    public var cpuset: String?
 
-    public init(type: DomainType, hostCoreMHz: Int, hardLimitInDefinition: Bool = true, consoleLogPath: String? = nil) {
+    public init(type: DomainType, hostCoreMHz: Int, hardLimitInDefinition: Bool = true, consoleLogPath: String? = nil, cpuset: String? = nil) {
+        self.cpuset = cpuset
         self.type = type
         self.hostCoreMHz = hostCoreMHz
         self.hardLimitInDefinition = hardLimitInDefinition
@@ -90,7 +93,8 @@ public enum DomainXML {
 
         domain.add("memory", ["unit": "KiB"], text: String(spec.memoryMiB * 1024))
         domain.add("currentMemory", ["unit": "KiB"], text: String(spec.memoryMiB * 1024))
-        domain.add("vcpu", ["placement": "static"], text: String(spec.cpus))
+        let vcpu = domain.add("vcpu", ["placement": "static"], text: String(spec.cpus))
+        if let cpuset = options.cpuset { vcpu.set("cpuset", cpuset) }
 
         let tuning = HostTuning.from(spec, hostCoreMHz: options.hostCoreMHz)
         if tuning.cpuShares != nil || tuning.cpuQuotaMicros != nil {

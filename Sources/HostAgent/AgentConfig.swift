@@ -1,3 +1,4 @@
+import DomainXML
 import Foundation
 
 /// The agent's settings: /etc/vsphere/agent.json, overridden by command-line flags.
@@ -28,12 +29,15 @@ public struct AgentConfig: Codable, Sendable, Equatable {
     public var hardLimitMode: String = "auto"
     /// Memory (MiB) kept for the host itself, never reserved for VMs.
     public var hostReservedMemoryMiB: Int = 0
+    /// The host CPUs guests run on (libvirt CPU list, e.g. "2-15"); the rest stay with the host. All when
+    /// absent. Keep it the same on the hosts of a cluster: a migrating guest keeps its CPU list.
+    public var guestCPUs: String?
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listen, port, libvirtURI, accelerator, cpuModel, hostName, dataDir, tlsCertificate, tlsKey
-        case tlsSubjectAltNames, consoleLogDir, shutdownTimeoutSeconds, hardLimitMode, hostReservedMemoryMiB
+        case tlsSubjectAltNames, consoleLogDir, shutdownTimeoutSeconds, hardLimitMode, hostReservedMemoryMiB, guestCPUs
     }
 
     public init(from decoder: any Decoder) throws {
@@ -53,6 +57,7 @@ public struct AgentConfig: Codable, Sendable, Equatable {
         shutdownTimeoutSeconds = try c.decodeIfPresent(Int.self, forKey: .shutdownTimeoutSeconds) ?? d.shutdownTimeoutSeconds
         hardLimitMode = try c.decodeIfPresent(String.self, forKey: .hardLimitMode) ?? d.hardLimitMode
         hostReservedMemoryMiB = try c.decodeIfPresent(Int.self, forKey: .hostReservedMemoryMiB) ?? d.hostReservedMemoryMiB
+        guestCPUs = try c.decodeIfPresent(String.self, forKey: .guestCPUs)
     }
 
     /// Loads a config file; unknown fields and bad values are reported with their names.
@@ -82,6 +87,7 @@ public struct AgentConfig: Codable, Sendable, Equatable {
         }
         if shutdownTimeoutSeconds < 0 { throw ConfigError("shutdownTimeoutSeconds: must be at least 0") }
         if hostReservedMemoryMiB < 0 { throw ConfigError("hostReservedMemoryMiB: must be at least 0") }
+        if let g = guestCPUs, CPUList.parse(g) == nil { throw ConfigError("guestCPUs: must be a CPU list such as 0-3,6") }
     }
 }
 

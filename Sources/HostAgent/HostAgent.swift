@@ -56,13 +56,14 @@ public final class HostAgent: Sendable {
         let accelerator = self.accelerator
         let configuredName = config.hostName
         let reserve = config.hostReservedMemoryMiB
+        let guestCPUs = config.guestCPUs.flatMap(CPUList.parse)
         return try await withLibvirt { c in
             let node = try c.nodeInfo()
             let cells = (try? CapabilitiesXML.numaCells(try c.capabilitiesXML())) ?? []
             let free = try c.freeMemory()
             let usage = try Self.usage(c)
             let totalMiB = Int(node.memoryKiB / 1024)
-            let totalMHz = node.cpus * node.mhz
+            let totalMHz = (guestCPUs.map { $0.filter { $0 < node.cpus }.count } ?? node.cpus) * node.mhz
             return HostInventory(
                 hostname: configuredName.isEmpty ? try c.hostname() : configuredName,
                 agentVersion: Self.version, libvirtVersion: try c.libvirtVersion(),
@@ -80,7 +81,8 @@ public final class HostAgent: Sendable {
                 cpuModels: (try? CapabilitiesXML.usableCPUModels(
                     domainCapabilities: c.domainCapabilitiesXML(virtType: accelerator == "kvm" ? "kvm" : "qemu"))) ?? [],
                 hostCPUModel: try? CapabilitiesXML.hostCPUModel(c.capabilitiesXML()),
-                networks: Self.bridges() + ((try? c.networks().map(\.name)) ?? []))
+                networks: Self.bridges() + ((try? c.networks().map(\.name)) ?? []),
+                guestCPUs: guestCPUs.map { $0.filter { $0 < node.cpus } })
         }
     }
 
@@ -145,7 +147,8 @@ public final class HostAgent: Sendable {
     func domainOptions(hostCoreMHz: Int, name: String) -> DomainOptions {
         DomainOptions(
             type: accelerator == "kvm" ? .kvm : .qemu, hostCoreMHz: hostCoreMHz,
-            hardLimitInDefinition: hardLimitInDefinition, consoleLogPath: consoleLogPath(name))
+            hardLimitInDefinition: hardLimitInDefinition, consoleLogPath: consoleLogPath(name),
+            cpuset: config.guestCPUs.flatMap(CPUList.parse).map(CPUList.format))
     }
 
     func consoleLogPath(_ name: String) -> String { "\(config.consoleLogDir)/\(name).console.log" }

@@ -65,8 +65,15 @@ public struct Consolidator: Sendable {
     /// share of its capacity (DPM's target utilization): packing never creates a hot spot.
     public var maxLoad: Double?
     public var demand: [String: Demand]
+    /// Hosts that stay on whatever happens (e.g. no power driver can switch them off): never emptied,
+    /// never proposed for power-off, and may receive VMs. By name, with the reason.
+    public var keepOn: [String: String]
 
-    public init(spareHosts: Int = 0, maxOutgoingPerHost: Int = 2, maxIncomingPerHost: Int = 2, maxLoad: Double? = nil, demand: [String: Demand] = [:]) {
+    public init(
+        spareHosts: Int = 0, maxOutgoingPerHost: Int = 2, maxIncomingPerHost: Int = 2, maxLoad: Double? = nil, demand: [String: Demand] = [:],
+        keepOn: [String: String] = [:]
+    ) {
+        self.keepOn = keepOn
         self.maxLoad = maxLoad
         self.demand = demand
         self.spareHosts = spareHosts
@@ -98,6 +105,10 @@ public struct Consolidator: Sendable {
             }
         }
         for h in order {
+            if let why = keepOn[state.hosts[h].name] {
+                kept.append(Kept(host: state.hosts[h].name, reason: "stays on: \(why)"))
+                continue
+            }
             if receivers.contains(h) {
                 kept.append(Kept(host: state.hosts[h].name, reason: "stays on: receives VMs from emptied hosts"))
                 continue
@@ -158,7 +169,11 @@ public struct Consolidator: Sendable {
 
         // Already empty connected hosts plus the emptied ones: all but `spareHosts` go off; the spares
         // are the biggest of them.
-        let empty = connected.filter { state.hosts[$0].vms.isEmpty }.sorted {
+        for h in connected where state.hosts[h].vms.isEmpty {
+            guard let why = keepOn[state.hosts[h].name] else { continue }
+            kept.append(Kept(host: state.hosts[h].name, reason: "stays on although empty: \(why)"))
+        }
+        let empty = connected.filter { state.hosts[$0].vms.isEmpty && keepOn[state.hosts[$0].name] == nil }.sorted {
             (state.hosts[$0].memoryCapacityMiB, state.hosts[$0].vcpuCapacity, state.hosts[$1].name)
                 > (state.hosts[$1].memoryCapacityMiB, state.hosts[$1].vcpuCapacity, state.hosts[$0].name)
         }

@@ -1,3 +1,4 @@
+import Foundation
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -21,5 +22,61 @@ public enum Spawn {
         posix_spawnattr_setsigdefault(&attr, &defaults)
         posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         return try body(&attr)
+    }
+}
+
+extension Spawn {
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+        /// The exit status, when the program ran and exited.
+        public var status: Int32?
+    }
+
+    /// Runs a program with an argument vector (never through a shell unless the caller names one),
+    /// stdin from /dev/null, stdout and stderr collected together; blocks until it exits. `environment`
+    /// entries are added to this process's environment. Throws unless it exits 0.
+    public static func run(_ program: String, _ arguments: [String], environment: [String: String] = [:]) throws -> String {
+        var out: [Int32] = [0, 0]
+        guard pipe(&out) == 0 else { throw Failure(description: "pipe: \(String(cString: strerror(errno)))") }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, out[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, out[1], 2)
+        posix_spawn_file_actions_addclose(&actions, out[0])
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        let argv = ([program] + arguments).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        let envp = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer { envp.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = withCleanAttributes { attr in posix_spawnp(&pid, program, &actions, &attr, argv, envp) }
+        close(out[1])
+        guard rc == 0 else {
+            close(out[0])
+            throw Failure(description: "\(program): \(String(cString: strerror(rc)))")
+        }
+        var data = Data()
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(out[0], &buf, buf.count)
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            data.append(buf, count: n)
+        }
+        close(out[0])
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        let text = String(decoding: data, as: UTF8.self)
+        let exited = status & 0x7f == 0
+        let code = (status >> 8) & 0xff
+        guard exited && code == 0 else {
+            throw Failure(
+                description: "\(program) \(arguments.first ?? "") failed (\(exited ? "exit \(code)" : "signal \(status & 0x7f)")): \(text.trimmingCharacters(in: .whitespacesAndNewlines))",
+                status: exited ? code : nil)
+        }
+        return text
     }
 }

@@ -128,6 +128,10 @@ public enum Migrations {
             """,
             "CREATE INDEX migrations_by_state ON migrations (state)",
         ]),
+        (3, [
+            // A host's power record (JSON): on, standby, poweringOn, poweringOff, off; since when, by whom.
+            "ALTER TABLE host_status ADD COLUMN power TEXT",
+        ]),
     ]
 }
 
@@ -278,24 +282,30 @@ public actor Store {
         public var state: String
         public var inventory: String?
         public var message: String?
-        public init(name: String, state: String, inventory: String?, message: String?) {
+        /// The power record (JSON), kept by the controller's power management.
+        public var power: String?
+        public init(name: String, state: String, inventory: String?, message: String?, power: String? = nil) {
             self.name = name
             self.state = state
             self.inventory = inventory
             self.message = message
+            self.power = power
         }
     }
 
     public func setHostStatus(_ s: HostStatus) async throws {
         try await backend.execute("DELETE FROM host_status WHERE name = $1", [.text(s.name)])
         try await backend.execute(
-            "INSERT INTO host_status (name, state, inventory, message, updated_ms) VALUES ($1, $2, $3, $4, $5)",
-            [.text(s.name), .text(s.state), s.inventory.map(SQLValue.text) ?? .null, s.message.map(SQLValue.text) ?? .null, .int(now())])
+            "INSERT INTO host_status (name, state, inventory, message, updated_ms, power) VALUES ($1, $2, $3, $4, $5, $6)",
+            [.text(s.name), .text(s.state), s.inventory.map(SQLValue.text) ?? .null, s.message.map(SQLValue.text) ?? .null, .int(now()),
+             s.power.map(SQLValue.text) ?? .null])
     }
 
     public func hostStatuses() async throws -> [HostStatus] {
         try await backend.query("SELECT * FROM host_status ORDER BY name", []).map {
-            HostStatus(name: $0["name"]?.text ?? "", state: $0["state"]?.text ?? "disconnected", inventory: $0["inventory"]?.text, message: $0["message"]?.text)
+            HostStatus(
+                name: $0["name"]?.text ?? "", state: $0["state"]?.text ?? "disconnected", inventory: $0["inventory"]?.text,
+                message: $0["message"]?.text, power: $0["power"]?.text)
         }
     }
 

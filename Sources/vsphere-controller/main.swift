@@ -59,7 +59,7 @@ struct ControllerCommand: AsyncParsableCommand {
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: app), .init(service: loop), .init(service: collector),
-                           .init(service: migrations)],
+                           .init(service: migrations), .init(service: DRSLoop(controller: controller))],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         try await agents.shutdown()

@@ -107,8 +107,10 @@ struct Get: AsyncParsableCommand {
         case "hosts":
             let hosts: [HostView] = try await client.call(.GET, "/v1/hosts")
             if output == .json { return try printJSON(hosts) }
-            table(["NAME", "SITE", "STATE", "CPUS", "MEMORY", "VMS", "AGENT"], hosts.map {
-                [$0.name, $0.site ?? "-", $0.state, $0.cpus.map(String.init) ?? "-", $0.memoryMiB.map { "\($0) MiB" } ?? "-", String($0.vms), $0.agent ?? "-"]
+            table(["NAME", "SITE", "STATE", "POWER", "CPUS", "PARKED", "MEMORY", "VMS", "AGENT", "MESSAGE"], hosts.map {
+                [$0.name, $0.site ?? "-", $0.state, $0.power ?? "-", $0.cpus.map(String.init) ?? "-",
+                 $0.parkedCPUs.map { $0.isEmpty ? "-" : $0.map(String.init).joined(separator: ",") } ?? "-",
+                 $0.memoryMiB.map { "\($0) MiB" } ?? "-", String($0.vms), $0.agent ?? "-", $0.message ?? ""]
             })
         case "vms":
             let vms: [VMView] = try await client.call(.GET, "/v1/vms")
