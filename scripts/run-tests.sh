@@ -5,6 +5,8 @@
 #      controller (SQLite) on the testbed.
 #   2. On a testbed of two sites joined by the WAN link: the controller suite again, with the
 #      controller's state in PostgreSQL, and the cross-site checks.
+#   3. On a 3-host testbed whose guests run on CPU 0 only: DRS and DPM (consolidation, the testbed
+#      power driver, wake-up under load, maintenance mode).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export VSPHERE_TESTBED=${VSPHERE_TESTBED_DIR:-/var/lib/vsphere-testbed}
@@ -45,3 +47,8 @@ bash scripts/testbed.sh down
 VSPHERE_TESTBED_DATABASE="$VSPHERE_TEST_POSTGRES" bash scripts/testbed.sh up 2 2
 grep -q -- "--database postgres://" "$VSPHERE_TESTBED/controller/controller.cmd"
 swift_test /tmp/vsphere-test-pg.log --filter "ControllerOnTestbed|TwoSites|VMotionAcrossSites"
+
+echo "== three hosts, guests on CPU 0: DRS and DPM"
+bash scripts/testbed.sh down
+GUEST_CPUS=0 bash scripts/testbed.sh up 3 1
+swift_test /tmp/vsphere-test-drs.log --filter "DRSOnTestbed"

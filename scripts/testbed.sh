@@ -9,6 +9,12 @@
 #   testbed.sh restart-libvirtd HOST
 #   testbed.sh restart-agent HOST [--kill]
 #   testbed.sh restart-controller [--kill]
+#   testbed.sh power HOST on|off|status
+#                                 the testbed's power driver: off stops the host's agent, libvirtd and
+#                                 virtlogd (any guest left is killed, as a power cut would); on starts
+#                                 them again; the host's namespaces and addresses stay.
+#
+# GUEST_CPUS=LIST (e.g. 0) gives every agent that guestCPUs setting: guests run on those CPUs only.
 #
 # Addressing (shared/CONTRACT.md): site s = 10.250.s.0/24 on bridge vsbr<s>, host i at 10.250.s.i,
 # the root namespace at .254 (set up before anything talks to a host, so no packet leaves this
@@ -148,8 +154,10 @@ start_agent() {
 }
 
 write_agent_config() {
-    local h=$1 dir="$TB/$1" addr
+    local h=$1 dir="$TB/$1" addr extra=""
     addr=$(cat "$dir/address")
+    [ -n "${GUEST_CPUS:-}" ] && extra=",
+  \"guestCPUs\": \"$GUEST_CPUS\""
     cat >"$dir/agent.json" <<EOF
 {
   "listen": "$addr",
@@ -160,7 +168,7 @@ write_agent_config() {
   "dataDir": "$dir/agent",
   "consoleLogDir": "/var/log/libvirt/qemu",
   "shutdownTimeoutSeconds": 30,
-  "tlsSubjectAltNames": ["$addr", "$h"]
+  "tlsSubjectAltNames": ["$addr", "$h"]$extra
 }
 EOF
 }
@@ -247,6 +255,9 @@ restart_controller() {
     pid=$(cat "$dir/controller.pid")
     kill "-$sig" "$pid" 2>/dev/null || true
     for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    # One that does not stop in 10 s is killed: the new one needs its port.
+    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     run_controller
 }
 
@@ -267,15 +278,15 @@ start_controller() {
     fi
     # A directory every host sees at the same path: the testbed's shared storage pool.
     mkdir -p "$TB/shared"
-    python3 - "$n" "$m" "$TB/shared" >"$TB/cluster.json" <<'PY'
+    python3 - "$n" "$m" "$TB/shared" "$ROOT/scripts/testbed.sh" >"$TB/cluster.json" <<'PY'
 import json, sys
-n, m, shared = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+n, m, shared, script = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 per = (n + m - 1) // m
 hosts = []
 for i in range(1, n + 1):
     s = (i - 1) // per + 1
     hosts.append({"name": f"h{i}", "site": f"dc{s}", "agent": f"https://10.250.{s}.{i}:7443",
-                  "power": {"driver": "testbed", "host": f"h{i}"}})
+                  "power": {"driver": "testbed", "host": f"h{i}", "script": script}})
 # Migration streams travel over plain TCP here (libvirtd listens on tcp only on the testbed), and the
 # shared pool is a local directory every host sees, which libvirt cannot verify as shared.
 print(json.dumps({"apiVersion": "vsphere/v1", "kind": "Cluster", "metadata": {"name": "testbed"},
@@ -371,6 +382,49 @@ restart_libvirtd() {
     wait_for 30 "libvirtd on $h" in_host "$h" virsh -c qemu:///system version
 }
 
+power() { # HOST on|off|status
+    local h=$1 pid
+    [ -e "$TB/$h/holder.pid" ] || { log "no host $h"; return 3; }
+    case "$2" in
+        off)
+            if [ -e "$TB/$h/agent.pid" ]; then
+                pid=$(cat "$TB/$h/agent.pid")
+                kill -TERM "$pid" 2>/dev/null || true
+                for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+                kill -KILL "$pid" 2>/dev/null || true
+                rm -f "$TB/$h/agent.pid"
+            fi
+            # A power cut for whatever still runs there: guests, then the daemons.
+            in_host "$h" sh -c 'for f in /run/libvirt/qemu/*.pid; do [ -e "$f" ] && kill -KILL "$(cat "$f")"; done; \
+                for d in libvirtd virtlogd; do [ -e /run/$d.pid ] && kill -TERM "$(cat /run/$d.pid)"; done; \
+                i=0; while { [ -e /run/libvirtd.pid ] || [ -e /run/virtlogd.pid ]; } && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
+                rm -f /run/libvirtd.pid /run/virtlogd.pid' 2>/dev/null || true
+            echo off >"$TB/$h/power"
+            log "$h powered off"
+            ;;
+        on)
+            if [ "$(cat "$TB/$h/power" 2>/dev/null || echo on)" = on ] && [ -e "$TB/$h/agent.pid" ] && kill -0 "$(cat "$TB/$h/agent.pid")" 2>/dev/null; then
+                log "$h is on"
+                return 0
+            fi
+            # Whatever of it still runs stays; the rest starts.
+            in_host "$h" sh -c '[ -e /run/virtlogd.pid ] && kill -0 "$(cat /run/virtlogd.pid)"' 2>/dev/null \
+                || in_host "$h" virtlogd -d </dev/null >/dev/null 2>&1
+            if ! in_host "$h" virsh -c qemu:///system version >/dev/null 2>&1; then
+                in_host "$h" libvirtd -d --listen </dev/null >>"$TB/$h/libvirtd.log" 2>&1
+                wait_for 30 "libvirtd on $h" in_host "$h" virsh -c qemu:///system version
+            fi
+            start_agent "$h"
+            echo on >"$TB/$h/power"
+            log "$h powered on"
+            ;;
+        status)
+            cat "$TB/$h/power" 2>/dev/null || echo on
+            ;;
+        *) log "power: use on, off or status"; return 2 ;;
+    esac
+}
+
 restart_agent() { # HOST [--kill]: stop the host's agent (SIGTERM, or SIGKILL) and start it again
     local h=$1 sig=TERM pid
     [ "${2:-}" = --kill ] && sig=KILL
@@ -392,7 +446,8 @@ case "$cmd" in
     restart-libvirtd) restart_libvirtd "$1" ;;
     restart-controller) restart_controller "${1:-}" ;;
     restart-agent) restart_agent "$1" "${2:-}" ;;
+    power) power "$1" "${2:-status}" ;;
     stop-libvirtd) in_host "$1" sh -c 'kill $(cat /run/libvirtd.pid)' ;;
     start-libvirtd) in_host "$1" libvirtd -d --listen </dev/null >>"$TB/$1/libvirtd.log" 2>&1 ;;
-    *) echo "usage: $0 up HOSTS [SITES] | down | status | exec HOST CMD... | restart-libvirtd HOST | restart-agent HOST [--kill] | restart-controller [--kill]" >&2; exit 2 ;;
+    *) echo "usage: $0 up HOSTS [SITES] | down | status | exec HOST CMD... | restart-libvirtd HOST | restart-agent HOST [--kill] | restart-controller [--kill] | power HOST on|off|status" >&2; exit 2 ;;
 esac

@@ -25,6 +25,8 @@ extension Controller {
         var statuses: [String: Store.HostStatus]
         var inventories: [String: HostInventory]
         var history: [MigrationView]
+        /// Desired-running VMs the scheduler could place nowhere.
+        var waiting: Set<String>
     }
 
     func drsContext() async throws -> DRSContext {
@@ -37,10 +39,13 @@ extension Controller {
         for (name, s) in statuses { if let inv = s.inventory.flatMap({ Self.decode(HostInventory.self, $0) }) { inventories[name] = inv } }
         let demand = self.demand.demand(coreMHz: inventories.mapValues(\.cpu.mhz))
         var pinned = Set(try await store.activeMigrations().map(\.vm))
-        for s in try await store.vmStatuses() where s.state != "running" { pinned.insert(s.name) }
+        let vmStatuses = try await store.vmStatuses()
+        for s in vmStatuses where s.state != "running" { pinned.insert(s.name) }
+        let running = Set((manifest.vms ?? []).filter { ($0.powerState ?? "running") == "running" }.map(\.name))
+        let waiting = Set(vmStatuses.filter { $0.host == nil && running.contains($0.name) && ($0.message ?? "").hasPrefix("cannot be placed") }.map(\.name))
         return DRSContext(
             manifest: manifest, state: state, vms: vms, demand: demand, pinned: pinned, statuses: statuses, inventories: inventories,
-            history: try await migrationViews())
+            history: try await migrationViews(), waiting: waiting)
     }
 
     /// Appends the current host loads to DPM's history (after each observation).
@@ -112,15 +117,25 @@ extension Controller {
     func powerAdvice(_ ctx: DRSContext, _ s: DRSSettingsResolved) -> PowerAdvice {
         guard s.dpmAutomation != "off" else { return PowerAdvice(action: .none, reason: "DPM is off (settings.dpm.automation)") }
         let hosts = Dictionary(uniqueKeysWithValues: (ctx.manifest.hosts ?? []).map { ($0.name, $0) })
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
         let standby: [StandbyHost] = ctx.statuses.values.compactMap { st in
             guard st.state == "poweredOff", let p = powerRecord(st.name, ctx), p.state == "standby", let h = hosts[st.name],
                 PowerDrivers.can(true, h) == nil
             else { return nil }
+            // A host whose wake-up failed is left alone for a while (no retry storm).
+            if p.error != nil && now - p.sinceMs < Self.powerOnRetryMs { return nil }
             let inv = ctx.inventories[st.name]
             return StandbyHost(name: st.name, cpuMHz: (inv.map { $0.cpu.mhz * Self.guestCPUCount($0) }) ?? 0, memoryMiB: inv?.memory.totalMiB ?? 0)
         }
-        return PowerAdvisor(settings: s.power).advise(demand.samples(), now: Int64(Date().timeIntervalSince1970 * 1000), standby: standby)
+        // VMs waiting for a host wake one at once: that demand is not a passing peak.
+        if !ctx.waiting.isEmpty, let wake = standby.max(by: { ($0.cpuMHz, $0.memoryMiB, $1.name) < ($1.cpuMHz, $1.memoryMiB, $0.name) }) {
+            return PowerAdvice(action: .powerOn, hosts: [wake.name], reason: "\(ctx.waiting.sorted().joined(separator: ", ")) cannot be placed on the hosts that are on")
+        }
+        return PowerAdvisor(settings: s.power).advise(demand.samples(), now: now, standby: standby)
     }
+
+    /// How long a host whose power-on failed is not woken again.
+    static let powerOnRetryMs: Int64 = 300_000
 
     static func guestCPUCount(_ inv: HostInventory) -> Int { inv.guestCPUs?.count ?? inv.cpu.cpus }
 

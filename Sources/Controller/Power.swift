@@ -33,8 +33,8 @@ public struct PowerRecord: Codable, Sendable, Equatable {
 ///   255.255.255.255:9); powering off needs the driver's `off` command.
 /// - `command`: the operator's `on` and `off` shell commands.
 /// - `testbed`: `bash SCRIPT power HOST on|off` (stops or starts the test host's libvirtd and agent).
-/// Commands get VSPHERE_HOST and VSPHERE_AGENT in their environment; the host's name never becomes
-/// part of a command line.
+/// Commands get VSPHERE_POWER_HOST (the host's name) and VSPHERE_POWER_AGENT_URL in their environment;
+/// the host's name never becomes part of a command line.
 public enum PowerDrivers {
     public struct Unsupported: Error, CustomStringConvertible {
         public var description: String
@@ -83,7 +83,7 @@ public enum PowerDrivers {
             return "magic packet sent to \(o["mac"]!)"
         }
         guard let (program, args) = try command(on, host) else { return "" }
-        let env = ["VSPHERE_HOST": host.name, "VSPHERE_AGENT": host.agent ?? ""]
+        let env = ["VSPHERE_POWER_HOST": host.name, "VSPHERE_POWER_AGENT_URL": host.agent ?? ""]
         return try await withCheckedThrowingContinuation { cont in
             DispatchQueue.global().async {
                 cont.resume(with: Result { try Spawn.run(program, args, environment: env) })

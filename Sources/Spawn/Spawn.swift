@@ -26,6 +26,14 @@ public enum Spawn {
 }
 
 extension Spawn {
+    typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    /// glibc's posix_spawn_file_actions_addclosefrom_np (2.34+), which Swift's Glibc module does not
+    /// export.
+    static let addCloseFrom: CloseFrom? = {
+        guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+        return unsafeBitCast(sym, to: CloseFrom.self)
+    }()
+
     public struct Failure: Error, CustomStringConvertible {
         public var description: String
         /// The exit status, when the program ran and exited.
@@ -37,7 +45,10 @@ extension Spawn {
     /// entries are added to this process's environment. Throws unless it exits 0.
     public static func run(_ program: String, _ arguments: [String], environment: [String: String] = [:]) throws -> String {
         var out: [Int32] = [0, 0]
+        // Close-on-exec: only the dup2'ed stdout/stderr reach the child, so a daemon it leaves behind
+        // cannot hold the pipe open.
         guard pipe(&out) == 0 else { throw Failure(description: "pipe: \(String(cString: strerror(errno)))") }
+        for fd in out { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -45,6 +56,9 @@ extension Spawn {
         posix_spawn_file_actions_adddup2(&actions, out[1], 2)
         posix_spawn_file_actions_addclose(&actions, out[0])
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        // Nothing else of ours: a daemon the child leaves behind must not hold our sockets (a listening
+        // port the next server on it needs) or pipes.
+        if let closeFrom = Self.addCloseFrom { _ = closeFrom(&actions, 3) }
         let argv = ([program] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var env = ProcessInfo.processInfo.environment

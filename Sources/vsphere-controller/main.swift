@@ -61,7 +61,14 @@ struct ControllerCommand: AsyncParsableCommand {
                 services: [.init(service: app), .init(service: loop), .init(service: collector),
                            .init(service: migrations), .init(service: DRSLoop(controller: controller))],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
+        do {
+            try await group.run()
+        } catch {
+            // The HTTP client must be shut down before it goes, even when the server could not start.
+            try? await agents.shutdown()
+            try? await store.close()
+            throw error
+        }
         try await agents.shutdown()
         try await store.close()
         logger.info("vsphere-controller stopped")

@@ -17,6 +17,10 @@ struct Testbed {
     static let script = ProcessInfo.processInfo.environment["VSPHERE_TESTBED_SCRIPT"] ?? "scripts/testbed.sh"
     static let agentBinary = ProcessInfo.processInfo.environment["VSPHERE_AGENT_BIN"] ?? ""
     static let ctlBinary = ProcessInfo.processInfo.environment["VSPHERE_CTL_BIN"] ?? ""
+    /// How many hosts the testbed has.
+    static var hostCount: Int {
+        ((try? String(contentsOfFile: dir + "/hosts", encoding: .utf8)) ?? "").split(separator: "\n").filter { !$0.isEmpty }.count
+    }
     static var sites: Int {
         Int((try? String(contentsOfFile: dir + "/sites", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "") ?? 1
     }
