@@ -26,10 +26,10 @@ public enum Spawn {
 }
 
 extension Spawn {
-    typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    public typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
     /// glibc's posix_spawn_file_actions_addclosefrom_np (2.34+), which Swift's Glibc module does not
     /// export.
-    static let addCloseFrom: CloseFrom? = {
+    public static let addCloseFrom: CloseFrom? = {
         guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
         return unsafeBitCast(sym, to: CloseFrom.self)
     }()

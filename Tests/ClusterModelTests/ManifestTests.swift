@@ -29,6 +29,27 @@ import Testing
         #expect(problems(json) == [])
     }
 
+    @Test func drsAndDPMSettings() {
+        #expect(problems(doc(#""settings":{"drs":{"automation":"fullyAutomated","migrationThreshold":5,"minGain":0.02},"dpm":{"automation":"automated","targetUtilization":63,"tolerance":18,"spareHosts":1}}"#)) == [])
+        #expect(problems(doc(#""settings":{"drs":{"automation":"auto","migrationThreshold":6,"minGain":0,"maxMoves":0},"dpm":{"automation":"on","targetUtilization":90,"tolerance":20,"spareHosts":-1,"colour":1}}"#)) == [
+            "settings.dpm.colour: unknown field",
+        ])
+        #expect(problems(doc(#""settings":{"drs":{"automation":"auto","migrationThreshold":6,"minGain":0,"maxMoves":0},"dpm":{"automation":"on","targetUtilization":90,"tolerance":20,"spareHosts":-1}}"#)) == [
+            "settings.drs.automation: must be manual, partiallyAutomated or fullyAutomated",
+            "settings.drs.migrationThreshold: must be between 1 and 5",
+            "settings.drs.minGain: must be above 0 and at most 1",
+            "settings.drs.maxMoves: must be between 1 and 1000",
+            "settings.dpm.automation: must be off, manual or automated",
+            "settings.dpm.tolerance: target + tolerance must be at most 100",
+            "settings.dpm.spareHosts: must be between 0 and 1000",
+        ])
+        #expect(problems(doc(#""hosts":[{"name":"h1","power":{"driver":"wol","mac":"52:54:00:ab:cd:ef","port":"99999","broadcast":"10.0.0"}},{"name":"h2","power":{"driver":"testbed","host":"-x"}}]"#)) == [
+            "hosts[0].power.port: must be a UDP port (1-65535)",
+            "hosts[0].power.broadcast: must be an IPv4 address",
+            "hosts[1].power.host: must be non-empty and must not start with '-'",
+        ])
+    }
+
     @Test func everyShapeProblemAtOnce() {
         let json = doc(#""hosts":[{"name":"h1","cpus":4}],"vms":[{"name":"a","cpus":"1","memoryMiB":256},{"name":"b","cpus":1,"memoryMiB":true,"color":1}]"#)
         #expect(problems(json) == [
