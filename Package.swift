@@ -156,6 +156,7 @@ let package = Package(
         .testTarget(name: "PlannerTests", dependencies: ["Planner", "Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "ClusterModel"]),
+        .testTarget(name: "HostAgentTests", dependencies: ["HostAgent", "DomainXML"]),
         .testTarget(name: "ControllerTests", dependencies: ["Controller", "ClusterModel", "AgentAPI", "Planner", "Spawn"]),
         .testTarget(name: "DomainXMLTests", dependencies: ["DomainXML", "ClusterModel", "TestSupport"]),
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt", "DomainXML", "ClusterModel"]),

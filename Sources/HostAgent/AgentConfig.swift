@@ -32,12 +32,19 @@ public struct AgentConfig: Codable, Sendable, Equatable {
     /// The host CPUs guests run on (libvirt CPU list, e.g. "2-15"); the rest stay with the host. All when
     /// absent. Keep it the same on the hosts of a cluster: a migrating guest keeps its CPU list.
     public var guestCPUs: String?
+    /// Core parking: pin guests onto as few guest CPUs as their load needs at the target utilization
+    /// (default off), checked every interval; `offlineParkedCPUs` also takes the parked CPUs offline.
+    public var coreParking: Bool = false
+    public var coreParkingTargetUtilization: Double = 0.5
+    public var coreParkingIntervalSeconds: Int = 10
+    public var offlineParkedCPUs: Bool = false
 
     public init() {}
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listen, port, libvirtURI, accelerator, cpuModel, hostName, dataDir, tlsCertificate, tlsKey
         case tlsSubjectAltNames, consoleLogDir, shutdownTimeoutSeconds, hardLimitMode, hostReservedMemoryMiB, guestCPUs
+        case coreParking, coreParkingTargetUtilization, coreParkingIntervalSeconds, offlineParkedCPUs
     }
 
     public init(from decoder: any Decoder) throws {
@@ -58,6 +65,10 @@ public struct AgentConfig: Codable, Sendable, Equatable {
         hardLimitMode = try c.decodeIfPresent(String.self, forKey: .hardLimitMode) ?? d.hardLimitMode
         hostReservedMemoryMiB = try c.decodeIfPresent(Int.self, forKey: .hostReservedMemoryMiB) ?? d.hostReservedMemoryMiB
         guestCPUs = try c.decodeIfPresent(String.self, forKey: .guestCPUs)
+        coreParking = try c.decodeIfPresent(Bool.self, forKey: .coreParking) ?? d.coreParking
+        coreParkingTargetUtilization = try c.decodeIfPresent(Double.self, forKey: .coreParkingTargetUtilization) ?? d.coreParkingTargetUtilization
+        coreParkingIntervalSeconds = try c.decodeIfPresent(Int.self, forKey: .coreParkingIntervalSeconds) ?? d.coreParkingIntervalSeconds
+        offlineParkedCPUs = try c.decodeIfPresent(Bool.self, forKey: .offlineParkedCPUs) ?? d.offlineParkedCPUs
     }
 
     /// Loads a config file; unknown fields and bad values are reported with their names.
@@ -87,6 +98,11 @@ public struct AgentConfig: Codable, Sendable, Equatable {
         }
         if shutdownTimeoutSeconds < 0 { throw ConfigError("shutdownTimeoutSeconds: must be at least 0") }
         if hostReservedMemoryMiB < 0 { throw ConfigError("hostReservedMemoryMiB: must be at least 0") }
+        if !(coreParkingTargetUtilization > 0 && coreParkingTargetUtilization <= 1) {
+            throw ConfigError("coreParkingTargetUtilization: must be above 0 and at most 1")
+        }
+        if !(1...3600).contains(coreParkingIntervalSeconds) { throw ConfigError("coreParkingIntervalSeconds: must be between 1 and 3600") }
+        if offlineParkedCPUs && !coreParking { throw ConfigError("offlineParkedCPUs: needs coreParking") }
         if let g = guestCPUs, CPUList.parse(g) == nil { throw ConfigError("guestCPUs: must be a CPU list such as 0-3,6") }
     }
 }

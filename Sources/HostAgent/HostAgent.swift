@@ -4,6 +4,7 @@ import DomainXML
 import Foundation
 import Libvirt
 import Logging
+import Synchronization
 
 /// The agent's operations on its host's libvirtd. Every libvirt call runs on the libvirt thread pool;
 /// every failure becomes an `AgentError`; a lost connection is reported to the supervisor.
@@ -18,6 +19,8 @@ public final class HostAgent: Sendable {
     public let accelerator: String
     let hardLimitInDefinition: Bool
     let logger: Logger
+    /// Guest CPUs the core parker parked (empty until its first pass).
+    let parkedCPUs = Mutex<[Int]>([])
 
     public init(config: AgentConfig, hub: EventHub, logger: Logger) {
         self.config = config
@@ -52,11 +55,20 @@ public final class HostAgent: Sendable {
 
     // MARK: Inventory
 
+    /// The CPUs guests run on: the configured list, else every CPU the machine has online.
+    public func guestCPUList() -> [Int] {
+        if let g = config.guestCPUs.flatMap(CPUList.parse) { return g }
+        return Array(0..<ProcessInfo.processInfo.processorCount)
+    }
+
+    func setParked(_ cpus: [Int]) { parkedCPUs.withLock { $0 = cpus } }
+
     public func inventory() async throws(AgentError) -> HostInventory {
         let accelerator = self.accelerator
         let configuredName = config.hostName
         let reserve = config.hostReservedMemoryMiB
         let guestCPUs = config.guestCPUs.flatMap(CPUList.parse)
+        let parked = config.coreParking ? parkedCPUs.withLock { $0 } : nil
         return try await withLibvirt { c in
             let node = try c.nodeInfo()
             let cells = (try? CapabilitiesXML.numaCells(try c.capabilitiesXML())) ?? []
@@ -82,7 +94,7 @@ public final class HostAgent: Sendable {
                     domainCapabilities: c.domainCapabilitiesXML(virtType: accelerator == "kvm" ? "kvm" : "qemu"))) ?? [],
                 hostCPUModel: try? CapabilitiesXML.hostCPUModel(c.capabilitiesXML()),
                 networks: Self.bridges() + ((try? c.networks().map(\.name)) ?? []),
-                guestCPUs: guestCPUs.map { $0.filter { $0 < node.cpus } })
+                guestCPUs: guestCPUs.map { $0.filter { $0 < node.cpus } }, parkedCPUs: parked)
         }
     }
 

@@ -188,6 +188,39 @@ public final class Domain: @unchecked Sendable {
     }
 
     /// Sets memory cgroup limits (KiB); `live` affects the running domain, `config` the definition.
+    /// libvirt's CPU map: one bit per host CPU, `hostCPUs` bits long.
+    static func cpumap(_ cpus: [Int], hostCPUs: Int) -> [UInt8] {
+        var map = [UInt8](repeating: 0, count: max(1, (hostCPUs + 7) / 8))
+        for c in cpus where c >= 0 && c < hostCPUs { map[c / 8] |= 1 << UInt8(c % 8) }
+        return map
+    }
+
+    /// Pins every vCPU and the emulator threads of the running domain onto `cpus` (live only: a restart
+    /// starts from the definition's CPU set again).
+    public func pin(to cpus: [Int], hostCPUs: Int) throws(LibvirtError) {
+        var map = Self.cpumap(cpus, hostCPUs: hostCPUs)
+        let vcpus = try info().vcpus
+        let live = UInt32(VIR_DOMAIN_AFFECT_LIVE.rawValue)
+        for v in 0..<vcpus {
+            if virDomainPinVcpuFlags(ptr, UInt32(v), &map, Int32(map.count), live) < 0 {
+                throw LibvirtError.last("cannot pin vCPU \(v) of \(name)")
+            }
+        }
+        if virDomainPinEmulator(ptr, &map, Int32(map.count), live) < 0 {
+            throw LibvirtError.last("cannot pin the emulator threads of \(name)")
+        }
+    }
+
+    /// The host CPUs each vCPU may run on now.
+    public func vcpuPinning(hostCPUs: Int) throws(LibvirtError) -> [[Int]] {
+        let vcpus = Int(try info().vcpus)
+        let len = max(1, (hostCPUs + 7) / 8)
+        var maps = [UInt8](repeating: 0, count: len * vcpus)
+        let n = virDomainGetVcpuPinInfo(ptr, Int32(vcpus), &maps, Int32(len), UInt32(VIR_DOMAIN_AFFECT_LIVE.rawValue))
+        if n < 0 { throw LibvirtError.last("cannot read the vCPU pinning of \(name)") }
+        return (0..<Int(n)).map { v in (0..<hostCPUs).filter { c in maps[v * len + c / 8] & (1 << UInt8(c % 8)) != 0 } }
+    }
+
     public func setMemoryParameters(hardLimitKiB: UInt64? = nil, softLimitKiB: UInt64? = nil, live: Bool, config: Bool) throws(LibvirtError) {
         var params: virTypedParameterPtr?
         var n: Int32 = 0

@@ -62,9 +62,11 @@ struct AgentCommand: AsyncParsableCommand {
             "certificate": "\(identity.certificatePath)",
         ])
         // Shutdown runs in reverse order: the supervisor ends the event streams first, then the server drains.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: app), .init(service: agent.supervisor)]
+        if cfg.coreParking { services.append(.init(service: CoreParker(agent: agent))) }
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: app), .init(service: agent.supervisor)],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
         logger.info("vsphere-agent stopped")

@@ -1,3 +1,5 @@
+import AgentAPI
+import ClusterModel
 import ControllerAPI
 import Foundation
 import Testing
@@ -42,6 +44,8 @@ struct DRSOnTestbed {
     @Test func consolidateWakeAndEvacuate() throws {
         let idle = [("dr1", ""), ("dr2", ""), ("dr3", "")]
         defer {
+            // DPM back off, then every VM gone and every host on.
+            if let path = try? manifest(dpm: "off", powerOffSustain: 3600, vms: []) { _ = try? t.ctl("apply", "-f", path) }
             for n in ["dr1", "dr2", "dr3", "db1", "db2"] { _ = try? t.ctl("delete", "vm", n) }
             for h in ["h1", "h2", "h3"] { _ = try? Testbed.run(["bash", Testbed.script, "power", h, "on"]) }
         }
@@ -106,5 +110,58 @@ struct DRSOnTestbed {
         (rc, out) = try t.ctl("host", "maintenance", woken.name, "off")
         #expect(rc == 0, "\(out)")
         #expect(try hosts().first { $0.name == woken.name }?.state == "connected")
+    }
+
+    /// Core parking on h3 by a second agent whose guests may use CPUs 0-1: an idle guest is pinned onto
+    /// CPU 0 (CPU 1 parked); a busy one brings CPU 1 back at once; once it is gone, CPU 1 is parked again
+    /// after the hysteresis. The pinning is read back from libvirt.
+    @Test func coreParking() async throws {
+        _ = try Testbed.run(["bash", Testbed.script, "power", "h3", "on"])
+        let addr = try Testbed.address("h3")
+        let dataDir = "\(Testbed.dir)/h3/agent-parking"
+        let config = "\(Testbed.dir)/h3/parking.json"
+        try #"{"listen":"\#(addr)","port":7445,"accelerator":"tcg","hostName":"h3","dataDir":"\#(dataDir)","guestCPUs":"0-1","coreParking":true,"coreParkingIntervalSeconds":1,"coreParkingTargetUtilization":0.5}"#
+            .write(toFile: config, atomically: true, encoding: .utf8)
+        let pid = try Testbed.spawn(["bash", Testbed.script, "exec", "h3", Testbed.agentBinary, "--config", config], log: "\(Testbed.dir)/h3/agent-parking.log")
+        defer { kill(pid, SIGTERM); var s: Int32 = 0; waitpid(pid, &s, 0) }
+        let agent = try await eventually("parking agent up", timeout: .seconds(60)) { () -> AgentClient? in
+            guard FileManager.default.fileExists(atPath: dataDir + "/tls/agent-ca.crt") else { return nil }
+            let c = try AgentClient(base: "https://\(addr):7445", certificate: dataDir + "/tls/agent-ca.crt")
+            return (try? await c.get("/healthz"))?.status == 200 ? c : nil
+        }
+        let spec = { (name: String, extra: String) in
+            VMSpec(name: name, cpus: 1, memoryMiB: 128,
+                   boot: .init(kernel: "\(Testbed.guestDir)/vmlinuz", initrd: "\(Testbed.guestDir)/initrd.img", cmdline: "console=ttyS0 vs.name=\(name) \(extra)"))
+        }
+        defer {
+            for n in ["pk1", "pk2"] { _ = try? Testbed.run(["bash", Testbed.script, "exec", "h3", "sh", "-c", "virsh -c qemu:///system destroy \(n); virsh -c qemu:///system undefine \(n)"]) }
+        }
+        func pinning(_ name: String) throws -> String {
+            let (_, out) = try Testbed.run(["bash", Testbed.script, "exec", "h3", "virsh", "-c", "qemu:///system", "vcpupin", name])
+            // " VCPU   CPU Affinity" / "-----" / " 0      0-1"
+            return out.split(separator: "\n").compactMap { line -> String? in
+                let parts = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+                return parts.count == 2 && parts[0] == "0" ? String(parts[1]) : nil
+            }.first ?? ""
+        }
+        func parked() async throws -> [Int]? { try await agent.get("/v1/host").decode(HostInventory.self).parkedCPUs }
+
+        #expect(try await agent.put("/v1/vms/pk1", spec("pk1", "")).status == 201)
+        #expect(try await agent.post("/v1/vms/pk1/start").status == 200)
+        _ = try await eventually("CPU 1 parked", timeout: .seconds(90)) { () -> Bool? in
+            try await parked() == [1] && (try pinning("pk1")) == "0" ? true : nil
+        }
+        // Load: a guest that keeps a CPU busy. Both guests get both CPUs back at once.
+        #expect(try await agent.put("/v1/vms/pk2", spec("pk2", "vs.dirty=8")).status == 201)
+        #expect(try await agent.post("/v1/vms/pk2/start").status == 200)
+        _ = try await eventually("CPU 1 back", timeout: .seconds(90)) { () -> Bool? in
+            try await parked() == [] && (try pinning("pk1")) == "0-1" && (try pinning("pk2")) == "0-1" ? true : nil
+        }
+        // The busy guest goes: parked again, after the hysteresis.
+        #expect(try await agent.request(.DELETE, "/v1/vms/pk2?force=true").status == 200)
+        _ = try await eventually("CPU 1 parked again", timeout: .seconds(90)) { () -> Bool? in
+            try await parked() == [1] && (try pinning("pk1")) == "0" ? true : nil
+        }
+        #expect(try await agent.request(.DELETE, "/v1/vms/pk1?force=true").status == 200)
     }
 }
