@@ -137,6 +137,21 @@ extension Controller {
     /// How long a host whose power-on failed is not woken again.
     static let powerOnRetryMs: Int64 = 300_000
 
+    /// Hosts DPM may wake now, biggest first.
+    func standbyHosts(_ ctx: DRSContext) -> [String] {
+        let hosts = Dictionary(uniqueKeysWithValues: (ctx.manifest.hosts ?? []).map { ($0.name, $0) })
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        return ctx.statuses.values.filter { st in
+            guard st.state == "poweredOff", let p = powerRecord(st.name, ctx), p.state == "standby", let h = hosts[st.name],
+                PowerDrivers.can(true, h) == nil
+            else { return false }
+            return p.error == nil || now - p.sinceMs >= Self.powerOnRetryMs
+        }.sorted { a, b in
+            let ia = ctx.inventories[a.name], ib = ctx.inventories[b.name]
+            return ((ia?.memory.totalMiB ?? 0), b.name) > ((ib?.memory.totalMiB ?? 0), a.name)
+        }.map(\.name)
+    }
+
     static func guestCPUCount(_ inv: HostInventory) -> Int { inv.guestCPUs?.count ?? inv.cpu.cpus }
 
     /// What DRS (and DPM, when on) would do now.
@@ -428,7 +443,30 @@ extension Controller {
                 }
                 items.append(item)
             }
-            jobs.update(job) { $0.items = items; $0.notes.append("\(items.count) VMs on \(host)") }
+            // VMs that fit nowhere: with DPM on, a standby host is woken for them first (as vSphere does).
+            let homeless = items.indices.filter { items[$0].state == "failed" && items[$0].to == nil }
+            if !homeless.isEmpty, (manifest.settings?.dpm?.automation ?? "off") != "off" {
+                let ctx = try await drsContext()
+                if let wake = standbyHosts(ctx).first {
+                    jobs.update(job) { $0.items.append(JobView.Item(action: "power-on", host: wake, reason: "room for the VMs leaving \(host)")) }
+                    if try await powerOn(wake, job: job) {
+                        var (again, _) = try await snapshot(try await desired())
+                        for i in homeless {
+                            guard let name = items[i].vm, let spec = specs[name] else { continue }
+                            let vm = ClusterSnapshot.vm(spec)
+                            if let from = again.hosts.firstIndex(where: { $0.name == host }) { again.hosts[from].remove(vm) }
+                            if let to = scheduler.choose(vm, state: again) {
+                                again.commit(vm, to: to)
+                                items[i].to = again.hosts[to].name
+                                items[i].state = "pending"
+                                items[i].error = nil
+                            }
+                        }
+                    }
+                }
+            }
+            let powerItems = jobs.get(job)?.items ?? []
+            jobs.update(job) { $0.items = powerItems + items; $0.notes.append("\(items.count) VMs on \(host)") }
             // Stopped VMs: their definition moves (the reconciler defines them on the new host).
             for (s, to) in cold {
                 guard let i = items.firstIndex(where: { $0.vm == s.name }), let agent = try await agentURL(host) else { continue }

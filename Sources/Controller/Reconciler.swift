@@ -64,7 +64,7 @@ extension Controller {
                 if prev?.state != state || event != state {
                     try await store.addEvent(source: "controller", kind: "host", name: name, event: event, detail: nil, message: power?.reason)
                 }
-                try await store.setHostStatus(.init(name: name, state: state, inventory: Self.json(inv), message: nil, power: power.map { Self.json($0) }))
+                try await store.setObservedHostStatus(.init(name: name, state: state, inventory: Self.json(inv), message: nil, power: power.map { Self.json($0) }), previous: prev)
             case .failure(let error):
                 demand.forget(host: name)
                 if let p = power, p.state != "on" {
@@ -76,13 +76,13 @@ extension Controller {
                         message = "power-on failed: \(power!.error!)"
                         try await store.addEvent(source: "controller", kind: "host", name: name, event: "power-on-failed", detail: nil, message: power!.error)
                     }
-                    try await store.setHostStatus(.init(name: name, state: "poweredOff", inventory: prev?.inventory, message: message, power: power.map { Self.json($0) }))
+                    try await store.setObservedHostStatus(.init(name: name, state: "poweredOff", inventory: prev?.inventory, message: message, power: power.map { Self.json($0) }), previous: prev)
                     continue
                 }
                 if prev?.state != "disconnected" {
                     try await store.addEvent(source: "controller", kind: "host", name: name, event: "disconnected", detail: nil, message: "\(error)")
                 }
-                try await store.setHostStatus(.init(name: name, state: "disconnected", inventory: prev?.inventory, message: "\(error)", power: prev?.power))
+                try await store.setObservedHostStatus(.init(name: name, state: "disconnected", inventory: prev?.inventory, message: "\(error)", power: prev?.power), previous: prev)
             }
         }
         return observed

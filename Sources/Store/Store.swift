@@ -301,6 +301,21 @@ public actor Store {
              s.power.map(SQLValue.text) ?? .null])
     }
 
+    /// Writes an observation unless the host's state or power record changed since the caller read
+    /// `previous` (a power action or maintenance switch written meanwhile wins; the next observation
+    /// sees it). Inserts when there was no row.
+    public func setObservedHostStatus(_ s: HostStatus, previous: HostStatus?) async throws {
+        guard let previous else { return try await setHostStatus(s) }
+        try await backend.execute(
+            """
+            UPDATE host_status SET state = $1, inventory = $2, message = $3, updated_ms = $4, power = $5
+            WHERE name = $6 AND state = $7 AND COALESCE(power, '') = $8
+            """,
+            // In order of appearance: SQLite numbers `$N` parameters as they first appear.
+            [.text(s.state), s.inventory.map(SQLValue.text) ?? .null, s.message.map(SQLValue.text) ?? .null, .int(now()),
+             s.power.map(SQLValue.text) ?? .null, .text(s.name), .text(previous.state), .text(previous.power ?? "")])
+    }
+
     public func hostStatuses() async throws -> [HostStatus] {
         try await backend.query("SELECT * FROM host_status ORDER BY name", []).map {
             HostStatus(

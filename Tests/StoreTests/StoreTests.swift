@@ -75,6 +75,26 @@ enum Backend: String, CaseIterable, Sendable {
         try await store.close()
     }
 
+    /// An observation read before a power action (or a maintenance switch) must not overwrite it.
+    @Test(arguments: Backend.available)
+    func observationsDoNotOverwriteNewerPowerRecords(_ backend: Backend) async throws {
+        let store = try await Store.open(backend == .sqlite ? ":memory:" : try await backend.fresh(), logger: Logger(label: "test"))
+        try await store.setObservedHostStatus(.init(name: "h1", state: "connected", inventory: "{}", message: nil), previous: nil)
+        let read = try #require(try await store.hostStatuses().first)
+        #expect(read.power == nil)
+        // DPM powers it off meanwhile.
+        try await store.setHostStatus(.init(name: "h1", state: "poweredOff", inventory: "{}", message: "standby", power: #"{"state":"standby"}"#))
+        // The stale observation is dropped.
+        try await store.setObservedHostStatus(.init(name: "h1", state: "connected", inventory: "{\"new\":1}", message: nil), previous: read)
+        var now = try #require(try await store.hostStatuses().first)
+        #expect(now.state == "poweredOff" && now.power == #"{"state":"standby"}"#)
+        // A current one is written.
+        try await store.setObservedHostStatus(.init(name: "h1", state: "poweredOff", inventory: "{}", message: "still off", power: now.power), previous: now)
+        now = try #require(try await store.hostStatuses().first)
+        #expect(now.message == "still off")
+        try await store.close()
+    }
+
     @Test func badPostgresURLIsAClearError() async throws {
         await #expect(throws: StoreError.self) { try await Store.open("postgres:///nohost", logger: Logger(label: "t")) }
     }
