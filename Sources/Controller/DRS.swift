@@ -163,7 +163,9 @@ extension Controller {
         return view
     }
 
-    func plan(_ ctx: DRSContext) -> DRSPlanView {
+    /// `packing`: whether DPM's consolidation may replace balancing (not when DRS runs on its own while
+    /// DPM is only advising: its packing moves without the power-off would just undo the balance).
+    func plan(_ ctx: DRSContext, packing: Bool = true) -> DRSPlanView {
         let s = DRSSettingsResolved(ctx.manifest)
         let cost = moveCost(ctx)
         let advice = powerAdvice(ctx, s)
@@ -179,12 +181,17 @@ extension Controller {
             return loadsBefore.map { DRSPlanView.LoadView(host: $0.host, cpu: $0.cpu, memory: $0.memory, cpuAfter: a[$0.host]?.cpu, memoryAfter: a[$0.host]?.memory) }
         }
 
-        if advice.action == .consolidate {
+        if advice.action == .consolidate && packing {
             let hosts = Dictionary(uniqueKeysWithValues: (ctx.manifest.hosts ?? []).map { ($0.name, $0) })
             var keepOn: [String: String] = [:]
             for h in ctx.state.hosts where h.state == .connected {
                 if let why = hosts[h.name].flatMap({ PowerDrivers.can(false, $0) }) { keepOn[h.name] = "cannot be powered off: \(why)" }
                 if h.vms.contains(where: { ctx.pinned.contains($0) }) { keepOn[h.name] = "runs a VM that cannot move now (migrating or not running)" }
+                if let p = powerRecord(h.name, ctx), p.state == "on", let e = p.error,
+                    Int64(Date().timeIntervalSince1970 * 1000) - p.sinceMs < Self.powerOnRetryMs
+                {
+                    keepOn[h.name] = "\(e) lately"
+                }
             }
             let c = Consolidator(
                 spareHosts: s.spareHosts, maxOutgoingPerHost: s.maxOut, maxIncomingPerHost: s.maxIn, maxLoad: s.power.targetUtilization,
@@ -232,7 +239,7 @@ extension Controller {
     public func startDRSApply(by: String, moves includeMoves: Bool = true, power includePower: Bool = true) async throws -> JobView {
         if let running = jobs.running(kind: "drs-apply") { throw Conflict("a DRS apply is already running (job \(running.id))") }
         let ctx = try await drsContext()
-        let plan = plan(ctx)
+        let plan = plan(ctx, packing: includePower)
         var items: [JobView.Item] = []
         if includeMoves || plan.kind == "consolidate" && includePower {
             items += plan.moves.map { JobView.Item(action: "move", vm: $0.vm, from: $0.from, to: $0.to, batch: $0.batch, reason: $0.reason) }
@@ -241,7 +248,8 @@ extension Controller {
             items += plan.power.hostsToPowerOff.map { JobView.Item(action: "power-off", host: $0, reason: plan.power.reason) }
             items += plan.power.hostsToPowerOn.map { JobView.Item(action: "power-on", host: $0, reason: plan.power.reason) }
         }
-        let job = jobs.start(kind: "drs-apply", host: nil, items: items, notes: ["requested by \(by); plan: \(plan.kind), imbalance \(Self.round3(plan.imbalanceBefore)) → \(Self.round3(plan.imbalanceAfter))"])
+        guard let job = jobs.startIfNone(kind: "drs-apply", host: nil, items: items, notes: ["requested by \(by); plan: \(plan.kind), imbalance \(Self.round3(plan.imbalanceBefore)) → \(Self.round3(plan.imbalanceAfter))"])
+        else { throw Conflict("a DRS apply is already running") }
         try await store.addEvent(source: "controller", kind: "drs", name: nil, event: "apply-started", detail: "job \(job.id)", message: "\(items.count) actions, by \(by)")
         Task { await self.runDRSJob(job.id) }
         return job
@@ -303,6 +311,10 @@ extension Controller {
             }
             while !started.isEmpty {
                 try await Task.sleep(for: .milliseconds(500))
+                if jobs.isCancelled(id) {
+                    // Maintenance taken back: what is still queued is cancelled; what runs finishes.
+                    for (_, name) in started where (try? await migrationView(name))?.state == "queued" { _ = try? await cancelMigration(name) }
+                }
                 var left: [(Int, String)] = []
                 for (i, name) in started {
                     guard let m = try await migrationView(name) else { continue }
@@ -331,14 +343,20 @@ extension Controller {
             return
         }
         jobs.update(job) { $0.items[i].state = "running" }
-        let now = Int64(Date().timeIntervalSince1970 * 1000)
         do {
             _ = try await PowerDrivers.run(false, h)
         } catch {
             jobs.update(job) { $0.items[i].state = "failed"; $0.items[i].error = "\(error)" }
             try await store.addEvent(source: "controller", kind: "host", name: host, event: "power-off-failed", detail: h.power?.driver, message: "\(error)")
+            // Recorded: DPM leaves the host on for a while instead of retrying at every pass.
+            if var st = try await store.hostStatuses().first(where: { $0.name == host }) {
+                st.power = Self.json(PowerRecord(state: "on", sinceMs: Int64(Date().timeIntervalSince1970 * 1000), by: "dpm", error: "power-off failed: \(error)"))
+                try await store.setHostStatus(st)
+            }
             return
         }
+        // The grace for a host still shutting down counts from the driver's return.
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
         let prev = try await store.hostStatuses().first { $0.name == host }
         let record = PowerRecord(state: "standby", sinceMs: now, by: "dpm", reason: jobs.get(job)?.items[i].reason)
         try await store.setHostStatus(.init(name: host, state: "poweredOff", inventory: prev?.inventory, message: "powered off (standby) by dpm", power: Self.json(record)))
@@ -401,7 +419,9 @@ extension Controller {
         if let j = jobs.running(kind: "maintenance", host: host) { return j }
         try await store.setHostStatus(.init(name: host, state: "maintenance", inventory: prev.inventory, message: "entering maintenance", power: prev.power))
         try await store.addEvent(source: "controller", kind: "host", name: host, event: "maintenance-on", detail: nil, message: nil)
-        let job = jobs.start(kind: "maintenance", host: host, items: [], notes: [])
+        guard let job = jobs.startIfNone(kind: "maintenance", host: host, items: [], notes: []) else {
+            return jobs.running(kind: "maintenance", host: host)
+        }
         Task { await self.evacuate(host, job: job.id) }
         return job
     }
@@ -469,7 +489,9 @@ extension Controller {
             jobs.update(job) { $0.items = powerItems + items; $0.notes.append("\(items.count) VMs on \(host)") }
             // Stopped VMs: their definition moves (the reconciler defines them on the new host).
             for (s, to) in cold {
-                guard let i = items.firstIndex(where: { $0.vm == s.name }), let agent = try await agentURL(host) else { continue }
+                guard let i = jobs.get(job)?.items.firstIndex(where: { $0.action == "move" && $0.vm == s.name }),
+                    let agent = try await agentURL(host)
+                else { continue }
                 do {
                     try await agents.undefine(agent, s.name)
                     var moved = s
@@ -536,7 +558,7 @@ extension Controller {
         let dpmOn = s.dpmAutomation == "automated"
         guard drsDue || dpmOn else { return }
         let ctx = try await drsContext()
-        let p = plan(ctx)
+        let p = plan(ctx, packing: dpmOn)
         let powerDue = dpmOn && (!p.power.hostsToPowerOn.isEmpty || !p.power.hostsToPowerOff.isEmpty)
         let movesDue = drsDue && !p.moves.isEmpty
         if drsDue { lastDRS = Date() }
@@ -549,8 +571,10 @@ extension Controller {
 final class JobRegistry: Sendable {
     private let state = Mutex<(next: Int, jobs: [Int: JobView], cancelled: Set<Int>)>((1, [:], []))
 
-    func start(kind: String, host: String?, items: [JobView.Item], notes: [String]) -> JobView {
+    /// Starts a job unless one of the same kind (and host) is running: checked and recorded in one step.
+    func startIfNone(kind: String, host: String?, items: [JobView.Item], notes: [String]) -> JobView? {
         state.withLock { s in
+            if s.jobs.values.contains(where: { $0.kind == kind && !$0.isFinished && $0.host == host }) { return nil }
             let job = JobView(id: s.next, kind: kind, host: host, state: "running", startedMs: Int64(Date().timeIntervalSince1970 * 1000), items: items, notes: notes)
             s.jobs[s.next] = job
             s.next += 1
@@ -561,6 +585,7 @@ final class JobRegistry: Sendable {
     }
 
     func get(_ id: Int) -> JobView? { state.withLock { $0.jobs[id] } }
+    func isRunning(_ id: Int) -> Bool { state.withLock { $0.jobs[id].map { !$0.isFinished } ?? false } }
     func all() -> [JobView] { state.withLock { $0.jobs.values.sorted { $0.id < $1.id } } }
     func running(kind: String, host: String? = nil) -> JobView? {
         state.withLock { $0.jobs.values.first { $0.kind == kind && !$0.isFinished && (host == nil || $0.host == host) } }

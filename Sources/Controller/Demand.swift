@@ -30,7 +30,8 @@ public final class DemandTracker: Sendable {
                 let running = s.state == "running" || s.state == "blocked"
                 let rss = s.raw["balloon.rss"]?.int.map { Double($0) / 1024 }
                 guard running else {
-                    vms[s.name] = nil
+                    // Only the host it ran on can say it stopped (a paused incoming copy elsewhere cannot).
+                    if vms[s.name]?.host == host { vms[s.name] = nil }
                     continue
                 }
                 guard var prev = vms[s.name], prev.host == host, s.cpuTimeNs >= prev.cpuNs, nowMs > prev.atMs else {

@@ -75,6 +75,9 @@ public enum PowerDrivers {
         }
     }
 
+    /// A power command that takes longer is killed and counts as failed.
+    public static let commandTimeoutSeconds = 300.0
+
     /// Switches the host; returns what the driver printed.
     public static func run(_ on: Bool, _ host: ClusterManifest.Host) async throws -> String {
         if host.power?.driver == "wol" && on {
@@ -86,7 +89,7 @@ public enum PowerDrivers {
         let env = ["VSPHERE_POWER_HOST": host.name, "VSPHERE_POWER_AGENT_URL": host.agent ?? ""]
         return try await withCheckedThrowingContinuation { cont in
             DispatchQueue.global().async {
-                cont.resume(with: Result { try Spawn.run(program, args, environment: env) })
+                cont.resume(with: Result { try Spawn.run(program, args, environment: env, timeoutSeconds: Self.commandTimeoutSeconds) })
             }
         }
     }

@@ -18,7 +18,7 @@ extension Controller {
     func observe(_ manifest: ClusterManifest) async throws -> Observed {
         var observed = Observed()
         let hosts = (manifest.hosts ?? []).filter { $0.agent != nil }
-        typealias Seen = (HostInventory, [AgentAPI.VMStatus], [VMStats])
+        typealias Seen = (HostInventory, [AgentAPI.VMStatus], [VMStats]?)
         let results = await withTaskGroup(of: (String, Result<Seen, any Error>).self) { group in
             for h in hosts {
                 group.addTask {
@@ -26,7 +26,7 @@ extension Controller {
                         async let inv = self.agents.inventory(h.agent!)
                         async let vms = self.agents.vms(h.agent!)
                         async let stats = self.agents.stats(h.agent!)
-                        return (h.name, .success((try await inv, try await vms, (try? await stats) ?? [])))
+                        return (h.name, .success((try await inv, try await vms, try? await stats)))
                     } catch {
                         return (h.name, .failure(error))
                     }
@@ -47,7 +47,8 @@ extension Controller {
             case .success(let (inv, vms, stats)):
                 observed.inventories[name] = inv
                 for vm in vms { observed.vms[vm.name, default: []].append((name, vm)) }
-                demand.record(host: name, stats: stats, nowMs: now, windowSeconds: window)
+                // Statistics that failed this time leave the last measurement in place.
+                if let stats { demand.record(host: name, stats: stats, nowMs: now, windowSeconds: window) }
                 var state = prev?.state == "maintenance" ? "maintenance" : "connected"
                 var event = state
                 if let p = power, p.state != "on" {

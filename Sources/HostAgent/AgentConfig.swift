@@ -98,8 +98,9 @@ public struct AgentConfig: Codable, Sendable, Equatable {
         }
         if shutdownTimeoutSeconds < 0 { throw ConfigError("shutdownTimeoutSeconds: must be at least 0") }
         if hostReservedMemoryMiB < 0 { throw ConfigError("hostReservedMemoryMiB: must be at least 0") }
-        if !(coreParkingTargetUtilization > 0 && coreParkingTargetUtilization <= 1) {
-            throw ConfigError("coreParkingTargetUtilization: must be above 0 and at most 1")
+        // At 1 a saturated CPU set could never grow: measured load cannot exceed the CPUs it runs on.
+        if !(coreParkingTargetUtilization >= 0.1 && coreParkingTargetUtilization <= 0.9) {
+            throw ConfigError("coreParkingTargetUtilization: must be between 0.1 and 0.9")
         }
         if !(1...3600).contains(coreParkingIntervalSeconds) { throw ConfigError("coreParkingIntervalSeconds: must be between 1 and 3600") }
         if offlineParkedCPUs && !coreParking { throw ConfigError("offlineParkedCPUs: needs coreParking") }

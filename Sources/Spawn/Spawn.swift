@@ -42,8 +42,9 @@ extension Spawn {
 
     /// Runs a program with an argument vector (never through a shell unless the caller names one),
     /// stdin from /dev/null, stdout and stderr collected together; blocks until it exits. `environment`
-    /// entries are added to this process's environment. Throws unless it exits 0.
-    public static func run(_ program: String, _ arguments: [String], environment: [String: String] = [:]) throws -> String {
+    /// entries are added to this process's environment. Throws unless it exits 0 (within `timeoutSeconds`,
+    /// when given: it is killed after that).
+    public static func run(_ program: String, _ arguments: [String], environment: [String: String] = [:], timeoutSeconds: Double? = nil) throws -> String {
         var out: [Int32] = [0, 0]
         // Close-on-exec: only the dup2'ed stdout/stderr reach the child, so a daemon it leaves behind
         // cannot hold the pipe open.
@@ -72,17 +73,43 @@ extension Spawn {
             close(out[0])
             throw Failure(description: "\(program): \(String(cString: strerror(rc)))")
         }
+        // Read until the child exits (not until EOF: a daemon it started may keep its output open), or
+        // until the deadline, when it is killed.
+        _ = fcntl(out[0], F_SETFL, fcntl(out[0], F_GETFL) | O_NONBLOCK)
         var data = Data()
         var buf = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = read(out[0], &buf, buf.count)
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            data.append(buf, count: n)
-        }
-        close(out[0])
+        let deadline = timeoutSeconds.map { Date().addingTimeInterval($0) }
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        var timedOut = false
+        func drain() -> Bool {
+            while true {
+                let n = read(out[0], &buf, buf.count)
+                if n > 0 { data.append(buf, count: n); continue }
+                return n == 0  // EOF
+            }
+        }
+        while true {
+            var p = pollfd(fd: out[0], events: Int16(POLLIN), revents: 0)
+            _ = poll(&p, 1, 100)
+            let eof = drain()
+            let r = waitpid(pid, &status, WNOHANG)
+            if r == pid { break }
+            if eof {
+                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+                break
+            }
+            if let deadline, Date() > deadline {
+                kill(pid, SIGKILL)
+                while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+                timedOut = true
+                break
+            }
+        }
+        _ = drain()
+        close(out[0])
+        if timedOut {
+            throw Failure(description: "\(program) \(arguments.first ?? "") did not finish within \(Int(timeoutSeconds ?? 0)) s (killed)", status: nil)
+        }
         let text = String(decoding: data, as: UTF8.self)
         let exited = status & 0x7f == 0
         let code = (status >> 8) & 0xff

@@ -294,9 +294,13 @@ public actor Store {
     }
 
     public func setHostStatus(_ s: HostStatus) async throws {
-        try await backend.execute("DELETE FROM host_status WHERE name = $1", [.text(s.name)])
+        // One statement: a reader never sees the host without its row.
         try await backend.execute(
-            "INSERT INTO host_status (name, state, inventory, message, updated_ms, power) VALUES ($1, $2, $3, $4, $5, $6)",
+            """
+            INSERT INTO host_status (name, state, inventory, message, updated_ms, power) VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (name) DO UPDATE SET state = excluded.state, inventory = excluded.inventory, message = excluded.message,
+                updated_ms = excluded.updated_ms, power = excluded.power
+            """,
             [.text(s.name), .text(s.state), s.inventory.map(SQLValue.text) ?? .null, s.message.map(SQLValue.text) ?? .null, .int(now()),
              s.power.map(SQLValue.text) ?? .null])
     }

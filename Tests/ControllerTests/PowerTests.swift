@@ -65,6 +65,19 @@ import Testing
         await #expect(throws: Spawn.Failure.self) { _ = try await PowerDrivers.run(false, h) }
     }
 
+    /// A command that leaves a background process holding its output returns when it exits; one that
+    /// hangs is killed at its deadline.
+    @Test func spawnNeverWaitsForeverOnAChild() throws {
+        let start = Date()
+        let out = try Spawn.run("/bin/sh", ["-c", "sleep 30 & echo started $!; exit 0"])
+        #expect(out.contains("started"))
+        #expect(Date().timeIntervalSince(start) < 10, "returned when the shell exited, not when its background sleep did")
+        if let pid = out.split(separator: " ").last.flatMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) { kill(pid, SIGKILL) }
+        let t = Date()
+        #expect(throws: Spawn.Failure.self) { _ = try Spawn.run("/bin/sh", ["-c", "exec sleep 30"], timeoutSeconds: 1) }
+        #expect(Date().timeIntervalSince(t) < 10)
+    }
+
     /// A child gets stdin, stdout and stderr only: nothing else of ours (a daemon it starts would keep
     /// our listening sockets and pipes).
     @Test func childrenGetNoOtherDescriptors() throws {
