@@ -116,16 +116,10 @@ extension Controller {
     /// DPM's advice now, with the hosts it could wake.
     func powerAdvice(_ ctx: DRSContext, _ s: DRSSettingsResolved) -> PowerAdvice {
         guard s.dpmAutomation != "off" else { return PowerAdvice(action: .none, reason: "DPM is off (settings.dpm.automation)") }
-        let hosts = Dictionary(uniqueKeysWithValues: (ctx.manifest.hosts ?? []).map { ($0.name, $0) })
         let now = Int64(Date().timeIntervalSince1970 * 1000)
-        let standby: [StandbyHost] = ctx.statuses.values.compactMap { st in
-            guard st.state == "poweredOff", let p = powerRecord(st.name, ctx), p.state == "standby", let h = hosts[st.name],
-                PowerDrivers.can(true, h) == nil
-            else { return nil }
-            // A host whose wake-up failed is left alone for a while (no retry storm).
-            if p.error != nil && now - p.sinceMs < Self.powerOnRetryMs { return nil }
-            let inv = ctx.inventories[st.name]
-            return StandbyHost(name: st.name, cpuMHz: (inv.map { $0.cpu.mhz * Self.guestCPUCount($0) }) ?? 0, memoryMiB: inv?.memory.totalMiB ?? 0)
+        let standby = standbyHosts(ctx).map { name in
+            let inv = ctx.inventories[name]
+            return StandbyHost(name: name, cpuMHz: (inv.map { $0.cpu.mhz * Self.guestCPUCount($0) }) ?? 0, memoryMiB: inv?.memory.totalMiB ?? 0)
         }
         // VMs waiting for a host wake one at once: that demand is not a passing peak.
         if !ctx.waiting.isEmpty, let wake = standby.max(by: { ($0.cpuMHz, $0.memoryMiB, $1.name) < ($1.cpuMHz, $1.memoryMiB, $0.name) }) {

@@ -90,13 +90,13 @@ func waitFor(client: ControllerClient, names: Set<String>, want: [String: String
 
 /// `vsphere-ctl get hosts|vms|pools|networks|resource-pools|tasks|events`.
 struct Get: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List hosts, vms, pools, networks, resource-pools, tasks or events.")
+    static let configuration = CommandConfiguration(abstract: "List hosts, vms, pools, networks, resource-pools, tasks, events, migrations or jobs (DRS applies, evacuations).")
     @OptionGroup var server: ServerOptions
-    @Argument(help: "hosts, vms, pools, networks, resource-pools, tasks, events") var what: String
+    @Argument(help: "hosts, vms, pools, networks, resource-pools, tasks, events, migrations, jobs") var what: String
     @Option(name: .shortAndLong, help: "table or json.") var output: OutputFormat = .table
 
     func validate() throws {
-        let known = ["hosts", "vms", "pools", "networks", "resource-pools", "tasks", "events", "migrations"]
+        let known = ["hosts", "vms", "pools", "networks", "resource-pools", "tasks", "events", "migrations", "jobs"]
         if !known.contains(what) { throw ValidationError("unknown kind \(what); use one of \(known.joined(separator: ", "))") }
     }
 
@@ -134,6 +134,13 @@ struct Get: AsyncParsableCommand {
             table(["NAME", "PARENT", "CPU RES/LIMIT MHz", "MEM RES/LIMIT MiB"], rps.map {
                 [$0.name, $0.parent ?? "-", "\($0.cpu?.reservationMHz ?? 0)/\($0.cpu?.limitMHz.map(String.init) ?? "-")",
                  "\($0.memory?.reservationMiB ?? 0)/\($0.memory?.limitMiB.map(String.init) ?? "-")"]
+            })
+        case "jobs":
+            let jobs: [JobView] = try await client.call(.GET, "/v1/jobs")
+            if output == .json { return try printJSON(jobs) }
+            table(["ID", "KIND", "HOST", "STATE", "ACTIONS", "FAILED", "NOTE"], jobs.map { j in
+                [String(j.id), j.kind, j.host ?? "-", j.state, String(j.items.count),
+                 String(j.items.filter { $0.state == "failed" || $0.state == "skipped" }.count), j.notes.last ?? ""]
             })
         case "tasks":
             let tasks: [TaskView] = try await client.call(.GET, "/v1/tasks")

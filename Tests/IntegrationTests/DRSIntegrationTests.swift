@@ -99,7 +99,12 @@ struct DRSOnTestbed {
         let moved = try vms().filter { $0.host == woken.name }.map(\.name)
         #expect(moved.contains { $0.hasPrefix("db") }, "a busy guest went to the woken host: \(moved)")
 
-        // 5. Maintenance mode empties the woken host again; the VMs keep running elsewhere.
+        // 5. Maintenance mode empties the woken host again; the VMs keep running elsewhere. DPM goes back to
+        //    advising first: with every VM back on one host it would otherwise wake the third host and move
+        //    a guest while this step looks.
+        (rc, out) = try t.ctl("apply", "-f", try manifest(dpm: "manual", powerOffSustain: 3600, vms: busy))
+        #expect(rc == 0, "\(out)")
+        _ = try eventuallySync(timeout: 120) { try json([JobView].self, "get", "jobs").allSatisfy(\.isFinished) ? true : nil }
         (rc, out) = try t.ctl("host", "maintenance", woken.name, "on", "--wait", "--timeout", "300")
         #expect(rc == 0, "\(out)")
         hs = try hosts()
