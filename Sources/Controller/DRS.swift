@@ -32,8 +32,7 @@ extension Controller {
     func drsContext() async throws -> DRSContext {
         let manifest = try await desired()
         let (state, _) = try await snapshot(manifest)
-        var vms: [String: PlacementVM] = [:]
-        for spec in manifest.vms ?? [] { vms[spec.name] = ClusterSnapshot.vm(spec) }
+        let vms = Self.placementVMs(manifest)
         let statuses = Dictionary(uniqueKeysWithValues: try await store.hostStatuses().map { ($0.name, $0) })
         var inventories: [String: HostInventory] = [:]
         for (name, s) in statuses { if let inv = s.inventory.flatMap({ Self.decode(HostInventory.self, $0) }) { inventories[name] = inv } }
@@ -48,12 +47,17 @@ extension Controller {
             history: try await migrationViews(), waiting: waiting)
     }
 
-    /// Appends the current host loads to DPM's history (after each observation).
-    func recordLoads(_ manifest: ClusterManifest) async throws {
-        let ctx = try await drsContext()
+    static func placementVMs(_ manifest: ClusterManifest) -> [String: PlacementVM] {
+        Dictionary((manifest.vms ?? []).map { ($0.name, ClusterSnapshot.vm($0)) }, uniquingKeysWith: { _, last in last })
+    }
+
+    /// Appends the current host loads to DPM's history, from the observation that just ran (every
+    /// reconcile pass: only placement's snapshot is read, not the rest of DRS's context).
+    func recordLoads(_ manifest: ClusterManifest, inventories: [String: HostInventory]) async throws {
+        let (state, _) = try await snapshot(manifest)
         let dpm = manifest.settings?.dpm
         let keep = Double(max(dpm?.powerOnSustainSeconds ?? 300, dpm?.powerOffSustainSeconds ?? 2400)) + 60
-        let loads = Balancer.loads(ctx.state, vms: ctx.vms, demand: ctx.demand)
+        let loads = Balancer.loads(state, vms: Self.placementVMs(manifest), demand: demand.demand(coreMHz: inventories.mapValues(\.cpu.mhz)))
         demand.addSample(UtilizationSample(timeMs: Int64(Date().timeIntervalSince1970 * 1000), loads: loads), keepSeconds: keep)
     }
 

@@ -113,7 +113,7 @@ extension Controller {
         let manifest = try await desired()
         let observed = try await observe(manifest)
         do {
-            try await recordLoads(manifest)
+            try await recordLoads(manifest, inventories: observed.inventories)
         } catch {
             logger.warning("recording host loads failed", metadata: ["error": "\(error)"])
         }

@@ -11,6 +11,14 @@ public struct Demand: Sendable, Equatable, Codable {
     }
 }
 
+extension Demand {
+    public static let zero = Demand(cpuMHz: 0, memoryMiB: 0)
+    public static func + (a: Demand, b: Demand) -> Demand { Demand(cpuMHz: a.cpuMHz + b.cpuMHz, memoryMiB: a.memoryMiB + b.memoryMiB) }
+    public static func - (a: Demand, b: Demand) -> Demand { Demand(cpuMHz: a.cpuMHz - b.cpuMHz, memoryMiB: a.memoryMiB - b.memoryMiB) }
+    public static func += (a: inout Demand, b: Demand) { a = a + b }
+    public static func -= (a: inout Demand, b: Demand) { a = a - b }
+}
+
 /// A migration's price as the vMotion pricing predicts it.
 public struct MoveCost: Sendable, Equatable {
     public var seconds: Double
@@ -96,18 +104,22 @@ public struct Balancer: Sendable {
         demand[vm.name] ?? Demand(cpuMHz: 0, memoryMiB: Double(vm.memoryMiB))
     }
 
+    /// What these VMs use together.
+    static func demand(of vms: some Sequence<PlacementVM>, _ demand: [String: Demand]) -> Demand {
+        vms.reduce(.zero) { $0 + Self.demand($1, demand) }
+    }
+
+    /// What the VMs of a host use together (names the map does not know count with nothing).
+    static func demand(of host: PlacementHost, vms: [String: PlacementVM], _ demand: [String: Demand]) -> Demand {
+        Self.demand(of: host.vms.compactMap { vms[$0] }, demand)
+    }
+
     public static func loads(_ state: ClusterState, vms: [String: PlacementVM], demand: [String: Demand]) -> [HostLoad] {
         state.hosts.filter { $0.state == .connected }.map { h in
-            var cpu = 0.0, mem = 0.0
-            for n in h.vms {
-                guard let vm = vms[n] else { continue }
-                let d = Self.demand(vm, demand)
-                cpu += d.cpuMHz
-                mem += d.memoryMiB
-            }
+            let d = Self.demand(of: h, vms: vms, demand)
             return HostLoad(
-                host: h.name, cpu: h.cpuMHzCapacity > 0 ? cpu / Double(h.cpuMHzCapacity) : 0,
-                memory: h.memoryCapacityMiB > 0 ? mem / Double(h.memoryCapacityMiB) : 0)
+                host: h.name, cpu: h.cpuMHzCapacity > 0 ? d.cpuMHz / Double(h.cpuMHzCapacity) : 0,
+                memory: h.memoryCapacityMiB > 0 ? d.memoryMiB / Double(h.memoryCapacityMiB) : 0)
         }
     }
 

@@ -97,13 +97,7 @@ public struct Consolidator: Sendable {
         }
         // Hosts that received VMs stay on: emptying them later would move those VMs twice.
         var receivers = Set<Int>()
-        var load = state.hosts.map { h in
-            h.vms.reduce(Demand(cpuMHz: 0, memoryMiB: 0)) { acc, n in
-                guard let vm = vms[n] else { return acc }
-                let d = Balancer.demand(vm, demand)
-                return Demand(cpuMHz: acc.cpuMHz + d.cpuMHz, memoryMiB: acc.memoryMiB + d.memoryMiB)
-            }
-        }
+        var load = state.hosts.map { Balancer.demand(of: $0, vms: vms, demand) }
         for h in order {
             if let why = keepOn[state.hosts[h].name] {
                 kept.append(Kept(host: state.hosts[h].name, reason: "stays on: \(why)"))
@@ -146,10 +140,8 @@ public struct Consolidator: Sendable {
                     group += 1
                     for vm in unit {
                         let d = Balancer.demand(vm, demand)
-                        trialLoad[to].cpuMHz += d.cpuMHz
-                        trialLoad[to].memoryMiB += d.memoryMiB
-                        trialLoad[h].cpuMHz -= d.cpuMHz
-                        trialLoad[h].memoryMiB -= d.memoryMiB
+                        trialLoad[to] += d
+                        trialLoad[h] -= d
                         trial.hosts[h].remove(vm)
                         trial.commit(vm, to: to)
                         trialMoves.append((vm.name, h, to, "empties \(trial.hosts[h].name)", group))
@@ -205,15 +197,12 @@ public struct Consolidator: Sendable {
         let contexts = unit.map { VMContext($0, state: view) }
         var best: Int?
         var bestKey = (Int.max, Int.max)
+        let unitDemand = Balancer.demand(of: unit, demand)
         for (i, host) in view.hosts.enumerated() where i != from && !excluded.contains(i) && host.state == .connected && !host.vms.isEmpty {
             guard mem <= host.freeMemoryMiB, cpus <= host.freeVCPUs, mhz <= host.freeMHz else { continue }
             if let maxLoad {
-                let d = unit.reduce(Demand(cpuMHz: 0, memoryMiB: 0)) { acc, vm in
-                    let x = Balancer.demand(vm, demand)
-                    return Demand(cpuMHz: acc.cpuMHz + x.cpuMHz, memoryMiB: acc.memoryMiB + x.memoryMiB)
-                }
-                guard (load[i].cpuMHz + d.cpuMHz) <= maxLoad * Double(host.cpuMHzCapacity),
-                    (load[i].memoryMiB + d.memoryMiB) <= maxLoad * Double(host.memoryCapacityMiB)
+                let after = load[i] + unitDemand
+                guard after.cpuMHz <= maxLoad * Double(host.cpuMHzCapacity), after.memoryMiB <= maxLoad * Double(host.memoryCapacityMiB)
                 else { continue }
             }
             let ok = contexts.allSatisfy { c in
