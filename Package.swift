@@ -100,7 +100,7 @@ let package = Package(
             ],
             swiftSettings: strict),
         // Wire types of the controller's HTTP API (Schemas/controller-api.json).
-        .target(name: "ControllerAPI", dependencies: ["ClusterModel", "MigrationPolicy"], swiftSettings: strict),
+        .target(name: "ControllerAPI", dependencies: ["AgentAPI", "ClusterModel", "MigrationPolicy"], swiftSettings: strict),
         // The controller service: desired state, reconcile loop, HTTPS API.
         .target(
             name: "Controller",
@@ -151,7 +151,7 @@ let package = Package(
 
         // Test-only helpers (a seeded generator for property tests).
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "ClusterModelTests", dependencies: ["ClusterModel"]),
+        .testTarget(name: "ClusterModelTests", dependencies: ["ClusterModel", "TestSupport"]),
         .testTarget(name: "MigrationPolicyTests", dependencies: ["MigrationPolicy", "Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "PlannerTests", dependencies: ["Planner", "Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "ClusterModel", "TestSupport"]),

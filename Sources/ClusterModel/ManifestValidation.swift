@@ -171,6 +171,12 @@ extension ClusterManifest {
             let p = "vms[\(i)]"
             out += vm.validate(prefix: p)
             if let rp = vm.resourcePool { ref("\(p).resourcePool", rp, in: rpNames, "resource pool") }
+            if let rp = vm.resourcePool, let limit = vm.resources?.cpu?.limitMHz,
+               let (pool, poolLimit) = Self.tightestCPULimit(from: rp, pools: resourcePools ?? []), limit > poolLimit {
+                // On each host a VM's CFS quota sits inside its pool's partition, and cgroup v1 refuses a
+                // child quota above its parent's.
+                out.append(.init("\(p).resources.cpu.limitMHz", "\(limit) MHz is above the CPU limit of resource pool \(pool) (\(poolLimit) MHz), which caps it anyway"))
+            }
             for (j, n) in vm.nics.enumerated() {
                 if let net = n.network { ref("\(p).nics[\(j)].network", net, in: networkNames, "network") }
             }
@@ -250,5 +256,20 @@ extension ClusterManifest {
     static func isAnyMAC(_ s: String) -> Bool {
         let parts = s.split(separator: ":", omittingEmptySubsequences: false)
         return parts.count == 6 && parts.allSatisfy { $0.count == 2 && UInt8($0, radix: 16) != nil }
+    }
+}
+
+extension ClusterManifest {
+    /// The lowest CPU limit on a pool's chain up to its root, and the pool that sets it.
+    static func tightestCPULimit(from pool: String, pools: [ResourcePool]) -> (String, Int)? {
+        let byName = Dictionary(pools.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        var best: (String, Int)?
+        var seen = Set<String>()
+        var cur: String? = pool
+        while let c = cur, let p = byName[c], seen.insert(c).inserted {
+            if let l = p.cpu?.limitMHz, best == nil || l < best!.1 { best = (c, l) }
+            cur = p.parent
+        }
+        return best
     }
 }

@@ -91,6 +91,7 @@ indirect enum Shape: Sendable {
             "nics": .array(.object(["network": .string, "bridge": .string, "mac": .string, "model": .string])),
             "resources": .object(["cpu": levelsCPU, "memory": levelsMemory]),
             "resourcePool": .nullable(.string),
+            "resourcePoolPath": .array(.string),
             "placement": .object([
                 "site": .nullable(.string), "hosts": .array(.string), "antiAffinity": .array(.string), "affinity": .array(.string),
             ]),

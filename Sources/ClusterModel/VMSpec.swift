@@ -19,6 +19,9 @@ public struct VMSpec: Codable, Sendable, Equatable {
     public var nics: [NIC]
     public var resources: ServiceLevels?
     public var resourcePool: String?
+    /// Host level: the pool's root-to-leaf names, which the controller resolves from `resourcePool`; the
+    /// domain runs in that pool's cgroup partition (`/machine/gold/silver`).
+    public var resourcePoolPath: [String]?
     /// Manifest level: where the VM may run.
     public var placement: Placement?
     /// Manifest level: `running` (default) or `stopped`.
@@ -30,8 +33,9 @@ public struct VMSpec: Codable, Sendable, Equatable {
         name: String, uuid: String? = nil, cpus: Int, memoryMiB: Int, topology: CPUTopology? = nil,
         machine: String? = nil, cpuModel: String? = nil, boot: Boot? = nil, disks: [Disk] = [],
         nics: [NIC] = [], resources: ServiceLevels? = nil, resourcePool: String? = nil,
-        placement: Placement? = nil, powerState: String? = nil, host: String? = nil
+        placement: Placement? = nil, powerState: String? = nil, host: String? = nil, resourcePoolPath: [String]? = nil
     ) {
+        self.resourcePoolPath = resourcePoolPath
         self.placement = placement
         self.powerState = powerState
         self.host = host
@@ -50,7 +54,7 @@ public struct VMSpec: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case name, uuid, cpus, memoryMiB, topology, machine, cpuModel, boot, disks, nics, resources, resourcePool
+        case name, uuid, cpus, memoryMiB, topology, machine, cpuModel, boot, disks, nics, resources, resourcePool, resourcePoolPath
         case placement, powerState, host
     }
 
@@ -68,6 +72,7 @@ public struct VMSpec: Codable, Sendable, Equatable {
         nics = try c.decodeIfPresent([NIC].self, forKey: .nics) ?? []
         resources = try c.decodeIfPresent(ServiceLevels.self, forKey: .resources)
         resourcePool = try c.decodeIfPresent(String.self, forKey: .resourcePool)
+        resourcePoolPath = try c.decodeIfPresent([String].self, forKey: .resourcePoolPath)
         placement = try c.decodeIfPresent(Placement.self, forKey: .placement)
         powerState = try c.decodeIfPresent(String.self, forKey: .powerState)
         host = try c.decodeIfPresent(String.self, forKey: .host)

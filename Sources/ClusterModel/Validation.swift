@@ -103,6 +103,15 @@ extension VMSpec {
                 out.append(.init(p("boot.cmdline"), "must be at most 4096 bytes without control characters"))
             }
         }
+        if let path = resourcePoolPath {
+            if path.isEmpty || path.count > 16 { out.append(.init(p("resourcePoolPath"), "must name 1 to 16 pools")) }
+            for (i, n) in path.enumerated() where !Names.isValid(n) {
+                out.append(.init(p("resourcePoolPath[\(i)]"), "must match ^[a-z][a-z0-9-]{0,62}$"))
+            }
+            if let rp = resourcePool, path.last != rp {
+                out.append(.init(p("resourcePoolPath"), "must end with resourcePool (\(rp))"))
+            }
+        }
         if disks.count > 26 { out.append(.init(p("disks"), "at most 26 disks")) }
         for (i, d) in disks.enumerated() {
             let dp = p("disks[\(i)]")

@@ -80,6 +80,11 @@ public final class AgentClient: Sendable {
         _ = try decode([String: String].self, result)
     }
 
+    /// Applies this host's share of every resource pool; returns the partitions read back.
+    public func applyPools(_ agent: String, _ pools: [HostPoolSetting]) async throws -> [PoolPartition] {
+        try decode([PoolPartition].self, try await call(.PUT, agent + "/v1/resource-pools", body: try JSONEncoder().encode(PoolSettingsRequest(pools: pools)), timeout: .seconds(15)))
+    }
+
     // MARK: Migration
 
     public func vm(_ agent: String, _ name: String) async throws -> VMStatus {

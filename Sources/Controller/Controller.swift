@@ -5,6 +5,7 @@ import Foundation
 import Logging
 import Placement
 import Store
+import Synchronization
 
 /// The cluster brain: keeps desired state from manifests, observes hosts through their agents, and
 /// reconciles the two. Every action is recorded as a task before it runs; a VM's host is recorded
@@ -18,6 +19,8 @@ public final class Controller: Sendable {
     public let demand = DemandTracker()
     /// DRS applies and host evacuations under way or finished lately.
     let jobs = JobRegistry()
+    /// What each host's agent last reported of its resource pool partitions.
+    let poolPartitions = Mutex<[String: HostPools]>([:])
 
     public init(store: Store, agents: AgentClient, logger: Logger) {
         self.store = store

@@ -101,6 +101,7 @@ extension Controller {
                 s.nics[i].bridge = networks[net]?.bridge ?? net
             }
         }
+        if let pool = s.resourcePool { s.resourcePoolPath = Self.poolPath(pool, pools: manifest.resourcePools ?? []) }
         for (i, d) in s.disks.enumerated() where d.path == nil {
             throw AgentClient.Failure(status: 0, message: "disks[\(i)]: volumes in storage pools arrive with the storage issue; give a path")
         }
@@ -117,6 +118,8 @@ extension Controller {
         } catch {
             logger.warning("recording host loads failed", metadata: ["error": "\(error)"])
         }
+        // Resource pools first: a VM's partition must exist on its host before it is defined or started.
+        await enforcePools(manifest, observed: observed)
         let hostsByName = Dictionary(uniqueKeysWithValues: (manifest.hosts ?? []).map { ($0.name, $0) })
         var statuses = Dictionary(uniqueKeysWithValues: try await store.vmStatuses().map { ($0.name, $0) })
         let generations = Dictionary(uniqueKeysWithValues: try await store.objects(kind: "vm").map { ($0.name, $0.generation) })

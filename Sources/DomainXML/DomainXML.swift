@@ -58,6 +58,8 @@ public struct DomainDefinition: Sendable, Equatable {
     public var consoleLogPath: String?
     /// The spec the domain was defined from (our metadata), when present.
     public var spec: VMSpec?
+    /// The resource partition (cgroup) the domain runs in, e.g. `/machine/gold`; nil: libvirt's default.
+    public var partition: String? = nil
 
     public struct Disk: Sendable, Equatable {
         public var path: String
@@ -110,6 +112,11 @@ public enum DomainXML {
             let memtune = domain.add("memtune")
             if let hard { memtune.add("hard_limit", ["unit": "KiB"], text: String(hard)) }
             if let soft = tuning.memorySoftLimitKiB { memtune.add("soft_limit", ["unit": "KiB"], text: String(soft)) }
+        }
+
+        // The resource pool's cgroup partition (the agent creates it before the domain starts).
+        if let path = spec.resourcePoolPath, !path.isEmpty {
+            domain.add("resource").add("partition", text: PoolDivvy.partition(path))
         }
 
         let os = domain.add("os")
@@ -217,6 +224,7 @@ public enum DomainXML {
             def.tuning.memoryHardLimitKiB = memtune.child("hard_limit").flatMap { e in Int(e.text).map { toKiB($0, unit: e.attribute("unit")) } }
             def.tuning.memorySoftLimitKiB = memtune.child("soft_limit").flatMap { e in Int(e.text).map { toKiB($0, unit: e.attribute("unit")) } }
         }
+        def.partition = root.child("resource")?.child("partition")?.text
         if let devices = root.child("devices") {
             for d in devices.all("disk") where d.attribute("device") == "disk" {
                 guard let path = d.child("source")?.attribute("file") else { continue }

@@ -99,6 +99,10 @@ public enum AgentServer {
         router.post("/v1/migrations/:id/cancel") { _, ctx in
             await respond { try await agent.migrations.cancel(ctx.parameters.get("id") ?? "", on: agent) }
         }
+        router.get("/v1/resource-pools") { _, _ in await respond { agent.pools.read() } }
+        router.put("/v1/resource-pools") { request, _ in
+            await respond { try await agent.applyPools(try await body(PoolSettingsRequest.self, request)) }
+        }
         router.get("/v1/vms/:name/tuning") { _, ctx in await respond { try await agent.tuning(try name(ctx)) } }
         router.get("/v1/vms/:name/console") { _, ctx in
             do {

@@ -19,6 +19,8 @@ public final class HostAgent: Sendable {
     public let accelerator: String
     let hardLimitInDefinition: Bool
     let logger: Logger
+    /// Resource pools' cgroup partitions on this host.
+    public let pools = PoolPartitions()
     /// Guest CPUs the core parker parked (empty until its first pass).
     let parkedCPUs = Mutex<[Int]>([])
 
@@ -177,6 +179,8 @@ public final class HostAgent: Sendable {
                 ValidationProblem("disks[\($0)].path", "is required by the agent (the controller resolves pools into paths)")
             })
         }
+        // The pool's partition must exist before the domain starts (or arrives by migration).
+        if let path = spec.resourcePoolPath { try pools.ensure(path) }
         let fixed = spec
         let options = { @Sendable (mhz: Int) in self.domainOptions(hostCoreMHz: mhz, name: fixed.name) }
         return try await withLibvirt { c in
@@ -213,6 +217,7 @@ public final class HostAgent: Sendable {
             let d = try c.domain(named: name)
             let def = try DomainXML.parse(d.xml(inactive: true))
             if try d.state().0.isActive { throw AgentError.conflict("\(name) is already running") }
+            if let path = def.spec?.resourcePoolPath { try self.pools.ensure(path) }
             let node = try c.nodeInfo()
             let usage = try Self.usage(c, excluding: name)
             let wantMem = def.spec?.resources?.memory?.reservationMiB ?? 0
@@ -304,6 +309,37 @@ public final class HostAgent: Sendable {
         case .bool(let b): return .bool(b)
         case .string(let s): return .string(s)
         }
+    }
+
+    /// Applies the controller's per-host resource pool settings to their cgroup partitions.
+    public func applyPools(_ request: PoolSettingsRequest) async throws(AgentError) -> [PoolPartition] {
+        var problems: [ValidationProblem] = []
+        var names = Set<String>()
+        for (i, p) in request.pools.enumerated() {
+            let at = "pools[\(i)]"
+            if !Names.isValid(p.name) { problems.append(.init("\(at).name", "must match ^[a-z][a-z0-9-]{0,62}$")) }
+            if !names.insert(p.name).inserted { problems.append(.init("\(at).name", "\(p.name) is listed twice")) }
+            if p.path.isEmpty || p.path.count > 16 || p.path.last != p.name || !p.path.allSatisfy(Names.isValid) {
+                problems.append(.init("\(at).path", "must list valid pool names from the root to \(p.name) (at most 16)"))
+            } else if p.parent != (p.path.count > 1 ? p.path[p.path.count - 2] : nil) {
+                problems.append(.init("\(at).parent", "must be the pool before \(p.name) in path"))
+            }
+            if p.cpuShares < 2 || p.cpuShares > 262_144 { problems.append(.init("\(at).cpuShares", "must be between 2 and 262144")) }
+            if let l = p.cpuLimitMHz, l < 1 { problems.append(.init("\(at).cpuLimitMHz", "must be at least 1")) }
+            if let l = p.memoryLimitMiB, l < 1 { problems.append(.init("\(at).memoryLimitMiB", "must be at least 1")) }
+            if p.cpuReservationMHz < 0 { problems.append(.init("\(at).cpuReservationMHz", "must be at least 0")) }
+            if p.memoryReservationMiB < 0 { problems.append(.init("\(at).memoryReservationMiB", "must be at least 0")) }
+            if p.vms < 0 { problems.append(.init("\(at).vms", "must be at least 0")) }
+        }
+        if problems.isEmpty {
+            let known = Set(request.pools.map(\.name))
+            for (i, p) in request.pools.enumerated() where p.path.dropLast().contains(where: { !known.contains($0) }) {
+                problems.append(.init("pools[\(i)].path", "names a pool that is not in the request"))
+            }
+        }
+        if !problems.isEmpty { throw AgentError.invalid(problems) }
+        let mhz = try await withLibvirt { c in try c.nodeInfo().mhz }
+        return try pools.apply(request.pools, coreMHz: mhz)
     }
 
     /// Live cputune/memtune from libvirt and the cgroups the kernel enforces them in.

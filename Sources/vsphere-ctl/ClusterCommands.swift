@@ -129,11 +129,15 @@ struct Get: AsyncParsableCommand {
                 [$0.name, $0.type ?? "bridge", $0.vlan.map(String.init) ?? "-", $0.vni.map(String.init) ?? "-", $0.bridge ?? $0.name]
             })
         case "resource-pools":
-            let rps: [ClusterManifest.ResourcePool] = try await client.call(.GET, "/v1/resource-pools")
+            let rps: [ResourcePoolView] = try await client.call(.GET, "/v1/resource-pools")
             if output == .json { return try printJSON(rps) }
-            table(["NAME", "PARENT", "CPU RES/LIMIT MHz", "MEM RES/LIMIT MiB"], rps.map {
-                [$0.name, $0.parent ?? "-", "\($0.cpu?.reservationMHz ?? 0)/\($0.cpu?.limitMHz.map(String.init) ?? "-")",
-                 "\($0.memory?.reservationMiB ?? 0)/\($0.memory?.limitMiB.map(String.init) ?? "-")"]
+            table(["NAME", "PARENT", "CPU RES/LIMIT MHz", "MEM RES/LIMIT MiB", "SHARES", "VMS", "PER HOST (cpu limit MHz, mem limit MiB)"], rps.map { p in
+                [p.name, p.parent ?? "-", "\(p.effectiveReservation.cpuMHz)/\(p.cpu?.limitMHz.map(String.init) ?? "-")",
+                 "\(p.effectiveReservation.memoryMiB)/\(p.memory?.limitMiB.map(String.init) ?? "-")",
+                 p.cpu?.shares.map(sharesText) ?? "normal", String(p.vms),
+                 p.hosts.filter { $0.setting.vms > 0 }.map { h in
+                     "\(h.host): \(h.setting.cpuLimitMHz.map(String.init) ?? "-")/\(h.setting.memoryLimitMiB.map(String.init) ?? "-")" + (h.error != nil || !(h.applied?.errors.isEmpty ?? true) ? " (!)" : "")
+                 }.joined(separator: ", ")]
             })
         case "jobs":
             let jobs: [JobView] = try await client.call(.GET, "/v1/jobs")
@@ -306,5 +310,14 @@ struct VMCommand: AsyncParsableCommand {
         if wait {
             try await waitFor(client: client, names: [name], want: [name: action == "stop" ? "shutoff" : "running"], timeout: timeout, quiet: false)
         }
+    }
+}
+
+func sharesText(_ s: Shares) -> String {
+    switch s {
+    case .low: return "low"
+    case .normal: return "normal"
+    case .high: return "high"
+    case .custom(let n): return String(n)
     }
 }
