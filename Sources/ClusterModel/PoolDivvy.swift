@@ -8,8 +8,11 @@
 ///   pool's effective reservation split by weight. The per-host values add up to the pool's effective
 ///   reservation whenever the pool has VMs anywhere.
 /// - **Limit**: the pool's limit split by weight, never below what must fit under it on that host
-///   (the VMs' own CPU limits, since cgroup v1 refuses a child CFS quota above its parent's, and the
-///   host's reservation), and never above the parent pool's limit on that host. A host where the pool
+///   (the VMs' own CPU limits, since cgroup v1 refuses a child CFS quota above its parent's; the
+///   guests' memory footprints, since a guest held below its RAM is killed; the host's reservation),
+///   and never above the parent pool's limit on that host. Admission control (manifest validation)
+///   keeps a pool's memory limit at or above its running VMs' memory, so that floor binds only by
+///   QEMU's overhead. A host where the pool
 ///   runs nothing gets the pool's whole limit, so a VM that arrives there is capped at once.
 ///   While no floor binds, the per-host limits of the hosts that run the pool's VMs add up to at most
 ///   the pool's limit.
@@ -48,6 +51,14 @@ public enum PoolDivvy {
         case .high: return 8000
         case .custom(let n): return min(262_144, max(2, n))
         }
+    }
+
+    /// What a running guest takes from its cgroup's memory: its RAM plus QEMU's own (measured here about
+    /// 55 MiB for a 128 MiB TCG guest). A pool's memory limit on a host never goes below the sum of its
+    /// guests' footprints there: the kernel would kill a guest held below its RAM (the host does not
+    /// balloon), and a migration that reshuffles the pool's shares must not do that either.
+    public static func footprintMiB(_ spec: VMSpec) -> Int {
+        spec.memoryMiB + 64 + spec.memoryMiB / 16
     }
 
     /// The cgroup `cpu.shares` a VM's domain cgroup has (libvirt leaves the kernel's 1024 when unset).
@@ -95,7 +106,7 @@ public enum PoolDivvy {
             if let rp = v.spec.resourcePool, byName[rp] != nil { direct[rp, default: [:]][v.host, default: []].append(v.spec) }
         }
 
-        struct Acc { var cpuW = 0, memW = 0, cpuRes = 0, memRes = 0, cpuFloor = 0, vms = 0 }
+        struct Acc { var cpuW = 0, memW = 0, cpuRes = 0, memRes = 0, cpuFloor = 0, memFloor = 0, vms = 0 }
         // Bottom-up: weights, reservations and floors of each subtree per host.
         var acc: [String: [String: Acc]] = [:]
         var resCPU: [String: [String: Int]] = [:]
@@ -111,6 +122,7 @@ public enum PoolDivvy {
                     x.cpuRes += s.resources?.cpu?.reservationMHz ?? 0
                     x.memRes += s.resources?.memory?.reservationMiB ?? 0
                     x.cpuFloor = max(x.cpuFloor, vmCPULimit(s, coreMHz: facts.coreMHz) ?? 0)
+                    x.memFloor += footprintMiB(s)
                     x.vms += 1
                 }
                 for c in children[name] ?? [] {
@@ -120,6 +132,7 @@ public enum PoolDivvy {
                     x.cpuRes += resCPU[c]![h]!
                     x.memRes += resMem[c]![h]!
                     x.cpuFloor = max(x.cpuFloor, y.cpuFloor)
+                    x.memFloor += y.memFloor
                     x.vms += y.vms
                 }
                 a[h] = x
@@ -148,7 +161,7 @@ public enum PoolDivvy {
                 let capC = parent.flatMap { cpuCap[$0]![h] }
                 let capM = parent.flatMap { memCap[$0]![h] }
                 let floorC = max(a[h]!.cpuFloor, resCPU[name]![h]!)
-                let floorM = resMem[name]![h]!
+                let floorM = max(a[h]!.memFloor, resMem[name]![h]!)
                 cl[h] = cpuShare.map { s in max(floorC, min(capC ?? Int.max, s[h]!)) }
                 ml[h] = memShare.map { s in max(floorM, min(capM ?? Int.max, s[h]!)) }
                 cc[h] = cl[h] ?? capC

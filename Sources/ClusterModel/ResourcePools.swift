@@ -66,6 +66,16 @@ public struct ResourcePoolTree: Sendable {
     private var children: [String: [String]] = [:]
     private var vmReservations: [String: Amounts] = [:]
 
+    /// The pool and every pool below it.
+    public func subtree(_ name: String) -> Set<String> {
+        var out: Set<String> = [name]
+        var queue = [name]
+        while let n = queue.popLast() {
+            for c in children[n] ?? [] where out.insert(c).inserted { queue.append(c) }
+        }
+        return out
+    }
+
     /// What a pool's children (pools and VMs) reserve.
     public func childReservation(_ name: String) -> Amounts {
         (children[name] ?? []).compactMap { effective[$0] }.reduce(vmReservations[name] ?? Amounts(), +)
@@ -136,6 +146,14 @@ extension ClusterManifest {
             }
             if p.memory?.expandable == false, kids.memoryMiB > (p.memory?.reservationMiB ?? 0) {
                 out.append(.init("\(path).memory.reservationMiB", "children reserve \(kids.memoryMiB) MiB, more than this pool's \(p.memory?.reservationMiB ?? 0) MiB (not expandable)"))
+            }
+            if let l = p.memory?.limitMiB {
+                let members = tree.subtree(p.name)
+                let configured = (vms ?? []).filter { ($0.powerState ?? "running") == "running" && $0.resourcePool.map(members.contains) == true }
+                    .reduce(0) { $0 + $1.memoryMiB }
+                if configured > l {
+                    out.append(.init("\(path).memory.limitMiB", "its running VMs have \(configured) MiB of memory, above its limit of \(l) MiB (a guest held below its memory is killed: KVM hosts do not balloon here)"))
+                }
             }
             if let l = p.cpu?.limitMHz, eff.cpuMHz > l {
                 out.append(.init("\(path).cpu.limitMHz", "reservations below this pool take \(eff.cpuMHz) MHz, above its limit of \(l) MHz"))

@@ -39,6 +39,14 @@ public enum ControllerServer {
                 return ApplyResponse(changes: [Change(action: "delete", kind: "vm", name: name, reason: "requested")])
             }
         }
+        router.delete("/v1/resource-pools/:name") { _, ctx in
+            await respond {
+                let name = ctx.parameters.get("name") ?? ""
+                guard try await controller.deleteResourcePool(name) else { throw NotFound(what: "resource pool \(name)") }
+                loop.trigger()
+                return ApplyResponse(changes: [Change(action: "delete", kind: "resourcePool", name: name, reason: "requested")])
+            }
+        }
         router.post("/v1/vms/:name/migrate") { request, ctx in
             await respond {
                 let name = ctx.parameters.get("name") ?? ""

@@ -83,6 +83,21 @@ extension Controller {
         }
     }
 
+    /// Deletes a resource pool from the desired state; refused while VMs or child pools name it.
+    /// Hosts remove its partitions once their domains have left.
+    public func deleteResourcePool(_ name: String) async throws -> Bool {
+        let manifest = try await desired()
+        guard (manifest.resourcePools ?? []).contains(where: { $0.name == name }) else { return false }
+        let vms = (manifest.vms ?? []).filter { $0.resourcePool == name }.map(\.name)
+        let kids = (manifest.resourcePools ?? []).filter { $0.parent == name }.map(\.name)
+        if !vms.isEmpty || !kids.isEmpty {
+            throw Conflict("resource pool \(name) still holds " + (vms.map { "vm \($0)" } + kids.map { "pool \($0)" }).joined(separator: ", "))
+        }
+        let deleted = try await store.delete(kind: "resourcePool", name: name)
+        if deleted { try await store.addEvent(source: "controller", kind: "resourcePool", name: name, event: "deleted", detail: nil, message: nil) }
+        return deleted
+    }
+
     /// Every pool with its effective reservation and each host's share as last applied.
     public func resourcePoolViews() async throws -> [ResourcePoolView] {
         let manifest = try await desired()

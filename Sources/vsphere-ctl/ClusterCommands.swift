@@ -242,19 +242,26 @@ struct Describe: AsyncParsableCommand {
 
 /// `vsphere-ctl delete vm NAME` / `vsphere-ctl delete -f FILE`.
 struct Delete: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Delete a VM, or every VM of a manifest.")
+    static let configuration = CommandConfiguration(abstract: "Delete a VM or a resource pool, or every VM of a manifest.")
     @OptionGroup var server: ServerOptions
-    @Argument(help: "vm NAME") var args: [String] = []
+    @Argument(help: "vm NAME | resource-pool NAME") var args: [String] = []
     @Option(name: .shortAndLong, help: "Manifest whose VMs to delete.") var file: String?
 
     func validate() throws {
-        if file == nil && (args.count != 2 || args[0] != "vm") { throw ValidationError("delete vm NAME, or delete -f FILE") }
+        if file == nil && (args.count != 2 || !["vm", "resource-pool"].contains(args[0])) {
+            throw ValidationError("delete vm NAME, delete resource-pool NAME, or delete -f FILE")
+        }
         if file == nil && !Names.isValid(args[1]) { throw ValidationError("\(args[1]): must match ^[a-z][a-z0-9-]{0,62}$") }
     }
 
     func run() async throws {
         let client = try server.client()
         defer { Task { await client.close() } }
+        if file == nil && args[0] == "resource-pool" {
+            let _: ApplyResponse = try await client.call(.DELETE, "/v1/resource-pools/\(args[1])")
+            print("resource pool \(args[1]) deleted")
+            return
+        }
         let names = try file.map { try (loadManifest($0).vms ?? []).map(\.name) } ?? [args[1]]
         for n in names {
             let _: ApplyResponse = try await client.call(.DELETE, "/v1/vms/\(n)")

@@ -50,6 +50,12 @@ import Testing
             if let l = pools[i].cpu?.limitMHz, l < eff.cpuMHz { pools[i].cpu?.limitMHz = eff.cpuMHz + 1000 }
             if let l = pools[i].memory?.limitMiB, l < eff.memoryMiB { pools[i].memory?.limitMiB = eff.memoryMiB + 1024 }
         }
+        // Admission control: a pool's memory limit covers its running VMs' memory.
+        for i in pools.indices {
+            let members = subtree(pools[i].name, pools)
+            let configured = vms.filter { $0.spec.resourcePool.map(members.contains) == true }.reduce(0) { $0 + $1.spec.memoryMiB }
+            if let l = pools[i].memory?.limitMiB, l < configured { pools[i].memory?.limitMiB = configured + r.int(0...2048) }
+        }
         // VM limits under the (possibly raised) chain limits still hold: limits only went up.
         return Case(pools: pools, vms: vms, hosts: hosts)
     }
@@ -135,6 +141,8 @@ import Testing
                 for v in c.vms where v.host == h && v.spec.resourcePool.map(members.contains) == true {
                     if let vl = Self.vmLimit(v.spec, c.hosts[h]!) { #expect(l >= vl, "seed \(seed) pool \(s.name) vm \(v.spec.name)") }
                 }
+                let footprints = c.vms.filter { $0.host == h && $0.spec.resourcePool.map(members.contains) == true }.reduce(0) { $0 + PoolDivvy.footprintMiB($1.spec) }
+                if let ml = s.memoryLimitMiB { #expect(ml >= footprints, "a guest is never held below its footprint") }
                 for m in members where m != s.name {
                     if let dl = byName[m]!.cpuLimitMHz { #expect(dl <= l, "seed \(seed): \(m) above \(s.name) on \(h)") }
                 }
@@ -161,7 +169,10 @@ import Testing
                 #expect(perHost.values.allSatisfy { $0.cpuLimitMHz == nil })
             }
             if let l = p.memory?.limitMiB {
-                #expect(hostsRunning.reduce(0) { $0 + perHost[$1]!.memoryLimitMiB! } <= l, "seed \(seed) pool \(p.name)")
+                // Beyond the limit by at most QEMU's overhead, which guests need to run at all.
+                let overhead = c.vms.filter { $0.spec.resourcePool.map(members.contains) == true }
+                    .reduce(0) { $0 + PoolDivvy.footprintMiB($1.spec) - $1.spec.memoryMiB }
+                #expect(hostsRunning.reduce(0) { $0 + perHost[$1]!.memoryLimitMiB! } <= l + overhead, "seed \(seed) pool \(p.name)")
             }
         }
     }
@@ -199,7 +210,8 @@ import Testing
         let out = PoolDivvy.divvy(pools: pools, vms: [.init(spec: vm("a", 2, 512), host: "h1"), .init(spec: vm("b", 1, 256), host: "h2")], hosts: hosts)
         let h1 = out["h1"]![0], h2 = out["h2"]![0], h3 = out["h3"]![0]
         #expect(h1.cpuLimitMHz == 2000 && h2.cpuLimitMHz == 1000 && h3.cpuLimitMHz == 3000)
-        #expect(h1.memoryLimitMiB == 600 && h2.memoryLimitMiB == 300 && h3.memoryLimitMiB == 900)
+        // Memory: 900 split 2:1, but never below a guest's footprint (RAM + 64 MiB + 1/16).
+        #expect(h1.memoryLimitMiB == 608 && h2.memoryLimitMiB == 336 && h3.memoryLimitMiB == 900)
         #expect(h1.cpuReservationMHz + h2.cpuReservationMHz == 1000 && h3.cpuReservationMHz == 0)
         #expect(h1.memoryReservationMiB == 200 && h2.memoryReservationMiB == 100)
         #expect(h1.cpuShares == 8000 && h1.vms == 1 && h3.vms == 0)

@@ -291,3 +291,23 @@ struct GuestImage {
         try? FileManager.default.removeItem(atPath: overlay)
     }
 }
+
+extension AgentOnTestbed {
+    /// Bad pool settings are refused with the field's path and change nothing.
+    @Test func badPoolSettingsAreRefused() async throws {
+        let agent = try Testbed.agent("h1")
+        let before = try await agent.get("/v1/resource-pools").text
+        let bad = PoolSettingsRequest(pools: [
+            HostPoolSetting(name: "Bad", parent: nil, path: ["Bad"], cpuShares: 1, cpuLimitMHz: 0, cpuReservationMHz: 0, memoryLimitMiB: nil, memoryReservationMiB: -1, vms: 0),
+            HostPoolSetting(name: "kid", parent: "nope", path: ["nope", "kid"], cpuShares: 1024, cpuLimitMHz: nil, cpuReservationMHz: 0, memoryLimitMiB: nil, memoryReservationMiB: 0, vms: 0),
+        ])
+        let r = try await agent.put("/v1/resource-pools", bad)
+        #expect(r.status == 400)
+        let body = try JSONDecoder().decode(ErrorBody.self, from: r.body)
+        let paths = Set((body.error.problems ?? []).map(\.path))
+        #expect(paths.isSuperset(of: ["pools[0].name", "pools[0].cpuShares", "pools[0].cpuLimitMHz", "pools[0].memoryReservationMiB"]), "\(r.text)")
+        let wrongType = try await agent.request(.PUT, "/v1/resource-pools", body: Data(#"{"pools":[{"name":"x","path":"x"}]}"#.utf8))
+        #expect(wrongType.status == 400)
+        #expect(try await agent.get("/v1/resource-pools").text == before)
+    }
+}
