@@ -59,9 +59,13 @@ public final class PoolPartitions: Sendable {
         (["machine"] + path.map(PoolDivvy.cgroupDirectory)).joined(separator: "/")
     }
 
+    /// Whether systemd runs this host (libvirt then places domains in machined's slices).
+    static var systemdManaged: Bool { FileManager.default.fileExists(atPath: "/run/systemd/system") }
+
     /// Makes the partition's directories (and `machine`) where they are missing, in every hierarchy.
     /// A new cpuset directory gets its parent's CPUs and memory nodes (the kernel leaves them empty).
     func ensure(_ path: [String]) throws(AgentError) {
+        if Self.systemdManaged { return }
         for h in Self.hierarchies() {
             var dir = h.mount
             for component in Self.directory(path).split(separator: "/") {
@@ -93,6 +97,15 @@ public final class PoolPartitions: Sendable {
         var problems: [String: [String]] = [:]
         // Parents before children, whatever order they came in.
         let ordered = pools.sorted { $0.path.count != $1.path.count ? $0.path.count < $1.path.count : $0.name < $1.name }
+        if Self.systemdManaged {
+            // libvirt asks systemd-machined for slices (machine-gold.slice) there; cgroupfs partitions
+            // would sit beside them unused. Say so instead of pretending.
+            desired.withLock { $0 = ordered }
+            self.problems.withLock { p in
+                p = Dictionary(uniqueKeysWithValues: ordered.map { ($0.name, ["this host runs systemd: its pool partitions are systemd slices, which the agent does not tune yet"]) })
+            }
+            return read()
+        }
         for p in ordered { try ensure(p.path) }
         let hierarchies = Self.hierarchies()
         if let cpu = hierarchies.first(where: { $0.controllers.contains("cpu") && !$0.v2 }) {
