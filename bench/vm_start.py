@@ -14,7 +14,9 @@ HOLDER = open(f"{TB}/{HOST}/holder.pid").read().strip()
 AGENT_PID = open(f"{TB}/{HOST}/agent.pid").read().strip()
 assert open(f"/proc/{AGENT_PID}/comm").read().strip() == "vsphere-agent", "agent.pid is not the agent"
 
-ctx = ssl.create_default_context(cafile=f"{TB}/{HOST}/agent/tls/agent-ca.crt")
+# Mutual TLS: the cluster CA, and the testbed's client identity it issued.
+ctx = ssl.create_default_context(cafile=f"{TB}/controller/pki/ca.crt")
+ctx.load_cert_chain(f"{TB}/client/client.crt", f"{TB}/client/client.key")
 conn = http.client.HTTPSConnection(ADDR, 7443, context=ctx, timeout=120)
 
 

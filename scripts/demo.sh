@@ -8,9 +8,11 @@ IMAGES=/var/lib/vsphere/images
 CTL="$ROOT/.build/debug/vsphere-ctl"
 CONFIG=${VSPHERE_CONFIG:-$HOME/.config/vsphere/config.json}
 
-wait_url() { # URL CA
-    for _ in $(seq 100); do curl -sf --cacert "$2" "$1" >/dev/null 2>&1 && return 0; sleep 0.2; done
-    echo "demo: $1 did not come up (logs in $STATE)" >&2
+wait_url() { # URL CA [CURL ARGS...]
+    local url=$1 ca=$2
+    shift 2
+    for _ in $(seq 100); do curl -sf --cacert "$ca" "$@" "$url" >/dev/null 2>&1 && return 0; sleep 0.2; done
+    echo "demo: $url did not come up (logs in $STATE)" >&2
     return 1
 }
 
@@ -20,16 +22,23 @@ up() {
     bash "$ROOT/scripts/libvirtd-up.sh"
     mkdir -p "$STATE" "$IMAGES"
     cp "$ROOT"/guest/out/{vmlinuz,initrd.img} "$IMAGES/"
+    # The cluster CA (in the controller's data directory) issues the agent's identity and a client
+    # identity for this script; the agent serves only mutual TLS.
+    CONTROLLER="$ROOT/.build/debug/vsphere-controller"
+    "$CONTROLLER" init --data-dir "$STATE/controller" >/dev/null
+    [ -e "$STATE/agent/tls/agent.crt" ] ||
+        "$CONTROLLER" issue --data-dir "$STATE/controller" --name local --san 127.0.0.1 --san localhost --out "$STATE/agent/tls" --prefix agent >/dev/null
+    [ -e "$STATE/client/client.crt" ] ||
+        "$CONTROLLER" issue --data-dir "$STATE/controller" --name demo-client --out "$STATE/client" --prefix client >/dev/null
     if ! running "$STATE/agent.pid"; then
         setsid "$ROOT/.build/debug/vsphere-agent" --listen 127.0.0.1 --port 7443 --data-dir "$STATE/agent" \
             --host-name local --console-log-dir /var/log/libvirt/qemu </dev/null >>"$STATE/agent.log" 2>&1 &
         echo $! >"$STATE/agent.pid"
     fi
-    for _ in $(seq 100); do [ -e "$STATE/agent/tls/agent-ca.crt" ] && break; sleep 0.1; done
-    wait_url https://127.0.0.1:7443/healthz "$STATE/agent/tls/agent-ca.crt"
+    wait_url https://127.0.0.1:7443/healthz "$STATE/controller/pki/ca.crt" --cert "$STATE/client/client.crt" --key "$STATE/client/client.key"
     if ! running "$STATE/controller.pid"; then
-        setsid "$ROOT/.build/debug/vsphere-controller" --listen 127.0.0.1 --port 8443 --database "$STATE/controller/state.db" \
-            --data-dir "$STATE/controller" --agent-ca "$STATE/agent/tls/agent-ca.crt" </dev/null >>"$STATE/controller.log" 2>&1 &
+        setsid "$CONTROLLER" --listen 127.0.0.1 --port 8443 --database "$STATE/controller/state.db" \
+            --data-dir "$STATE/controller" </dev/null >>"$STATE/controller.log" 2>&1 &
         echo $! >"$STATE/controller.pid"
     fi
     for _ in $(seq 100); do [ -e "$STATE/controller/tls/controller-ca.crt" ] && break; sleep 0.1; done
@@ -69,6 +78,8 @@ down() {
         virsh -c qemu:///system destroy "$vm" >/dev/null 2>&1 || true
         virsh -c qemu:///system undefine "$vm" >/dev/null 2>&1 || true
     done
+    # The resource pools' cgroup partitions the agent made (empty now), deepest first.
+    find /sys/fs/cgroup/*/machine -depth -mindepth 1 -type d -name '*.partition' -exec rmdir {} + 2>/dev/null || true
     if [ -e "$CONFIG" ] && grep -q "$STATE" "$CONFIG" 2>/dev/null; then rm -f "$CONFIG"; fi
     rm -rf "$STATE"
     echo "demo: down"

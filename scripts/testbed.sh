@@ -150,7 +150,26 @@ start_agent() {
     nsenter -t "$(holder "$h")" -n -m -u -- "$AGENT" --config "$dir/agent.json" \
         </dev/null >>"$dir/agent.log" 2>&1 &
     echo $! >"$dir/agent.pid"
-    wait_for 60 "agent on $h" curl -sfk "https://$addr:7443/healthz"
+    wait_for 60 "agent on $h" agent_curl "https://$addr:7443/healthz"
+}
+
+# curl as a client of the agents: mutual TLS with the testbed's client certificate from the cluster CA.
+agent_curl() {
+    curl -sf --cacert "$TB/controller/pki/ca.crt" --cert "$TB/client/client.crt" --key "$TB/client/client.key" "$@"
+}
+
+# The cluster CA (in the controller's data directory), every host's agent identity issued by it, and a
+# client identity for the tests and these scripts.
+make_pki() {
+    local n=$1 i addr
+    [ -x "$CONTROLLER" ] || { log "no controller binary at $CONTROLLER"; return 1; }
+    mkdir -p "$TB/controller"
+    "$CONTROLLER" init --data-dir "$TB/controller" >/dev/null
+    "$CONTROLLER" issue --data-dir "$TB/controller" --name testbed-client --out "$TB/client" --prefix client >/dev/null
+    for i in $(seq 1 "$n"); do
+        addr=$(cat "$TB/h$i/address")
+        "$CONTROLLER" issue --data-dir "$TB/controller" --name "h$i" --san "$addr" --out "$TB/h$i/agent/tls" --prefix agent >/dev/null
+    done
 }
 
 write_agent_config() {
@@ -229,6 +248,7 @@ up() {
         make_host "h$i" "10.250.$s.$i" "$s" "$gw"
         echo "h$i" >>"$TB/hosts"
     done
+    make_pki "$n"
     for i in $(seq 1 "$n"); do
         write_agent_config "h$i"
         start_agent "h$i"
@@ -261,15 +281,14 @@ restart_controller() {
     run_controller
 }
 
-# The controller in the root namespace on 10.250.1.254:8443, trusting every host's agent CA; the
+# The controller in the root namespace on 10.250.1.254:8443 (mutual TLS with the agents through the cluster CA); the
 # testbed's hosts registered through a manifest; the CLI configured for it.
 start_controller() {
-    local n=$1 m=$2 i cas=() dir="$TB/controller"
+    local n=$1 m=$2 dir="$TB/controller"
     [ -x "$CONTROLLER" ] || { log "no controller binary at $CONTROLLER"; return 1; }
     mkdir -p "$dir"
-    for i in $(seq 1 "$n"); do cas+=(--agent-ca "$TB/h$i/agent/tls/agent-ca.crt"); done
     printf '%q ' "$CONTROLLER" --listen 10.250.1.254 --port 8443 --database "${VSPHERE_TESTBED_DATABASE:-$dir/state.db}" --data-dir "$dir" \
-        --reconcile-interval 1 "${cas[@]}" >"$dir/controller.cmd"
+        --reconcile-interval 1 >"$dir/controller.cmd"
     run_controller
     printf '{"server": "https://10.250.1.254:8443", "ca": "%s"}\n' "$dir/tls/controller-ca.crt" >"$TB/ctl.json"
     if [ "$(realpath -m "$CTL_CONFIG")" != "$(realpath -m "$TB/ctl.json")" ]; then
@@ -368,7 +387,7 @@ status() {
         a=$(cat "$TB/$h/address")
         s=$(cat "$TB/$h/site")
         ag=down
-        curl -sfk "https://$a:7443/healthz" >/dev/null 2>&1 && ag=up
+        agent_curl "https://$a:7443/healthz" >/dev/null 2>&1 && ag=up
         lv=down
         in_host "$h" virsh -c qemu:///system version >/dev/null 2>&1 && lv=up
         printf '%-6s %-14s %-6s %-8s %s\n' "$h" "$a" "dc$s" "$ag" "$lv"

@@ -7,16 +7,12 @@ import NIOFoundationCompat
 import NIOHTTP1
 import NIOSSL
 
-/// The controller's HTTPS client of every agent. Until the cluster CA lands, it trusts the agents'
-/// own CA certificates given with `--agent-ca`.
+/// The controller's HTTPS client of every agent: mutual TLS, presenting the controller's certificate
+/// from the cluster CA and trusting agents whose certificates chain to it.
 public final class AgentClient: Sendable {
     let http: HTTPClient
 
-    public init(trustedCAs: [String]) throws {
-        var tls = TLSConfiguration.makeClientConfiguration()
-        var certs: [NIOSSLCertificate] = []
-        for path in trustedCAs { certs += try NIOSSLCertificate.fromPEMFile(path) }
-        if !certs.isEmpty { tls.trustRoots = .certificates(certs) }
+    public init(tls: TLSConfiguration) throws {
         var config = HTTPClient.Configuration(tlsConfiguration: tls)
         config.timeout = .init(connect: .seconds(3), read: .seconds(90))
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)

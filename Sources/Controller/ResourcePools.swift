@@ -78,7 +78,7 @@ extension Controller {
             let before = previous[host].map { p in p.error.map { [$0] } ?? p.partitions.flatMap { q in q.errors.map { "\(q.name): \($0)" } } } ?? []
             if !problems.isEmpty && problems != before {
                 logger.warning("resource pools not fully applied", metadata: ["host": "\(host)", "problems": "\(problems)"])
-                try? await store.addEvent(source: "controller", kind: "host", name: host, event: "resource-pools-not-applied", detail: nil, message: problems.joined(separator: "; "))
+                _ = try? await store.addEvent(source: "controller", kind: "host", name: host, event: "resource-pools-not-applied", detail: nil, message: problems.joined(separator: "; "))
             }
         }
     }

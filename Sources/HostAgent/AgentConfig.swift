@@ -16,10 +16,14 @@ public struct AgentConfig: Codable, Sendable, Equatable {
     public var hostName: String = ""
     /// Where the agent keeps its state (TLS key and certificate).
     public var dataDir: String = "/var/lib/vsphere/agent"
-    /// TLS certificate and key (PEM); generated self-signed in dataDir when absent.
+    /// The agent's TLS certificate chain and key (PEM), issued by the cluster CA; default
+    /// `dataDir/tls/agent.crt` and `agent.key` (`vsphere-controller issue` writes them there).
     public var tlsCertificate: String?
     public var tlsKey: String?
-    /// Extra names and addresses for the generated certificate.
+    /// The cluster CA: only clients with a certificate it signed are served (mutual TLS, always);
+    /// default `dataDir/tls/cluster-ca.crt`.
+    public var clientCA: String?
+    /// Names and addresses the agent is reached by (documentation for the certificate it needs).
     public var tlsSubjectAltNames: [String] = []
     /// Where QEMU's serial console is logged, one file per VM.
     public var consoleLogDir: String = "/var/log/libvirt/qemu"
@@ -41,8 +45,13 @@ public struct AgentConfig: Codable, Sendable, Equatable {
 
     public init() {}
 
+    /// Where the TLS identity and the cluster CA are read from.
+    public var certificatePath: String { tlsCertificate ?? dataDir + "/tls/agent.crt" }
+    public var keyPath: String { tlsKey ?? dataDir + "/tls/agent.key" }
+    public var clientCAPath: String { clientCA ?? dataDir + "/tls/cluster-ca.crt" }
+
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case listen, port, libvirtURI, accelerator, cpuModel, hostName, dataDir, tlsCertificate, tlsKey
+        case listen, port, libvirtURI, accelerator, cpuModel, hostName, dataDir, tlsCertificate, tlsKey, clientCA
         case tlsSubjectAltNames, consoleLogDir, shutdownTimeoutSeconds, hardLimitMode, hostReservedMemoryMiB, guestCPUs
         case coreParking, coreParkingTargetUtilization, coreParkingIntervalSeconds, offlineParkedCPUs
     }
@@ -59,6 +68,7 @@ public struct AgentConfig: Codable, Sendable, Equatable {
         dataDir = try c.decodeIfPresent(String.self, forKey: .dataDir) ?? d.dataDir
         tlsCertificate = try c.decodeIfPresent(String.self, forKey: .tlsCertificate)
         tlsKey = try c.decodeIfPresent(String.self, forKey: .tlsKey)
+        clientCA = try c.decodeIfPresent(String.self, forKey: .clientCA)
         tlsSubjectAltNames = try c.decodeIfPresent([String].self, forKey: .tlsSubjectAltNames) ?? d.tlsSubjectAltNames
         consoleLogDir = try c.decodeIfPresent(String.self, forKey: .consoleLogDir) ?? d.consoleLogDir
         shutdownTimeoutSeconds = try c.decodeIfPresent(Int.self, forKey: .shutdownTimeoutSeconds) ?? d.shutdownTimeoutSeconds

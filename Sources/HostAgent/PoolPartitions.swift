@@ -128,7 +128,7 @@ public final class PoolPartitions: Sendable {
             for (p, dir, q) in wanted.reversed() where isLower(q, than: quota(dir)) {
                 if let e = Self.write("\(cpu.mount)/\(dir)/cpu.cfs_quota_us", q) { problems[p.name, default: []].append("cpu.cfs_quota_us \(q): \(e)") }
             }
-            for (p, dir, q) in wanted where !isLower(q, than: quota(dir)) && Int(q) != quota(dir) {
+            for (p, dir, q) in wanted where !isLower(q, than: quota(dir)) && Int(q).flatMap({ $0 < 0 ? nil : $0 }) != quota(dir) {
                 if let e = Self.write("\(cpu.mount)/\(dir)/cpu.cfs_quota_us", q) { problems[p.name, default: []].append("cpu.cfs_quota_us \(q): \(e)") }
             }
             for (p, dir, _) in wanted {

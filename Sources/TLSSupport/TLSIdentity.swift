@@ -4,15 +4,20 @@ import NIOSSL
 import SwiftASN1
 import X509
 
-/// A daemon's TLS identity. Until the cluster CA arrives (trust issue) each daemon makes itself a
-/// one-host CA and a server certificate signed by it, kept in its data directory so clients can pin
-/// the CA across restarts.
+/// A daemon's TLS identity: a certificate chain and its key, issued by the cluster CA (`ClusterCA`).
+/// `selfSigned` remains for tools that need a throwaway one-host CA (tests of refusal).
 public struct TLSIdentity: Sendable {
     public var certificatePath: String
     public var keyPath: String
 
-    /// Where the host's own CA certificate lives (clients trust it until the cluster CA replaces it).
+    /// The CA certificate the identity chains to.
     public var caPath: String?
+
+    public init(certificatePath: String, keyPath: String, caPath: String?) {
+        self.certificatePath = certificatePath
+        self.keyPath = keyPath
+        self.caPath = caPath
+    }
 
     /// Loads the configured certificate, or creates (once) a host CA and a server certificate it signs
     /// for `names` (host names and IP addresses).

@@ -21,7 +21,11 @@ struct AgentCommand: AsyncParsableCommand {
     @Option(name: .customLong("data-dir"), help: "State directory (TLS identity).") var dataDir: String?
     @Option(name: .customLong("console-log-dir"), help: "Where serial consoles are logged.") var consoleLogDir: String?
     @Option(name: .customLong("host-name"), help: "Host name to report.") var hostName: String?
-    @Option(name: .customLong("tls-san"), help: "Extra name or address for the generated certificate (repeatable).")
+    @Option(name: .customLong("tls-cert"), help: "Certificate chain issued by the cluster CA (default DATA_DIR/tls/agent.crt).") var tlsCert: String?
+    @Option(name: .customLong("tls-key"), help: "Its private key (default DATA_DIR/tls/agent.key).") var tlsKey: String?
+    @Option(name: .customLong("client-ca"), help: "The cluster CA; only clients it certified are served (default DATA_DIR/tls/cluster-ca.crt).")
+    var clientCA: String?
+    @Option(name: .customLong("tls-san"), help: "Name or address this agent is reached by (repeatable; documentation for its certificate).")
     var tlsSAN: [String] = []
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
 
@@ -39,6 +43,9 @@ struct AgentCommand: AsyncParsableCommand {
         if let dataDir { cfg.dataDir = dataDir }
         if let consoleLogDir { cfg.consoleLogDir = consoleLogDir }
         if let hostName { cfg.hostName = hostName }
+        if let tlsCert { cfg.tlsCertificate = tlsCert }
+        if let tlsKey { cfg.tlsKey = tlsKey }
+        if let clientCA { cfg.clientCA = clientCA }
         cfg.tlsSubjectAltNames += tlsSAN
         do { try cfg.check() } catch { throw ValidationError("\(error)") }
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level \(logLevel)") }
@@ -51,15 +58,20 @@ struct AgentCommand: AsyncParsableCommand {
         let logger = Logger(label: "vsphere-agent")
         let hub = EventHub()
         let agent = HostAgent(config: cfg, hub: hub, logger: logger)
-        var names = ["localhost", "127.0.0.1", ProcessInfo.processInfo.hostName] + cfg.tlsSubjectAltNames
-        if cfg.listen != "0.0.0.0" && cfg.listen != "::" { names.insert(cfg.listen, at: 0) }
-        if !cfg.hostName.isEmpty { names.insert(cfg.hostName, at: 0) }
-        let identity = try TLSIdentity.loadOrCreate(
-            dataDir: cfg.dataDir, certificate: cfg.tlsCertificate, key: cfg.tlsKey, names: names, prefix: "agent")
-        let app = try AgentServer.application(agent: agent, tls: try identity.serverConfiguration(), logger: logger)
+        // Mutual TLS only: the agent's identity and the cluster CA must be there before it serves.
+        for (what, path) in [("certificate", cfg.certificatePath), ("key", cfg.keyPath), ("cluster CA", cfg.clientCAPath)]
+        where !FileManager.default.fileExists(atPath: path) {
+            throw ValidationError("""
+                no TLS \(what) at \(path): the agent serves only mutual TLS with the cluster CA. Issue this host's \
+                identity on the controller (`vsphere-controller issue --name HOST --san ADDRESS --out DIR`, then copy DIR \
+                to \(cfg.dataDir)/tls) or set tlsCertificate, tlsKey and clientCA
+                """)
+        }
+        let identity = TLSIdentity(certificatePath: cfg.certificatePath, keyPath: cfg.keyPath, caPath: cfg.clientCAPath)
+        let app = try AgentServer.application(agent: agent, tls: try identity.mutualServerConfiguration(clientCA: cfg.clientCAPath), logger: logger)
         logger.info("vsphere-agent starting", metadata: [
             "listen": "\(cfg.listen):\(cfg.port)", "libvirt": "\(cfg.libvirtURI)", "accelerator": "\(agent.accelerator)",
-            "certificate": "\(identity.certificatePath)",
+            "certificate": "\(identity.certificatePath)", "clientCA": "\(cfg.clientCAPath)",
         ])
         // Shutdown runs in reverse order: the supervisor ends the event streams first, then the server drains.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: app), .init(service: agent.supervisor)]

@@ -11,16 +11,89 @@ struct ControllerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vsphere-controller",
         abstract: "The cluster controller: manifests in, placed and running VMs out.",
-        version: "0.1.0")
+        version: "0.1.0",
+        subcommands: [Serve.self, Init.self, Issue.self],
+        defaultSubcommand: Serve.self)
+}
+
+/// The cluster CA and the controller's own identity under DATA_DIR (pki/ and tls/).
+struct PKIOptions: ParsableArguments {
+    @Option(name: .customLong("data-dir"), help: "State directory (the cluster CA in pki/, the controller's identity in tls/).")
+    var dataDir: String = "/var/lib/vsphere/controller"
+
+    var pkiDir: String { dataDir + "/pki" }
+    var tlsDir: String { dataDir + "/tls" }
+
+    /// The controller's identity, (re)issued by the cluster CA when missing, issued by another CA, missing
+    /// a name, or within 30 days of expiry.
+    func controllerIdentity(_ ca: ClusterCA, names: [String]) throws -> TLSIdentity {
+        let cert = tlsDir + "/controller.crt"
+        var fresh = false
+        if let text = try? String(contentsOfFile: cert, encoding: .utf8), text.contains(ca.certificatePEM.trimmingCharacters(in: .whitespacesAndNewlines)),
+            let until = ClusterCA.notValidAfter(ofPEMFile: cert), until.timeIntervalSinceNow > 30 * 86400,
+            let known = try? String(contentsOfFile: tlsDir + "/controller.names", encoding: .utf8), known == names.joined(separator: "\n")
+        {
+            fresh = true
+        }
+        if !fresh {
+            _ = try ca.write(try ca.issue(commonName: "vsphere-controller", names: names), to: tlsDir, prefix: "controller")
+            try names.joined(separator: "\n").write(toFile: tlsDir + "/controller.names", atomically: true, encoding: .utf8)
+        }
+        // The CLI's config names this file: it is the cluster CA.
+        try ca.certificatePEM.write(toFile: tlsDir + "/controller-ca.crt", atomically: true, encoding: .utf8)
+        return TLSIdentity(certificatePath: cert, keyPath: tlsDir + "/controller.key", caPath: ca.certificatePath)
+    }
+}
+
+/// `vsphere-controller init`: creates the cluster CA (once) and prints where it is.
+struct Init: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Create the cluster CA (once) under DATA_DIR/pki.")
+    @OptionGroup var pki: PKIOptions
+
+    func run() throws {
+        let ca = try ClusterCA.loadOrCreate(directory: pki.pkiDir)
+        print("cluster CA: \(ca.certificatePath)")
+        print("valid until: \(ISO8601DateFormatter().string(from: ca.certificate.notValidAfter))")
+    }
+}
+
+/// `vsphere-controller issue`: an identity signed by the cluster CA, for an agent, an operator or a tool.
+struct Issue: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Issue a certificate and key signed by the cluster CA (for an agent: --name HOST --san ADDRESS --out DIR --prefix agent).")
+    @OptionGroup var pki: PKIOptions
+    @Option(help: "Common name: the host's name for an agent.") var name: String
+    @Option(help: "Extra DNS name or IP address (repeatable).") var san: [String] = []
+    @Option(help: "Directory to write PREFIX.crt, PREFIX.key and cluster-ca.crt into.") var out: String
+    @Option(help: "File name prefix.") var prefix: String = "agent"
+    @Option(help: "Validity in days.") var days: Int = 365
+
+    func validate() throws {
+        if name.isEmpty || name.count > 253 || name.contains(where: { $0 == "/" || $0.isWhitespace }) {
+            throw ValidationError("--name: must be a host name")
+        }
+        if !prefix.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }) || prefix.isEmpty { throw ValidationError("--prefix: letters, digits and - only") }
+        if !(1...3650).contains(days) { throw ValidationError("--days: must be between 1 and 3650") }
+    }
+
+    func run() throws {
+        let ca = try ClusterCA.loadOrCreate(directory: pki.pkiDir)
+        let id = try ca.write(try ca.issue(commonName: name, names: san, days: days), to: out, prefix: prefix)
+        print("\(id.certificatePath)\n\(id.keyPath)\n\(id.caPath ?? "")")
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the controller (the default).")
 
     @Option(help: "Address to listen on.") var listen: String = "0.0.0.0"
     @Option(help: "HTTPS port.") var port: Int = 8443
-    @Option(help: "State store: a SQLite file path (default) or postgres://... (next change).")
+    @Option(help: "State store: a SQLite file path (default) or postgres://user@host:port/db.")
     var database: String = "/var/lib/vsphere/controller/state.db"
-    @Option(name: .customLong("data-dir"), help: "State directory (TLS identity).") var dataDir: String = "/var/lib/vsphere/controller"
-    @Option(name: .customLong("agent-ca"), help: "CA certificate that agents' certificates chain to (repeatable).")
+    @OptionGroup var pki: PKIOptions
+    @Option(name: .customLong("agent-ca"), help: "Another CA agents' server certificates may chain to (repeatable; the cluster CA always counts).")
     var agentCA: [String] = []
-    @Option(name: .customLong("tls-san"), help: "Extra name or address for the generated certificate (repeatable).")
+    @Option(name: .customLong("tls-san"), help: "Extra name or address for the controller's certificate (repeatable).")
     var tlsSAN: [String] = []
     @Option(name: .customLong("reconcile-interval"), help: "Seconds between reconcile passes.") var reconcileInterval: Double = 2
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
@@ -40,20 +113,23 @@ struct ControllerCommand: AsyncParsableCommand {
             return h
         }
         let logger = Logger(label: "vsphere-controller")
+        // The cluster CA (made on first start) issues the controller's identity: it serves the CLI with
+        // it and presents it to agents, which accept nothing else.
+        let ca = try ClusterCA.loadOrCreate(directory: pki.pkiDir)
+        var names = ["localhost", "127.0.0.1", ProcessInfo.processInfo.hostName] + tlsSAN
+        if listen != "0.0.0.0" && listen != "::" { names.insert(listen, at: 0) }
+        let identity = try pki.controllerIdentity(ca, names: names)
         let store = try await Store.open(database, logger: logger)
-        let agents = try AgentClient(trustedCAs: agentCA)
+        let agents = try AgentClient(tls: identity.clientConfiguration(trusting: ca.certificatePath, also: agentCA))
         let controller = Controller(store: store, agents: agents, logger: logger)
         let loop = ReconcileLoop(controller: controller, interval: .milliseconds(Int(reconcileInterval * 1000)))
         let migrations = MigrationLoop(controller: controller)
-        var names = ["localhost", "127.0.0.1", ProcessInfo.processInfo.hostName] + tlsSAN
-        if listen != "0.0.0.0" && listen != "::" { names.insert(listen, at: 0) }
-        let identity = try TLSIdentity.loadOrCreate(dataDir: dataDir, names: names, prefix: "controller")
         let app = try ControllerServer.application(
             controller: controller, loop: loop, migrations: migrations, listen: listen, port: port, tls: try identity.serverConfiguration(), logger: logger)
         let schema = try await store.schemaVersion()
         logger.info("vsphere-controller starting", metadata: [
             "listen": "\(listen):\(port)", "database": "\(database)", "schema": "\(schema)",
-            "certificate": "\(identity.certificatePath)",
+            "certificate": "\(identity.certificatePath)", "clusterCA": "\(ca.certificatePath)",
         ])
         let collector = AgentEventCollector(controller: controller, loop: loop)
         let group = ServiceGroup(

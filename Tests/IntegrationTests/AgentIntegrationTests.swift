@@ -212,12 +212,14 @@ struct AgentProcess {
         let pid = try Testbed.spawn([
             "bash", Testbed.script, "exec", "h1", Testbed.agentBinary, "--listen", addr, "--port", "7444",
             "--data-dir", dataDir, "--accelerator", "tcg", "--host-name", "h1",
+            // h1's identity from the cluster CA: the same host, another port.
+            "--tls-cert", "\(Testbed.dir)/h1/agent/tls/agent.crt", "--tls-key", "\(Testbed.dir)/h1/agent/tls/agent.key",
+            "--client-ca", Testbed.clusterCA,
         ], log: "\(Testbed.dir)/h1/agent-sigterm.log")
         var reaped = false
         defer { if !reaped { kill(pid, SIGKILL); var s: Int32 = 0; waitpid(pid, &s, 0) } }
         let agent = try await eventually("second agent up", timeout: .seconds(60)) { () -> AgentClient? in
-            guard FileManager.default.fileExists(atPath: dataDir + "/tls/agent-ca.crt") else { return nil }
-            let c = try AgentClient(base: "https://\(addr):7444", certificate: dataDir + "/tls/agent-ca.crt")
+            let c = try Testbed.agent("h1", port: 7444)
             return (try? await c.get("/healthz"))?.status == 200 ? c : nil
         }
         // This agent watches the same libvirtd as h1's main agent: replay from its first event.
@@ -309,5 +311,36 @@ extension AgentOnTestbed {
         let wrongType = try await agent.request(.PUT, "/v1/resource-pools", body: Data(#"{"pools":[{"name":"x","path":"x"}]}"#.utf8))
         #expect(wrongType.status == 400)
         #expect(try await agent.get("/v1/resource-pools").text == before)
+    }
+}
+
+extension AgentOnTestbed {
+    /// Mutual TLS only: the testbed's client certificate from the cluster CA is served; a client with no
+    /// certificate, or with one from another CA, is refused in the handshake; plain HTTP gets no answer.
+    @Test func onlyClientsOfTheClusterCAAreServed() async throws {
+        let addr = try Testbed.address("h1")
+        let base = "https://\(addr):7443"
+        #expect(try await Testbed.agent("h1").get("/v1/host").status == 200)
+
+        let anonymous = try AgentClient(base: base, clientCertificate: nil, clientKey: nil)
+        await #expect(throws: (any Error).self, "no client certificate") { _ = try await anonymous.get("/v1/host") }
+
+        let dir = "\(Testbed.dir)/intruder"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (rc, out) = try Testbed.run([
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+            "-subj", "/O=vsphere/CN=testbed-client", "-keyout", "\(dir)/client.key", "-out", "\(dir)/client.crt",
+        ])
+        #expect(rc == 0, "\(out)")
+        let intruder = try AgentClient(base: base, clientCertificate: "\(dir)/client.crt", clientKey: "\(dir)/client.key")
+        await #expect(throws: (any Error).self, "a certificate of another CA, even with the right name") { _ = try await intruder.get("/v1/host") }
+
+        // The agent itself is known by the cluster CA only: a client trusting another CA refuses it.
+        let misled = try AgentClient(base: base, ca: "\(dir)/client.crt")
+        await #expect(throws: (any Error).self, "the agent's certificate chains to the cluster CA only") { _ = try await misled.get("/healthz") }
+
+        let (_, code) = try Testbed.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "http://\(addr):7443/healthz"])
+        #expect(code == "000", "plain HTTP is not answered (got \(code))")
     }
 }

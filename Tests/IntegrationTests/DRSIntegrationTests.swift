@@ -125,13 +125,12 @@ struct DRSOnTestbed {
         let addr = try Testbed.address("h3")
         let dataDir = "\(Testbed.dir)/h3/agent-parking"
         let config = "\(Testbed.dir)/h3/parking.json"
-        try #"{"listen":"\#(addr)","port":7445,"accelerator":"tcg","hostName":"h3","dataDir":"\#(dataDir)","guestCPUs":"0-1","coreParking":true,"coreParkingIntervalSeconds":1,"coreParkingTargetUtilization":0.5}"#
+        try #"{"listen":"\#(addr)","port":7445,"accelerator":"tcg","hostName":"h3","dataDir":"\#(dataDir)","tlsCertificate":"\#(Testbed.dir)/h3/agent/tls/agent.crt","tlsKey":"\#(Testbed.dir)/h3/agent/tls/agent.key","clientCA":"\#(Testbed.clusterCA)","guestCPUs":"0-1","coreParking":true,"coreParkingIntervalSeconds":1,"coreParkingTargetUtilization":0.5}"#
             .write(toFile: config, atomically: true, encoding: .utf8)
         let pid = try Testbed.spawn(["bash", Testbed.script, "exec", "h3", Testbed.agentBinary, "--config", config], log: "\(Testbed.dir)/h3/agent-parking.log")
         defer { kill(pid, SIGTERM); var s: Int32 = 0; waitpid(pid, &s, 0) }
         let agent = try await eventually("parking agent up", timeout: .seconds(60)) { () -> AgentClient? in
-            guard FileManager.default.fileExists(atPath: dataDir + "/tls/agent-ca.crt") else { return nil }
-            let c = try AgentClient(base: "https://\(addr):7445", certificate: dataDir + "/tls/agent-ca.crt")
+            let c = try Testbed.agent("h3", port: 7445)
             return (try? await c.get("/healthz"))?.status == 200 ? c : nil
         }
         let spec = { (name: String, extra: String) in

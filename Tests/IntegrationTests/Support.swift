@@ -29,8 +29,13 @@ struct Testbed {
         try String(contentsOfFile: "\(dir)/\(host)/address", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    static func agent(_ host: String) throws -> AgentClient {
-        try AgentClient(base: "https://\(try address(host)):7443", certificate: "\(dir)/\(host)/agent/tls/agent-ca.crt")
+    /// The cluster CA and the testbed's client identity it issued (testbed.sh make_pki).
+    static var clusterCA: String { "\(dir)/controller/pki/ca.crt" }
+    static var clientCertificate: String { "\(dir)/client/client.crt" }
+    static var clientKey: String { "\(dir)/client/client.key" }
+
+    static func agent(_ host: String, port: Int = 7443) throws -> AgentClient {
+        try AgentClient(base: "https://\(try address(host)):\(port)")
     }
 
     /// Starts a command in the background with its output in `log`; returns its pid (reap it with waitpid).
@@ -77,15 +82,20 @@ struct HTTPResult {
     func decode<T: Decodable>(_: T.Type = T.self) throws -> T { try JSONDecoder().decode(T.self, from: body) }
 }
 
-/// An HTTPS client of one agent, trusting only that agent's certificate.
+/// An HTTPS client of one agent: trusts the cluster CA and presents the testbed's client certificate
+/// (mutual TLS), unless told to present another one or none.
 final class AgentClient: Sendable {
     let base: String
     let client: HTTPClient
 
-    init(base: String, certificate: String) throws {
+    init(base: String, ca: String = Testbed.clusterCA, clientCertificate: String? = Testbed.clientCertificate, clientKey: String? = Testbed.clientKey) throws {
         self.base = base
         var tls = TLSConfiguration.makeClientConfiguration()
-        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(certificate))
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca))
+        if let clientCertificate, let clientKey {
+            tls.certificateChain = try NIOSSLCertificate.fromPEMFile(clientCertificate).map { .certificate($0) }
+            tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: clientKey, format: .pem))
+        }
         var config = HTTPClient.Configuration(tlsConfiguration: tls)
         config.timeout = .init(connect: .seconds(5), read: .seconds(120))
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)

@@ -1,0 +1,152 @@
+import Crypto
+import Foundation
+import NIOSSL
+import SwiftASN1
+import X509
+
+/// The cluster's certificate authority: one P-256 key and a self-signed CA certificate (ten years) in
+/// the controller's `pki` directory. It issues every daemon's identity: the controller's (server and
+/// client: it serves the CLI and calls the agents), each agent's (server and client), and operators'
+/// or tests' client certificates. Agents accept only clients whose certificate chains to it.
+public struct ClusterCA: Sendable {
+    public let certificate: Certificate
+    let key: P256.Signing.PrivateKey
+    public let directory: String
+
+    public var certificatePath: String { directory + "/ca.crt" }
+    public var certificatePEM: String { (try? certificate.serializeAsPEM().pemString) ?? "" }
+
+    public struct Failure: Error, CustomStringConvertible {
+        public var description: String
+        init(_ d: String) { description = d }
+    }
+
+    /// Loads the CA from `directory`, creating it (once) when absent.
+    public static func loadOrCreate(directory: String, name: String = "vsphere cluster CA", now: Date = Date()) throws -> ClusterCA {
+        let fm = FileManager.default
+        let crt = directory + "/ca.crt", keyPath = directory + "/ca.key"
+        if fm.fileExists(atPath: crt) || fm.fileExists(atPath: keyPath) { return try load(directory: directory) }
+        try fm.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let key = P256.Signing.PrivateKey()
+        let subject = try DistinguishedName {
+            OrganizationName("vsphere")
+            CommonName(name)
+        }
+        let cert = try Certificate(
+            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
+            notValidBefore: now.addingTimeInterval(-3600), notValidAfter: now.addingTimeInterval(10 * 365 * 86400),
+            issuer: subject, subject: subject, signatureAlgorithm: .ecdsaWithSHA256,
+            extensions: try Certificate.Extensions {
+                Critical(BasicConstraints.isCertificateAuthority(maxPathLength: 0))
+                Critical(KeyUsage(keyCertSign: true, cRLSign: true))
+                SubjectKeyIdentifier(hash: .init(key.publicKey))
+            },
+            issuerPrivateKey: .init(key))
+        // The key first, private from the start; the certificate marks the CA as complete.
+        guard fm.createFile(atPath: keyPath, contents: Data(key.pemRepresentation.utf8), attributes: [.posixPermissions: 0o600]) else {
+            throw Failure("cannot write \(keyPath)")
+        }
+        guard fm.createFile(atPath: crt, contents: Data(try cert.serializeAsPEM().pemString.utf8), attributes: [.posixPermissions: 0o644]) else {
+            throw Failure("cannot write \(crt)")
+        }
+        return ClusterCA(certificate: cert, key: key, directory: directory)
+    }
+
+    public static func load(directory: String) throws -> ClusterCA {
+        let crt = directory + "/ca.crt", keyPath = directory + "/ca.key"
+        guard let certText = try? String(contentsOfFile: crt, encoding: .utf8) else { throw Failure("no cluster CA certificate at \(crt)") }
+        guard let keyText = try? String(contentsOfFile: keyPath, encoding: .utf8) else { throw Failure("no cluster CA key at \(keyPath)") }
+        let cert = try Certificate(pemEncoded: certText)
+        let key = try P256.Signing.PrivateKey(pemRepresentation: keyText)
+        guard cert.publicKey == Certificate.PublicKey(key.publicKey) else { throw Failure("\(keyPath) is not the key of \(crt)") }
+        return ClusterCA(certificate: cert, key: key, directory: directory)
+    }
+
+    /// An identity signed by the CA for `commonName`, valid `days` days, with every name as a subject
+    /// alternative name (DNS names and IP addresses); for TLS servers and clients alike.
+    /// Returns the certificate chain (leaf, then CA) and the new private key, both PEM.
+    public func issue(commonName: String, names: [String], days: Int = 365, now: Date = Date()) throws -> (chain: String, key: String) {
+        let key = P256.Signing.PrivateKey()
+        let leaf = try sign(publicKey: .init(key.publicKey), commonName: commonName, names: names, days: days, now: now)
+        return (try leaf.serializeAsPEM().pemString + "\n" + certificatePEM, key.pemRepresentation)
+    }
+
+    /// Signs a certificate for a public key the holder keeps (a joining host's).
+    public func sign(publicKey: Certificate.PublicKey, commonName: String, names: [String], days: Int = 365, now: Date = Date()) throws -> Certificate {
+        guard (1...3650).contains(days) else { throw Failure("validity must be 1 to 3650 days") }
+        let subject = try DistinguishedName {
+            OrganizationName("vsphere")
+            CommonName(commonName)
+        }
+        var alt: [GeneralName] = []
+        for n in Set(names + [commonName]).sorted() {
+            if let ip = TLSIdentity.ipBytes(n) {
+                alt.append(.ipAddress(ASN1OctetString(contentBytes: ArraySlice(ip))))
+            } else {
+                alt.append(.dnsName(n))
+            }
+        }
+        let extensions = try Certificate.Extensions {
+            Critical(BasicConstraints.notCertificateAuthority)
+            Critical(KeyUsage(digitalSignature: true, keyEncipherment: true))
+            try ExtendedKeyUsage([.serverAuth, .clientAuth])
+            SubjectAlternativeNames(alt)
+            AuthorityKeyIdentifier(keyIdentifier: try certificate.extensions.subjectKeyIdentifier?.keyIdentifier)
+        }
+        return try Certificate(
+            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: publicKey,
+            notValidBefore: now.addingTimeInterval(-3600), notValidAfter: now.addingTimeInterval(Double(days) * 86400),
+            issuer: certificate.subject, subject: subject, signatureAlgorithm: .ecdsaWithSHA256, extensions: extensions,
+            issuerPrivateKey: .init(key))
+    }
+
+    /// Writes an issued identity as `DIR/PREFIX.crt`, `DIR/PREFIX.key` (0600) and `DIR/cluster-ca.crt`.
+    /// The key goes first and every file is replaced atomically, so a daemon reloading finds a whole pair.
+    public func write(_ identity: (chain: String, key: String), to dir: String, prefix: String) throws -> TLSIdentity {
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        try Self.replace(dir + "/\(prefix).key", identity.key, mode: 0o600)
+        try Self.replace(dir + "/\(prefix).crt", identity.chain, mode: 0o644)
+        try Self.replace(dir + "/cluster-ca.crt", certificatePEM, mode: 0o644)
+        return TLSIdentity(certificatePath: dir + "/\(prefix).crt", keyPath: dir + "/\(prefix).key", caPath: dir + "/cluster-ca.crt")
+    }
+
+    static func replace(_ path: String, _ text: String, mode: Int) throws {
+        let tmp = path + ".new"
+        let fm = FileManager.default
+        try? fm.removeItem(atPath: tmp)
+        guard fm.createFile(atPath: tmp, contents: Data(text.utf8), attributes: [.posixPermissions: mode]) else { throw Failure("cannot write \(tmp)") }
+        guard rename(tmp, path) == 0 else { throw Failure("cannot replace \(path): \(String(cString: strerror(errno)))") }
+    }
+
+    /// When a PEM certificate (the leaf of a chain file) stops being valid.
+    public static func notValidAfter(ofPEMFile path: String) -> Date? {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+            let first = try? PEMDocument.parseMultiple(pemString: text).first,
+            let cert = try? Certificate(derEncoded: first.derBytes)
+        else { return nil }
+        return cert.notValidAfter
+    }
+}
+
+extension TLSIdentity {
+    /// Server side of mutual TLS: clients must present a certificate that chains to `clientCA`.
+    public func mutualServerConfiguration(clientCA: String) throws -> TLSConfiguration {
+        var tls = try serverConfiguration()
+        tls.certificateVerification = .noHostnameVerification
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(clientCA))
+        return tls
+    }
+
+    /// Client side: trusts `ca` (and `also`) only, and presents this identity.
+    public func clientConfiguration(trusting ca: String, also: [String] = []) throws -> TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        var roots = try NIOSSLCertificate.fromPEMFile(ca)
+        for path in also { roots += try NIOSSLCertificate.fromPEMFile(path) }
+        tls.trustRoots = .certificates(roots)
+        tls.certificateChain = try NIOSSLCertificate.fromPEMFile(certificatePath).map { .certificate($0) }
+        tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: keyPath, format: .pem))
+        tls.minimumTLSVersion = .tlsv12
+        return tls
+    }
+}
