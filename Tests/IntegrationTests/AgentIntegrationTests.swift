@@ -1,5 +1,6 @@
 import AgentAPI
 import ClusterModel
+import ControllerAPI
 import Foundation
 import Testing
 
@@ -343,4 +344,45 @@ extension AgentOnTestbed {
         let (_, code) = try Testbed.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "http://\(addr):7443/healthz"])
         #expect(code == "000", "plain HTTP is not answered (got \(code))")
     }
+}
+
+extension ClusterOnTestbed {
+/// Certificate rotation: a host's identity is issued again by the cluster CA and its agent restarted;
+/// it serves the new certificate and the controller takes it back without being told.
+@Suite(.serialized, .enabled(if: Testbed.available && !Testbed.controllerBinary.isEmpty && !Testbed.ctlBinary.isEmpty, "needs the testbed and the binaries"))
+struct CertificateRotationOnTestbed {
+    /// The serial number of the certificate the agent presents.
+    func servedSerial(_ host: String) throws -> String {
+        let addr = try Testbed.address(host)
+        let (_, out) = try Testbed.run([
+            "sh", "-c",
+            "openssl s_client -connect \(addr):7443 -CAfile \(Testbed.clusterCA) -cert \(Testbed.clientCertificate) -key \(Testbed.clientKey) </dev/null 2>/dev/null | openssl x509 -noout -serial",
+        ])
+        return out.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    @Test func agentCertificateRotates() async throws {
+        let before = try servedSerial("h2")
+        #expect(before.hasPrefix("serial="), "\(before)")
+        let addr = try Testbed.address("h2")
+        let (rc, out) = try Testbed.run([
+            Testbed.controllerBinary, "issue", "--data-dir", "\(Testbed.dir)/controller", "--name", "h2", "--san", addr,
+            "--out", "\(Testbed.dir)/h2/agent/tls", "--prefix", "agent", "--days", "30",
+        ])
+        #expect(rc == 0, "\(out)")
+        #expect(try Testbed.run(["bash", Testbed.script, "restart-agent", "h2"]).0 == 0)
+        let after = try servedSerial("h2")
+        #expect(after.hasPrefix("serial=") && after != before, "\(before) → \(after)")
+        #expect(try await Testbed.agent("h2").get("/v1/host").status == 200)
+        // The controller reaches it again through the same CA (it observes every host each second: after
+        // a few passes the state it shows comes from the restarted agent).
+        try await Task.sleep(for: .seconds(3))
+        let connected = try eventuallySync(timeout: 60) { () -> Bool? in
+            let (_, out) = try Testbed.run([Testbed.ctlBinary, "get", "hosts", "-o", "json"])
+            let hosts = try JSONDecoder().decode([HostView].self, from: Data(out.utf8))
+            return hosts.first { $0.name == "h2" }?.state == "connected" ? true : nil
+        }
+        #expect(connected)
+    }
+}
 }

@@ -17,6 +17,11 @@ struct Testbed {
     static let script = ProcessInfo.processInfo.environment["VSPHERE_TESTBED_SCRIPT"] ?? "scripts/testbed.sh"
     static let agentBinary = ProcessInfo.processInfo.environment["VSPHERE_AGENT_BIN"] ?? ""
     static let ctlBinary = ProcessInfo.processInfo.environment["VSPHERE_CTL_BIN"] ?? ""
+    /// The controller binary (for `vsphere-controller issue`): VSPHERE_CONTROLLER_BIN, else beside the agent's.
+    static var controllerBinary: String {
+        ProcessInfo.processInfo.environment["VSPHERE_CONTROLLER_BIN"]
+            ?? (agentBinary.isEmpty ? "" : URL(fileURLWithPath: agentBinary).deletingLastPathComponent().appendingPathComponent("vsphere-controller").path)
+    }
     /// How many hosts the testbed has.
     static var hostCount: Int {
         ((try? String(contentsOfFile: dir + "/hosts", encoding: .utf8)) ?? "").split(separator: "\n").filter { !$0.isEmpty }.count
