@@ -105,8 +105,10 @@ let package = Package(
         .target(
             name: "Controller",
             dependencies: [
-                "AgentAPI", "ClusterModel", "ControllerAPI", "MigrationPolicy", "Placement", "Planner", "ServerSupport", "Spawn", "Store",
+                "AgentAPI", "ClusterModel", "ControllerAPI", "MigrationPolicy", "Placement", "Planner", "ServerSupport", "Spawn", "Store", "TLSSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
@@ -139,7 +141,7 @@ let package = Package(
         .executableTarget(
             name: "vsphere-ctl",
             dependencies: [
-                "ClusterModel", "Placement", "Planner", "ControllerAPI", "MigrationPolicy",
+                "ClusterModel", "Placement", "Planner", "ControllerAPI", "MigrationPolicy", "TLSSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),

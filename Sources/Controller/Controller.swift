@@ -6,6 +6,7 @@ import Logging
 import Placement
 import Store
 import Synchronization
+import TLSSupport
 
 /// The cluster brain: keeps desired state from manifests, observes hosts through their agents, and
 /// reconciles the two. Every action is recorded as a task before it runs; a VM's host is recorded
@@ -22,7 +23,11 @@ public final class Controller: Sendable {
     /// What each host's agent last reported of its resource pool partitions.
     let poolPartitions = Mutex<[String: HostPools]>([:])
 
-    public init(store: Store, agents: AgentClient, logger: Logger) {
+    /// The cluster CA, which signs joining hosts' keys.
+    let ca: ClusterCA?
+
+    public init(store: Store, agents: AgentClient, logger: Logger, ca: ClusterCA? = nil) {
+        self.ca = ca
         self.store = store
         self.agents = agents
         self.logger = logger

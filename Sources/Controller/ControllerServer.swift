@@ -1,6 +1,7 @@
 import ClusterModel
 import ControllerAPI
 import Foundation
+import TLSSupport
 import HTTPTypes
 import Hummingbird
 import HummingbirdTLS
@@ -37,6 +38,25 @@ public enum ControllerServer {
                 guard try await controller.deleteVM(name) else { throw NotFound(what: "vm \(name)") }
                 loop.trigger()
                 return ApplyResponse(changes: [Change(action: "delete", kind: "vm", name: name, reason: "requested")])
+            }
+        }
+        router.get("/v1/ca") { _, _ in
+            await respond {
+                guard let ca = controller.ca else { throw NotFound(what: "cluster CA") }
+                return ClusterCAView(certificate: ca.certificatePEM, fingerprint: try HostJoin.fingerprint(pem: ca.certificatePEM))
+            }
+        }
+        router.post("/v1/hosts/:name/join-token") { request, ctx in
+            await respond {
+                let body = try await request.body.collect(upTo: 1 << 16)
+                let req = body.readableBytes == 0 ? JoinTokenRequest() : try decodeBody(JoinTokenRequest.self, Data(buffer: body))
+                return try await controller.joinToken(host: ctx.parameters.get("name") ?? "", ttlSeconds: req.ttlSeconds)
+            }
+        }
+        router.post("/v1/join") { request, _ in
+            await respond {
+                let body = try await request.body.collect(upTo: 1 << 16)
+                return try await controller.join(try decodeBody(JoinRequest.self, Data(buffer: body)))
             }
         }
         router.delete("/v1/resource-pools/:name") { _, ctx in
@@ -164,6 +184,19 @@ public enum ControllerServer {
 
     struct NotFound: Error { var what: String }
 
+    /// A JSON body; a missing or mistyped field is a 400 naming it.
+    static func decodeBody<T: Decodable>(_ type: T.Type, _ data: Data) throws -> T {
+        do {
+            return try JSONDecoder().decode(T.self, from: data)
+        } catch let DecodingError.keyNotFound(key, ctx) {
+            throw ValidationFailure([ValidationProblem((ctx.codingPath + [key]).map(\.stringValue).joined(separator: "."), "is required")])
+        } catch let DecodingError.typeMismatch(_, ctx) {
+            throw ValidationFailure([ValidationProblem(ctx.codingPath.map(\.stringValue).joined(separator: "."), "has the wrong type")])
+        } catch {
+            throw ValidationFailure([ValidationProblem("", "body must be a JSON object")])
+        }
+    }
+
     static func respond<T: Encodable>(_ body: () async throws -> T) async -> Response {
         do {
             return Response.json(200, try await body())
@@ -171,6 +204,8 @@ public enum ControllerServer {
             return Response.json(400, APIError(error: f.description, problems: f.problems))
         } catch let n as NotFound {
             return Response.json(404, APIError(error: "no \(n.what)"))
+        } catch let u as Unauthorized {
+            return Response.json(401, APIError(error: u.description))
         } catch let c as Conflict {
             return Response.json(409, APIError(error: c.description, problems: c.problems))
         } catch let a as AgentClient.Failure {

@@ -132,6 +132,13 @@ public enum Migrations {
             // A host's power record (JSON): on, standby, poweringOn, poweringOff, off; since when, by whom.
             "ALTER TABLE host_status ADD COLUMN power TEXT",
         ]),
+        (4, [
+            // One-time tokens a host joins the cluster with (only their SHA-256 is kept).
+            """
+            CREATE TABLE join_tokens (
+                digest TEXT PRIMARY KEY, host TEXT NOT NULL, created_ms BIGINT NOT NULL, expires_ms BIGINT NOT NULL, used_ms BIGINT)
+            """,
+        ]),
     ]
 }
 
@@ -326,6 +333,25 @@ public actor Store {
                 name: $0["name"]?.text ?? "", state: $0["state"]?.text ?? "disconnected", inventory: $0["inventory"]?.text,
                 message: $0["message"]?.text, power: $0["power"]?.text)
         }
+    }
+
+    // MARK: Join tokens
+
+    public func addJoinToken(digest: String, host: String, expiresMs: Int64) async throws {
+        try await backend.execute(
+            "INSERT INTO join_tokens (digest, host, created_ms, expires_ms) VALUES ($1, $2, $3, $4)",
+            [.text(digest), .text(host), .int(now()), .int(expiresMs)])
+    }
+
+    /// Uses a token once: the host it was made for, or nil when it is unknown, used or expired. The
+    /// store is an actor, so the look-up and the marking cannot interleave with another use.
+    public func useJoinToken(digest: String) async throws -> String? {
+        let t = now()
+        guard let host = try await backend.query(
+            "SELECT host FROM join_tokens WHERE digest = $1 AND used_ms IS NULL AND expires_ms > $2", [.text(digest), .int(t)]
+        ).first?["host"]?.text else { return nil }
+        try await backend.execute("UPDATE join_tokens SET used_ms = $1 WHERE digest = $2", [.int(t), .text(digest)])
+        return host
     }
 
     // MARK: Tasks and events

@@ -150,3 +150,32 @@ extension TLSIdentity {
         return tls
     }
 }
+
+/// Joining a host: the host makes its key and a certificate signing request; the controller, given a
+/// one-time token, signs the request's key. The host's private key never leaves it.
+public enum HostJoin {
+    /// A new P-256 key and a CSR for `commonName`, both PEM.
+    public static func request(commonName: String) throws -> (csr: String, key: String) {
+        let key = P256.Signing.PrivateKey()
+        let subject = try DistinguishedName {
+            OrganizationName("vsphere")
+            CommonName(commonName)
+        }
+        let csr = try CertificateSigningRequest(
+            version: .v1, subject: subject, privateKey: .init(key), attributes: .init(), signatureAlgorithm: .ecdsaWithSHA256)
+        return (try csr.serializeAsPEM().pemString, key.pemRepresentation)
+    }
+
+    /// The CSR's public key, once its signature proves the sender holds the private key.
+    public static func verifiedKey(csrPEM: String) throws -> Certificate.PublicKey {
+        let csr = try CertificateSigningRequest(pemEncoded: csrPEM)
+        guard csr.publicKey.isValidSignature(csr.signature, for: csr) else { throw ClusterCA.Failure("the request's signature does not match its key") }
+        return csr.publicKey
+    }
+
+    /// SHA-256 of a PEM certificate's DER bytes, lowercase hex: what an operator pins.
+    public static func fingerprint(pem: String) throws -> String {
+        let doc = try PEMDocument(pemString: pem)
+        return SHA256.hash(data: doc.derBytes).map { String(format: "%02x", $0) }.joined()
+    }
+}

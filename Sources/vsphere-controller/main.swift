@@ -121,7 +121,7 @@ struct Serve: AsyncParsableCommand {
         let identity = try pki.controllerIdentity(ca, names: names)
         let store = try await Store.open(database, logger: logger)
         let agents = try AgentClient(tls: identity.clientConfiguration(trusting: ca.certificatePath, also: agentCA))
-        let controller = Controller(store: store, agents: agents, logger: logger)
+        let controller = Controller(store: store, agents: agents, logger: logger, ca: ca)
         let loop = ReconcileLoop(controller: controller, interval: .milliseconds(Int(reconcileInterval * 1000)))
         let migrations = MigrationLoop(controller: controller)
         let app = try ControllerServer.application(

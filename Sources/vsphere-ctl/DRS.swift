@@ -2,6 +2,7 @@ import ArgumentParser
 import ClusterModel
 import ControllerAPI
 import Foundation
+import TLSSupport
 
 /// `vsphere-ctl drs plan [-o json]` / `vsphere-ctl drs apply [--wait]`.
 struct DRSCommand: AsyncParsableCommand {
@@ -88,27 +89,54 @@ struct DPMCommand: AsyncParsableCommand {
     }
 }
 
-/// `vsphere-ctl host maintenance HOST on|off [--wait]`.
+/// `vsphere-ctl host maintenance HOST on|off [--wait]`, `host join-token HOST`, `host join HOST ...`.
 struct HostCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "host",
-        abstract: "Maintenance mode: `host maintenance HOST on` evacuates every VM (a VM that cannot move is reported and does not block the others); `off` takes the host back.")
+        abstract: "Maintenance mode, and joining hosts to the cluster.",
+        discussion: """
+            host maintenance HOST on|off [--wait]: `on` evacuates every VM (a VM that cannot move is reported and does not \
+            block the others); `off` takes the host back.
+            host join-token HOST [--ttl SECONDS]: a one-time token for a host of the desired state, and the cluster CA's fingerprint.
+            host join HOST --token T --ca-fingerprint F --out DIR --server URL: run on the new host: makes its key, has the \
+            controller sign it, writes DIR/agent.key, DIR/agent.crt and DIR/cluster-ca.crt for its agent.
+            """)
     @OptionGroup var server: ServerOptions
-    @Argument(help: "maintenance") var action: String
+    @Argument(help: "maintenance, join-token or join") var action: String
     @Argument(help: "the host") var host: String
-    @Argument(help: "on or off") var mode: String
+    @Argument(help: "maintenance: on or off") var mode: String?
     @Flag(help: "on: wait until the evacuation has finished.") var wait = false
     @Option(name: .shortAndLong, help: "table or json.") var output: OutputFormat = .table
     @Option(help: "--wait: give up after this many seconds.") var timeout = 1800
+    @Option(help: "join-token: seconds the token is valid (60 to 604800).") var ttl: Int?
+    @Option(help: "join: the one-time token.") var token: String?
+    @Option(name: .customLong("ca-fingerprint"), help: "join: SHA-256 of the cluster CA (from join-token).") var caFingerprint: String?
+    @Option(help: "join: directory for the agent's identity (its data directory's tls/).") var out: String?
 
     func validate() throws {
-        if action != "maintenance" { throw ValidationError("\(action): use maintenance") }
+        if !["maintenance", "join-token", "join"].contains(action) { throw ValidationError("\(action): use maintenance, join-token or join") }
         if !Names.isValid(host) { throw ValidationError("\(host): not a host name") }
-        if !["on", "off"].contains(mode) { throw ValidationError("\(mode): use on or off") }
-        if !(1...86_400).contains(timeout) { throw ValidationError("--timeout: must be between 1 and 86400") }
+        switch action {
+        case "maintenance":
+            guard let mode, ["on", "off"].contains(mode) else { throw ValidationError("\(mode ?? "nothing"): use on or off") }
+            if !(1...86_400).contains(timeout) { throw ValidationError("--timeout: must be between 1 and 86400") }
+        case "join-token":
+            if let ttl, !(60...604_800).contains(ttl) { throw ValidationError("--ttl: must be between 60 and 604800") }
+        default:
+            guard let token, token.count == 64, token.allSatisfy(\.isHexDigit) else { throw ValidationError("--token: the 64 hex digits join-token printed") }
+            guard let caFingerprint, caFingerprint.count == 64, caFingerprint.allSatisfy(\.isHexDigit) else {
+                throw ValidationError("--ca-fingerprint: the 64 hex digits join-token printed")
+            }
+            if out == nil { throw ValidationError("--out: the directory for the agent's identity") }
+        }
     }
 
     func run() async throws {
+        switch action {
+        case "join-token": return try await joinToken()
+        case "join": return try await join()
+        default: break
+        }
         let client = try server.client()
         defer { Task { await client.close() } }
         let r: MaintenanceResponse = try await client.call(
@@ -119,6 +147,50 @@ struct HostCommand: AsyncParsableCommand {
             return
         }
         try await followJob(client: client, job: job, wait: wait, json: output == .json, timeout: timeout)
+    }
+
+    func joinToken() async throws {
+        let client = try server.client()
+        defer { Task { await client.close() } }
+        let t: JoinToken = try await client.call(.POST, "/v1/hosts/\(host)/join-token", body: try JSONEncoder().encode(JoinTokenRequest(ttlSeconds: ttl)))
+        if output == .json { return try printJSON(t) }
+        print("token:          \(t.token)")
+        print("ca-fingerprint: \(t.caFingerprint)")
+        print("expires:        \(ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(t.expiresMs) / 1000)))")
+        print("On \(host): vsphere-ctl host join \(host) --server \((try? server.resolve().server) ?? "URL") --token \(t.token) --ca-fingerprint \(t.caFingerprint) --out /var/lib/vsphere/agent/tls")
+    }
+
+    /// The host's side: pin the CA by its fingerprint, then send a CSR over TLS verified by that CA.
+    func join() async throws {
+        let url = try server.resolve().server
+        let probe = try ControllerClient(server: url, ca: nil, unverified: true)
+        let ca: ClusterCAView
+        do { ca = try await probe.call(.GET, "/v1/ca") } catch {
+            await probe.close()
+            throw error
+        }
+        await probe.close()
+        let seen = try HostJoin.fingerprint(pem: ca.certificate)
+        guard seen == caFingerprint!.lowercased() else {
+            stderr("the controller at \(url) presents a CA with fingerprint \(seen), not \(caFingerprint!): not joining")
+            throw ExitCode(Exit.failed)
+        }
+        let dir = out!
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        let caPath = dir + "/cluster-ca.crt"
+        try ca.certificate.write(toFile: caPath + ".new", atomically: true, encoding: .utf8)
+        let request = try HostJoin.request(commonName: host)
+        let client = try ControllerClient(server: url, ca: caPath + ".new")
+        defer { Task { await client.close() } }
+        let r: JoinResponse = try await client.call(
+            .POST, "/v1/join", body: try JSONEncoder().encode(JoinRequest(host: host, token: token!, csr: request.csr)))
+        guard FileManager.default.createFile(atPath: dir + "/agent.key.new", contents: Data(request.key.utf8), attributes: [.posixPermissions: 0o600]),
+            rename(dir + "/agent.key.new", dir + "/agent.key") == 0
+        else { stderr("cannot write \(dir)/agent.key"); throw ExitCode(Exit.failed) }
+        try r.certificate.write(toFile: dir + "/agent.crt", atomically: true, encoding: .utf8)
+        guard rename(caPath + ".new", caPath) == 0 else { stderr("cannot write \(caPath)"); throw ExitCode(Exit.failed) }
+        if output == .json { return try printJSON(["certificate": dir + "/agent.crt", "key": dir + "/agent.key", "ca": caPath]) }
+        print("\(host) joined: \(dir)/agent.crt, \(dir)/agent.key, \(caPath); (re)start its agent")
     }
 }
 

@@ -386,3 +386,67 @@ struct CertificateRotationOnTestbed {
     }
 }
 }
+
+extension ClusterOnTestbed {
+/// A host joins with a one-time token: it pins the cluster CA by fingerprint, keeps its own key, gets
+/// a certificate for its name and address; the token works once.
+@Suite(.serialized, .enabled(if: Testbed.available && !Testbed.ctlBinary.isEmpty, "needs the testbed and VSPHERE_CTL_BIN"))
+struct HostJoinOnTestbed {
+    func ctl(_ args: String...) throws -> (Int32, String) { try Testbed.run([Testbed.ctlBinary] + args) }
+
+    func servedSerial(_ host: String) throws -> String {
+        let addr = try Testbed.address(host)
+        return try Testbed.run([
+            "sh", "-c",
+            "openssl s_client -connect \(addr):7443 -CAfile \(Testbed.clusterCA) -cert \(Testbed.clientCertificate) -key \(Testbed.clientKey) </dev/null 2>/dev/null | openssl x509 -noout -serial",
+        ]).1.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    @Test func hostJoinsWithAOneTimeToken() async throws {
+        #expect(try ctl("host", "join-token", "nohost").0 == 3, "only hosts of the desired state")
+        let (rc, out) = try ctl("host", "join-token", "h2", "-o", "json")
+        #expect(rc == 0, "\(out)")
+        let token = try JSONDecoder().decode(JoinToken.self, from: Data(out.utf8))
+        let dir = "\(Testbed.dir)/h2/join"
+        try? FileManager.default.removeItem(atPath: dir)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let server = "https://10.250.1.254:8443"
+
+        // A controller presenting another CA is not trusted with the token.
+        let (wrong, wrongOut) = try ctl("host", "join", "h2", "--server", server, "--token", token.token,
+                                        "--ca-fingerprint", String(repeating: "0", count: 64), "--out", dir)
+        #expect(wrong == 1 && wrongOut.contains("not joining"), "\(wrongOut)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/agent.key"))
+
+        let (joined, joinedOut) = try ctl("host", "join", "h2", "--server", server, "--token", token.token, "--ca-fingerprint", token.caFingerprint, "--out", dir)
+        #expect(joined == 0, "\(joinedOut)")
+        let (again, againOut) = try ctl("host", "join", "h2", "--server", server, "--token", token.token, "--ca-fingerprint", token.caFingerprint, "--out", dir + "-again")
+        #expect(again == 1 && againOut.contains("token"), "a token works once: \(againOut)")
+        try? FileManager.default.removeItem(atPath: dir + "-again")
+
+        // Signed by the cluster CA, for h2's name and address, and the key stayed private.
+        #expect(try Testbed.run(["openssl", "verify", "-CAfile", Testbed.clusterCA, dir + "/agent.crt"]).0 == 0)
+        let text = try Testbed.run(["openssl", "x509", "-in", dir + "/agent.crt", "-noout", "-text"]).1
+        let h2 = try Testbed.address("h2")
+        #expect(text.contains("DNS:h2") && text.contains("IP Address:\(h2)"), "\(text)")
+        let attrs = try FileManager.default.attributesOfItem(atPath: dir + "/agent.key")
+        #expect((attrs[.posixPermissions] as? Int ?? 0) & 0o077 == 0)
+
+        // The agent serves it after a restart, and the controller takes it back.
+        for f in ["agent.crt", "agent.key", "cluster-ca.crt"] {
+            let target = "\(Testbed.dir)/h2/agent/tls/\(f)"
+            try? FileManager.default.removeItem(atPath: target)
+            try FileManager.default.copyItem(atPath: "\(dir)/\(f)", toPath: target)
+        }
+        #expect(try Testbed.run(["bash", Testbed.script, "restart-agent", "h2"]).0 == 0)
+        let issued = try Testbed.run(["openssl", "x509", "-in", dir + "/agent.crt", "-noout", "-serial"]).1.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(try servedSerial("h2") == issued)
+        try await Task.sleep(for: .seconds(3))
+        let connected = try eventuallySync(timeout: 60) { () -> Bool? in
+            let hosts = try JSONDecoder().decode([HostView].self, from: Data(ctl("get", "hosts", "-o", "json").1.utf8))
+            return hosts.first { $0.name == "h2" }?.state == "connected" ? true : nil
+        }
+        #expect(connected)
+    }
+}
+}
