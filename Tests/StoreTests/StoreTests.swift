@@ -17,7 +17,7 @@ enum Backend: String, CaseIterable, Sendable {
             return FileManager.default.temporaryDirectory.appendingPathComponent("vs-store-\(UUID().uuidString)/state.db").path
         case .postgres:
             let store = try await Store.open(postgresURL, logger: Logger(label: "test"))
-            for table in ["objects", "vm_status", "host_status", "tasks", "events", "migrations", "schema_migrations"] {
+            for table in ["objects", "vm_status", "host_status", "tasks", "events", "migrations", "join_tokens", "schema_migrations"] {
                 try await store.backend.execute("DROP TABLE IF EXISTS \(table)", [])
             }
             try await store.close()
@@ -29,6 +29,22 @@ enum Backend: String, CaseIterable, Sendable {
 }
 
 @Suite(.serialized) struct StoreBackends {
+    /// A join token works once, for its host, until it expires.
+    @Test(arguments: Backend.available)
+    func joinTokensWorkOnce(_ backend: Backend) async throws {
+        let path = try await backend.fresh()
+        defer { if backend == .sqlite { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) } }
+        let store = try await Store.open(path, logger: Logger(label: "test"))
+        defer { Task { try? await store.close() } }
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        try await store.addJoinToken(digest: "d1", host: "h1", expiresMs: now + 60_000)
+        try await store.addJoinToken(digest: "d2", host: "h2", expiresMs: now - 1)
+        #expect(try await store.useJoinToken(digest: "d1") == "h1")
+        #expect(try await store.useJoinToken(digest: "d1") == nil, "used")
+        #expect(try await store.useJoinToken(digest: "d2") == nil, "expired")
+        #expect(try await store.useJoinToken(digest: "nope") == nil)
+    }
+
     @Test(arguments: Backend.available)
     func migrationsRunOnceAndStateSurvivesReopen(_ backend: Backend) async throws {
         let path = try await backend.fresh()
