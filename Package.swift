@@ -100,7 +100,10 @@ let package = Package(
             ],
             swiftSettings: strict),
         // Wire types of the controller's HTTP API (Schemas/controller-api.json).
-        .target(name: "ControllerAPI", dependencies: ["AgentAPI", "ClusterModel", "MigrationPolicy"], swiftSettings: strict),
+        .target(
+            name: "ControllerAPI",
+            dependencies: ["AgentAPI", "ClusterModel", "MigrationPolicy", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict),
         // The controller service: desired state, reconcile loop, HTTPS API.
         .target(
             name: "Controller",
@@ -159,7 +162,7 @@ let package = Package(
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "ClusterModel"]),
         .testTarget(name: "HostAgentTests", dependencies: ["HostAgent", "DomainXML"]),
-        .testTarget(name: "ControllerTests", dependencies: ["Controller", "ClusterModel", "AgentAPI", "Planner", "Spawn"]),
+        .testTarget(name: "ControllerTests", dependencies: ["Controller", "ClusterModel", "AgentAPI", "ControllerAPI", "Planner", "Spawn", "TLSSupport", .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1")]),
         .testTarget(name: "DomainXMLTests", dependencies: ["DomainXML", "ClusterModel", "TestSupport"]),
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt", "DomainXML", "ClusterModel"]),
         .testTarget(

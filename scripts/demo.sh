@@ -44,7 +44,9 @@ up() {
     for _ in $(seq 100); do [ -e "$STATE/controller/tls/controller-ca.crt" ] && break; sleep 0.1; done
     wait_url https://127.0.0.1:8443/healthz "$STATE/controller/tls/controller-ca.crt"
     mkdir -p "$(dirname "$CONFIG")"
-    printf '{"server": "https://127.0.0.1:8443", "ca": "%s"}\n' "$STATE/controller/tls/controller-ca.crt" >"$CONFIG"
+    for _ in $(seq 50); do [ -s "$STATE/controller/admin.token" ] && break; sleep 0.1; done
+    (umask 077; printf '{"server": "https://127.0.0.1:8443", "ca": "%s", "tokenFile": "%s"}\n' \
+        "$STATE/controller/tls/controller-ca.crt" "$STATE/controller/admin.token" >"$CONFIG")
     echo "== vsphere-ctl apply -f examples/quickstart.json --wait"
     "$CTL" apply -f "$ROOT/examples/quickstart.json" --wait --timeout 300
     echo

@@ -290,7 +290,10 @@ start_controller() {
     printf '%q ' "$CONTROLLER" --listen 10.250.1.254 --port 8443 --database "${VSPHERE_TESTBED_DATABASE:-$dir/state.db}" --data-dir "$dir" \
         --reconcile-interval 1 >"$dir/controller.cmd"
     run_controller
-    printf '{"server": "https://10.250.1.254:8443", "ca": "%s"}\n' "$dir/tls/controller-ca.crt" >"$TB/ctl.json"
+    # The CLI authenticates with the first admin's token, which the controller wrote at its first start.
+    for _ in $(seq 50); do [ -s "$dir/admin.token" ] && break; sleep 0.1; done
+    (umask 077; printf '{"server": "https://10.250.1.254:8443", "ca": "%s", "tokenFile": "%s"}\n' \
+        "$dir/tls/controller-ca.crt" "$dir/admin.token" >"$TB/ctl.json")
     if [ "$(realpath -m "$CTL_CONFIG")" != "$(realpath -m "$TB/ctl.json")" ]; then
         mkdir -p "$(dirname "$CTL_CONFIG")"
         cp "$TB/ctl.json" "$CTL_CONFIG"

@@ -25,6 +25,8 @@ public final class Controller: Sendable {
 
     /// The cluster CA, which signs joining hosts' keys.
     let ca: ClusterCA?
+    /// Recently checked API tokens (digest → holder), for two seconds.
+    let authCache = Mutex<[String: (who: (name: String, role: Role)?, at: ContinuousClock.Instant)]>([:])
 
     public init(store: Store, agents: AgentClient, logger: Logger, ca: ClusterCA? = nil) {
         self.ca = ca

@@ -14,6 +14,7 @@ import NIOSSL
 public enum ControllerServer {
     public static func router(controller: Controller, loop: ReconcileLoop, migrations: MigrationLoop) -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
+        router.add(middleware: AuthMiddleware(controller: controller))
         router.get("/healthz") { _, _ in Response.json(200, ["status": "ok"]) }
         router.post("/v1/apply") { request, _ in
             await respond {
@@ -22,6 +23,33 @@ public enum ControllerServer {
                 let changes = try await controller.apply(req.manifest, prune: req.prune, dryRun: req.dryRun)
                 if !req.dryRun && !changes.isEmpty { loop.trigger() }
                 return ApplyResponse(changes: changes)
+            }
+        }
+        // What apply would do; a read, open to viewers.
+        router.post("/v1/plan") { request, _ in
+            await respond {
+                let body = try await request.body.collect(upTo: 16 << 20)
+                let req = try decodeApply(Data(buffer: body))
+                return ApplyResponse(changes: try await controller.apply(req.manifest, prune: req.prune, dryRun: true))
+            }
+        }
+        router.get("/v1/tokens") { _, _ in await respond { try await controller.tokenViews() } }
+        router.post("/v1/tokens") { request, _ in
+            await respond {
+                let body = try await request.body.collect(upTo: 1 << 16)
+                return try await controller.createToken(try decodeBody(TokenRequest.self, Data(buffer: body)))
+            }
+        }
+        router.delete("/v1/tokens/:name") { _, ctx in
+            await respond {
+                let name = ctx.parameters.get("name") ?? ""
+                guard try await controller.revokeTokens(name: name) > 0 else { throw NotFound(what: "live token of \(name)") }
+                return ["revoked": name]
+            }
+        }
+        router.get("/v1/audit") { request, _ in
+            await respond {
+                try await controller.auditRecords(after: request.uri.queryParameters.get("after").flatMap { Int64($0) } ?? 0)
             }
         }
         router.get("/v1/vms") { _, _ in await respond { try await controller.vmViews() } }

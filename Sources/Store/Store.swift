@@ -139,6 +139,18 @@ public enum Migrations {
                 digest TEXT PRIMARY KEY, host TEXT NOT NULL, created_ms BIGINT NOT NULL, expires_ms BIGINT NOT NULL, used_ms BIGINT)
             """,
         ]),
+        (5, [
+            // Users' API tokens (only their SHA-256 is kept) and the hash-chained audit log.
+            """
+            CREATE TABLE api_tokens (
+                digest TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, created_ms BIGINT NOT NULL, revoked_ms BIGINT)
+            """,
+            """
+            CREATE TABLE audit (
+                id BIGINT PRIMARY KEY, time_ms BIGINT NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL, method TEXT NOT NULL,
+                path TEXT NOT NULL, status BIGINT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL)
+            """,
+        ]),
     ]
 }
 
@@ -332,6 +344,77 @@ public actor Store {
             HostStatus(
                 name: $0["name"]?.text ?? "", state: $0["state"]?.text ?? "disconnected", inventory: $0["inventory"]?.text,
                 message: $0["message"]?.text, power: $0["power"]?.text)
+        }
+    }
+
+    // MARK: API tokens and the audit log
+
+    public struct APIToken: Sendable, Equatable {
+        public var name: String
+        public var role: String
+        public var createdMs: Int64
+        public var revokedMs: Int64?
+    }
+
+    public func addAPIToken(digest: String, name: String, role: String) async throws {
+        try await backend.execute(
+            "INSERT INTO api_tokens (digest, name, role, created_ms) VALUES ($1, $2, $3, $4)", [.text(digest), .text(name), .text(role), .int(now())])
+    }
+
+    /// The token's holder and role, unless it is unknown or revoked.
+    public func apiToken(digest: String) async throws -> APIToken? {
+        try await backend.query("SELECT * FROM api_tokens WHERE digest = $1 AND revoked_ms IS NULL", [.text(digest)]).first.map(Self.apiToken)
+    }
+
+    public func apiTokens() async throws -> [APIToken] {
+        try await backend.query("SELECT * FROM api_tokens ORDER BY created_ms, name", []).map(Self.apiToken)
+    }
+
+    /// Revokes every token of `name`; returns how many were live.
+    public func revokeAPITokens(name: String) async throws -> Int {
+        let live = try await backend.query("SELECT digest FROM api_tokens WHERE name = $1 AND revoked_ms IS NULL", [.text(name)]).count
+        try await backend.execute("UPDATE api_tokens SET revoked_ms = $1 WHERE name = $2 AND revoked_ms IS NULL", [.int(now()), .text(name)])
+        return live
+    }
+
+    static func apiToken(_ r: SQLRow) -> APIToken {
+        APIToken(name: r["name"]?.text ?? "", role: r["role"]?.text ?? "viewer", createdMs: r["created_ms"]?.int ?? 0, revokedMs: r["revoked_ms"]?.int)
+    }
+
+    public struct AuditEntry: Sendable, Equatable {
+        public var id: Int64
+        public var timeMs: Int64
+        public var actor: String
+        public var role: String
+        public var method: String
+        public var path: String
+        public var status: Int
+        public var prev: String
+        public var hash: String
+    }
+
+    /// Appends to the audit log; `hash` gets the new record with its id, time and previous hash (the
+    /// store serializes appends, so the chain never forks).
+    @discardableResult
+    public func appendAudit(actor: String, role: String, method: String, path: String, status: Int, genesis: String,
+                            hash: @Sendable (AuditEntry) -> String) async throws -> AuditEntry {
+        let last = try await backend.query("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", []).first
+        var e = AuditEntry(
+            id: (last?["id"]?.int ?? 0) + 1, timeMs: now(), actor: actor, role: role, method: method, path: path, status: status,
+            prev: last?["hash"]?.text ?? genesis, hash: "")
+        e.hash = hash(e)
+        try await backend.execute(
+            "INSERT INTO audit (id, time_ms, actor, role, method, path, status, prev, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            [.int(e.id), .int(e.timeMs), .text(e.actor), .text(e.role), .text(e.method), .text(e.path), .int(Int64(e.status)), .text(e.prev), .text(e.hash)])
+        return e
+    }
+
+    public func auditLog(after: Int64 = 0, limit: Int = 100_000) async throws -> [AuditEntry] {
+        try await backend.query("SELECT * FROM audit WHERE id > $1 ORDER BY id LIMIT $2", [.int(after), .int(Int64(limit))]).map {
+            AuditEntry(
+                id: $0["id"]?.int ?? 0, timeMs: $0["time_ms"]?.int ?? 0, actor: $0["actor"]?.text ?? "", role: $0["role"]?.text ?? "",
+                method: $0["method"]?.text ?? "", path: $0["path"]?.text ?? "", status: Int($0["status"]?.int ?? 0),
+                prev: $0["prev"]?.text ?? "", hash: $0["hash"]?.text ?? "")
         }
     }
 

@@ -122,6 +122,11 @@ struct Serve: AsyncParsableCommand {
         let store = try await Store.open(database, logger: logger)
         let agents = try AgentClient(tls: identity.clientConfiguration(trusting: ca.certificatePath, also: agentCA))
         let controller = Controller(store: store, agents: agents, logger: logger, ca: ca)
+        // Every API call needs a token: the first admin's is written next to the state, once.
+        let tokenFile = pki.dataDir + "/admin.token"
+        if try await controller.bootstrapAdmin(tokenFile: tokenFile) {
+            logger.notice("first admin token written", metadata: ["file": "\(tokenFile)"])
+        }
         let loop = ReconcileLoop(controller: controller, interval: .milliseconds(Int(reconcileInterval * 1000)))
         let migrations = MigrationLoop(controller: controller)
         let app = try ControllerServer.application(

@@ -13,10 +13,14 @@ import NIOSSL
 struct ServerOptions: ParsableArguments {
     @Option(help: "Controller URL, e.g. https://127.0.0.1:8443.") var server: String?
     @Option(help: "CA certificate (PEM) the controller's certificate chains to.") var ca: String?
+    @Option(help: "API token (else VSPHERE_TOKEN, else the config's token or tokenFile).") var token: String?
 
     struct Config: Codable {
         var server: String
         var ca: String?
+        var token: String?
+        /// A file holding the token (e.g. the controller's admin.token).
+        var tokenFile: String?
     }
 
     static var configPath: String {
@@ -24,28 +28,31 @@ struct ServerOptions: ParsableArguments {
         return ProcessInfo.processInfo.environment["VSPHERE_CONFIG"] ?? "\(home)/.config/vsphere/config.json"
     }
 
-    func resolve() throws -> (server: String, ca: String?) {
+    func resolve() throws -> (server: String, ca: String?, token: String?) {
         let env = ProcessInfo.processInfo.environment
         let file = FileManager.default.contents(atPath: Self.configPath).flatMap { try? JSONDecoder().decode(Config.self, from: $0) }
         guard let url = server ?? env["VSPHERE_SERVER"] ?? file?.server else {
             throw ValidationError("no controller: give --server, set VSPHERE_SERVER, or run make demo (writes \(Self.configPath))")
         }
-        return (url.hasSuffix("/") ? String(url.dropLast()) : url, ca ?? env["VSPHERE_CA"] ?? file?.ca)
+        let fromFile = file?.tokenFile.flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }?.trimmingCharacters(in: .whitespacesAndNewlines)
+        return (url.hasSuffix("/") ? String(url.dropLast()) : url, ca ?? env["VSPHERE_CA"] ?? file?.ca, token ?? env["VSPHERE_TOKEN"].flatMap { $0.isEmpty ? nil : $0 } ?? file?.token ?? fromFile)
     }
 
     func client() throws -> ControllerClient {
-        let (server, ca) = try resolve()
-        return try ControllerClient(server: server, ca: ca)
+        let (server, ca, token) = try resolve()
+        return try ControllerClient(server: server, ca: ca, token: token)
     }
 }
 
 final class ControllerClient: Sendable {
     let server: String
     let http: HTTPClient
+    let token: String?
 
     /// `unverified` only fetches what is checked by other means (a joining host's pinned CA).
-    init(server: String, ca: String?, unverified: Bool = false) throws {
+    init(server: String, ca: String?, token: String? = nil, unverified: Bool = false) throws {
         self.server = server
+        self.token = token
         var tls = TLSConfiguration.makeClientConfiguration()
         if let ca { tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca)) }
         if unverified { tls.certificateVerification = .none }
@@ -60,6 +67,7 @@ final class ControllerClient: Sendable {
     func call<T: Decodable>(_ method: HTTPMethod, _ path: String, body: Data? = nil, as: T.Type = T.self) async throws -> T {
         var req = HTTPClientRequest(url: server + path)
         req.method = method
+        if let token { req.headers.add(name: "Authorization", value: "Bearer \(token)") }
         if let body {
             req.body = .bytes(ByteBuffer(data: body))
             req.headers.add(name: "Content-Type", value: "application/json")

@@ -30,7 +30,7 @@ struct Plan: AsyncParsableCommand {
         let manifest = try loadManifest(file)
         let client = try server.client()
         defer { Task { await client.close() } }
-        let r: ApplyResponse = try await client.call(.POST, "/v1/apply", body: try JSONEncoder().encode(ApplyRequest(manifest: manifest, prune: prune, dryRun: true)))
+        let r: ApplyResponse = try await client.call(.POST, "/v1/plan", body: try JSONEncoder().encode(ApplyRequest(manifest: manifest, prune: prune, dryRun: true)))
         try printChanges(r, output: output, verb: "planned")
     }
 }

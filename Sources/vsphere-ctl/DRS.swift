@@ -98,7 +98,7 @@ struct HostCommand: AsyncParsableCommand {
             host maintenance HOST on|off [--wait]: `on` evacuates every VM (a VM that cannot move is reported and does not \
             block the others); `off` takes the host back.
             host join-token HOST [--ttl SECONDS]: a one-time token for a host of the desired state, and the cluster CA's fingerprint.
-            host join HOST --token T --ca-fingerprint F --out DIR --server URL: run on the new host: makes its key, has the \
+            host join HOST --join-token T --ca-fingerprint F --out DIR --server URL: run on the new host: makes its key, has the \
             controller sign it, writes DIR/agent.key, DIR/agent.crt and DIR/cluster-ca.crt for its agent.
             """)
     @OptionGroup var server: ServerOptions
@@ -109,7 +109,7 @@ struct HostCommand: AsyncParsableCommand {
     @Option(name: .shortAndLong, help: "table or json.") var output: OutputFormat = .table
     @Option(help: "--wait: give up after this many seconds.") var timeout = 1800
     @Option(help: "join-token: seconds the token is valid (60 to 604800).") var ttl: Int?
-    @Option(help: "join: the one-time token.") var token: String?
+    @Option(name: .customLong("join-token"), help: "join: the one-time token (from join-token).") var joinToken: String?
     @Option(name: .customLong("ca-fingerprint"), help: "join: SHA-256 of the cluster CA (from join-token).") var caFingerprint: String?
     @Option(help: "join: directory for the agent's identity (its data directory's tls/).") var out: String?
 
@@ -123,7 +123,7 @@ struct HostCommand: AsyncParsableCommand {
         case "join-token":
             if let ttl, !(60...604_800).contains(ttl) { throw ValidationError("--ttl: must be between 60 and 604800") }
         default:
-            guard let token, token.count == 64, token.allSatisfy(\.isHexDigit) else { throw ValidationError("--token: the 64 hex digits join-token printed") }
+            guard let joinToken, joinToken.count == 64, joinToken.allSatisfy(\.isHexDigit) else { throw ValidationError("--join-token: the 64 hex digits join-token printed") }
             guard let caFingerprint, caFingerprint.count == 64, caFingerprint.allSatisfy(\.isHexDigit) else {
                 throw ValidationError("--ca-fingerprint: the 64 hex digits join-token printed")
             }
@@ -133,7 +133,7 @@ struct HostCommand: AsyncParsableCommand {
 
     func run() async throws {
         switch action {
-        case "join-token": return try await joinToken()
+        case "join-token": return try await makeJoinToken()
         case "join": return try await join()
         default: break
         }
@@ -149,7 +149,7 @@ struct HostCommand: AsyncParsableCommand {
         try await followJob(client: client, job: job, wait: wait, json: output == .json, timeout: timeout)
     }
 
-    func joinToken() async throws {
+    func makeJoinToken() async throws {
         let client = try server.client()
         defer { Task { await client.close() } }
         let t: JoinToken = try await client.call(.POST, "/v1/hosts/\(host)/join-token", body: try JSONEncoder().encode(JoinTokenRequest(ttlSeconds: ttl)))
@@ -157,7 +157,7 @@ struct HostCommand: AsyncParsableCommand {
         print("token:          \(t.token)")
         print("ca-fingerprint: \(t.caFingerprint)")
         print("expires:        \(ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(t.expiresMs) / 1000)))")
-        print("On \(host): vsphere-ctl host join \(host) --server \((try? server.resolve().server) ?? "URL") --token \(t.token) --ca-fingerprint \(t.caFingerprint) --out /var/lib/vsphere/agent/tls")
+        print("On \(host): vsphere-ctl host join \(host) --server \((try? server.resolve().server) ?? "URL") --join-token \(t.token) --ca-fingerprint \(t.caFingerprint) --out /var/lib/vsphere/agent/tls")
     }
 
     /// The host's side: pin the CA by its fingerprint, then send a CSR over TLS verified by that CA.
@@ -183,7 +183,7 @@ struct HostCommand: AsyncParsableCommand {
         let client = try ControllerClient(server: url, ca: caPath + ".new")
         defer { Task { await client.close() } }
         let r: JoinResponse = try await client.call(
-            .POST, "/v1/join", body: try JSONEncoder().encode(JoinRequest(host: host, token: token!, csr: request.csr)))
+            .POST, "/v1/join", body: try JSONEncoder().encode(JoinRequest(host: host, token: joinToken!, csr: request.csr)))
         guard FileManager.default.createFile(atPath: dir + "/agent.key.new", contents: Data(request.key.utf8), attributes: [.posixPermissions: 0o600]),
             rename(dir + "/agent.key.new", dir + "/agent.key") == 0
         else { stderr("cannot write \(dir)/agent.key"); throw ExitCode(Exit.failed) }

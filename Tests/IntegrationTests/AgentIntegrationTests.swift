@@ -413,14 +413,14 @@ struct HostJoinOnTestbed {
         let server = "https://10.250.1.254:8443"
 
         // A controller presenting another CA is not trusted with the token.
-        let (wrong, wrongOut) = try ctl("host", "join", "h2", "--server", server, "--token", token.token,
+        let (wrong, wrongOut) = try ctl("host", "join", "h2", "--server", server, "--join-token", token.token,
                                         "--ca-fingerprint", String(repeating: "0", count: 64), "--out", dir)
         #expect(wrong == 1 && wrongOut.contains("not joining"), "\(wrongOut)")
         #expect(!FileManager.default.fileExists(atPath: dir + "/agent.key"))
 
-        let (joined, joinedOut) = try ctl("host", "join", "h2", "--server", server, "--token", token.token, "--ca-fingerprint", token.caFingerprint, "--out", dir)
+        let (joined, joinedOut) = try ctl("host", "join", "h2", "--server", server, "--join-token", token.token, "--ca-fingerprint", token.caFingerprint, "--out", dir)
         #expect(joined == 0, "\(joinedOut)")
-        let (again, againOut) = try ctl("host", "join", "h2", "--server", server, "--token", token.token, "--ca-fingerprint", token.caFingerprint, "--out", dir + "-again")
+        let (again, againOut) = try ctl("host", "join", "h2", "--server", server, "--join-token", token.token, "--ca-fingerprint", token.caFingerprint, "--out", dir + "-again")
         #expect(again == 1 && againOut.contains("token"), "a token works once: \(againOut)")
         try? FileManager.default.removeItem(atPath: dir + "-again")
 

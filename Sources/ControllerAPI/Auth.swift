@@ -1,0 +1,117 @@
+import Crypto
+import Foundation
+
+/// Roles, least to most: a viewer reads, an operator also changes the cluster, an admin also manages
+/// tokens, joins hosts and reads the audit log.
+public enum Role: String, Codable, Sendable, CaseIterable, Comparable {
+    case viewer, `operator`, admin
+    var rank: Int { Role.allCases.firstIndex(of: self)! }
+    public static func < (a: Role, b: Role) -> Bool { a.rank < b.rank }
+
+    /// The role a request needs; nil: anyone (health, the CA, joining with a token).
+    public static func required(method: String, path: String) -> Role? {
+        if path == "/healthz" || (method == "GET" && path == "/v1/ca") || (method == "POST" && path == "/v1/join") { return nil }
+        if path == "/v1/tokens" || path.hasPrefix("/v1/tokens/") || path.hasPrefix("/v1/audit") { return .admin }
+        if method == "POST", path.hasPrefix("/v1/hosts/"), path.hasSuffix("/join-token") { return .admin }
+        if method == "GET" || method == "HEAD" || (method == "POST" && path == "/v1/plan") { return .viewer }
+        return .`operator`
+    }
+}
+
+/// `POST /v1/tokens`.
+public struct TokenRequest: Codable, Sendable {
+    public var name: String
+    public var role: Role
+    public init(name: String, role: Role) {
+        self.name = name
+        self.role = role
+    }
+}
+
+/// A user's API token as listed (the secret itself is shown once, at creation).
+public struct TokenView: Codable, Sendable, Equatable {
+    public var name: String
+    public var role: Role
+    public var createdMs: Int64
+    public var revokedMs: Int64?
+    /// Only in the answer to its creation.
+    public var token: String?
+    public init(name: String, role: Role, createdMs: Int64, revokedMs: Int64?, token: String? = nil) {
+        self.name = name
+        self.role = role
+        self.createdMs = createdMs
+        self.revokedMs = revokedMs
+        self.token = token
+    }
+}
+
+/// One entry of the audit log: who did what, and the hash chain that makes tampering visible.
+public struct AuditRecord: Codable, Sendable, Equatable {
+    public var id: Int64
+    public var timeMs: Int64
+    public var actor: String
+    public var role: String
+    public var method: String
+    public var path: String
+    public var status: Int
+    /// The previous record's hash (the genesis value for the first).
+    public var prev: String
+    public var hash: String
+    public init(id: Int64, timeMs: Int64, actor: String, role: String, method: String, path: String, status: Int, prev: String, hash: String) {
+        self.id = id
+        self.timeMs = timeMs
+        self.actor = actor
+        self.role = role
+        self.method = method
+        self.path = path
+        self.status = status
+        self.prev = prev
+        self.hash = hash
+    }
+}
+
+/// The audit log's hash chain: each record's hash covers its fields and the previous hash, so changing,
+/// removing or reordering a record breaks every hash after it.
+public enum AuditChain {
+    public static let genesis = String(repeating: "0", count: 64)
+
+    public static func hash(id: Int64, timeMs: Int64, actor: String, role: String, method: String, path: String, status: Int, prev: String) -> String {
+        // Length-prefixed fields: no field can be shifted into another.
+        let fields = [String(id), String(timeMs), actor, role, method, path, String(status), prev]
+        let text = fields.map { "\($0.utf8.count):\($0)" }.joined(separator: "|")
+        return SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    public static func hash(of r: AuditRecord) -> String {
+        hash(id: r.id, timeMs: r.timeMs, actor: r.actor, role: r.role, method: r.method, path: r.path, status: r.status, prev: r.prev)
+    }
+
+    public struct Verdict: Codable, Sendable, Equatable {
+        public var ok: Bool
+        public var records: Int
+        /// The last record's hash: keep it elsewhere to notice a truncated log later.
+        public var head: String
+        public var brokenAt: Int64?
+        public var reason: String?
+    }
+
+    /// Checks records in id order: consecutive ids, each `prev` the hash before it, each hash its own.
+    public static func verify(_ records: [AuditRecord]) -> Verdict {
+        var prev = genesis
+        var lastID: Int64?
+        for r in records {
+            if let l = lastID, r.id != l + 1 {
+                return Verdict(ok: false, records: records.count, head: prev, brokenAt: r.id, reason: "record \(l + 1) is missing")
+            }
+            if r.prev != prev {
+                return Verdict(ok: false, records: records.count, head: prev, brokenAt: r.id, reason: "record \(r.id) does not follow the one before it")
+            }
+            if hash(of: r) != r.hash {
+                return Verdict(ok: false, records: records.count, head: prev, brokenAt: r.id, reason: "record \(r.id) was changed")
+            }
+            prev = r.hash
+            lastID = r.id
+        }
+        return Verdict(ok: true, records: records.count, head: prev, brokenAt: nil, reason: nil)
+    }
+}

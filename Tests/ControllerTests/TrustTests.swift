@@ -1,0 +1,91 @@
+import ControllerAPI
+import Foundation
+import TLSSupport
+import SwiftASN1
+import Testing
+import X509
+
+@Suite struct RoleTests {
+    @Test func requiredRoles() {
+        #expect(Role.required(method: "GET", path: "/healthz") == nil)
+        #expect(Role.required(method: "GET", path: "/v1/ca") == nil)
+        #expect(Role.required(method: "POST", path: "/v1/join") == nil)
+        #expect(Role.required(method: "GET", path: "/v1/vms") == .viewer)
+        #expect(Role.required(method: "POST", path: "/v1/plan") == .viewer)
+        #expect(Role.required(method: "POST", path: "/v1/apply") == .operator)
+        #expect(Role.required(method: "DELETE", path: "/v1/vms/a") == .operator)
+        #expect(Role.required(method: "POST", path: "/v1/vms/a/migrate") == .operator)
+        #expect(Role.required(method: "GET", path: "/v1/tokens") == .admin)
+        #expect(Role.required(method: "DELETE", path: "/v1/tokens/bob") == .admin)
+        #expect(Role.required(method: "GET", path: "/v1/audit") == .admin)
+        #expect(Role.required(method: "POST", path: "/v1/hosts/h1/join-token") == .admin)
+        #expect(Role.required(method: "POST", path: "/v1/hosts/h1/maintenance") == .operator)
+        #expect(Role.viewer < .operator && Role.operator < .admin)
+    }
+}
+
+@Suite struct AuditChainTests {
+    func chain(_ n: Int) -> [AuditRecord] {
+        var out: [AuditRecord] = []
+        var prev = AuditChain.genesis
+        for i in 1...n {
+            var r = AuditRecord(id: Int64(i), timeMs: 1_700_000_000_000 + Int64(i), actor: i % 2 == 0 ? "alice" : "bob", role: "operator",
+                                method: "DELETE", path: "/v1/vms/v\(i)", status: 200, prev: prev, hash: "")
+            r.hash = AuditChain.hash(of: r)
+            prev = r.hash
+            out.append(r)
+        }
+        return out
+    }
+
+    @Test func intactChainVerifies() {
+        let v = AuditChain.verify(chain(20))
+        #expect(v.ok && v.records == 20 && v.head == chain(20).last!.hash)
+        #expect(AuditChain.verify([]).ok)
+    }
+
+    /// Changing any field of any record, dropping a record, or swapping two is detected at that record.
+    @Test(arguments: 1...20) func everyTamperingIsDetected(at i: Int) {
+        var changed = chain(20)
+        changed[i - 1].actor = "mallory"
+        #expect(AuditChain.verify(changed).brokenAt == Int64(i))
+        var status = chain(20)
+        status[i - 1].status = 403
+        #expect(AuditChain.verify(status).ok == false)
+        var dropped = chain(20)
+        dropped.remove(at: i - 1)
+        if i < 20 { #expect(AuditChain.verify(dropped).ok == false) }
+        var rehashed = chain(20)
+        rehashed[i - 1].path = "/v1/vms/other"
+        rehashed[i - 1].hash = AuditChain.hash(of: rehashed[i - 1])
+        // A forger who rehashes the record still breaks the next record's link.
+        if i < 20 { #expect(AuditChain.verify(rehashed).brokenAt == Int64(i + 1)) }
+    }
+}
+
+@Suite struct ClusterCATests {
+    @Test func issuesIdentitiesThatChainToIt() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vs-ca-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ca = try ClusterCA.loadOrCreate(directory: dir + "/pki")
+        let again = try ClusterCA.loadOrCreate(directory: dir + "/pki")
+        #expect(again.certificate == ca.certificate, "made once, loaded after")
+        let attrs = try FileManager.default.attributesOfItem(atPath: dir + "/pki/ca.key")
+        #expect((attrs[.posixPermissions] as? Int ?? 0) == 0o600)
+        let id = try ca.write(try ca.issue(commonName: "h1", names: ["10.0.0.1"]), to: dir + "/h1", prefix: "agent")
+        let chain = try String(contentsOfFile: id.certificatePath, encoding: .utf8)
+        let leaf = try Certificate(derEncoded: try #require(try PEMDocument.parseMultiple(pemString: chain).first).derBytes)
+        #expect(leaf.issuer == ca.certificate.subject)
+        #expect(ca.certificate.publicKey.isValidSignature(leaf.signature, for: leaf))
+        let san = try #require(try leaf.extensions.subjectAlternativeNames)
+        #expect(san.contains(.dnsName("h1")))
+        #expect(san.contains(where: { if case .ipAddress = $0 { return true } else { return false } }))
+        // A host's own key: the CSR proves possession; the signed certificate carries that key.
+        let req = try HostJoin.request(commonName: "h2")
+        let key = try HostJoin.verifiedKey(csrPEM: req.csr)
+        let signed = try ca.sign(publicKey: key, commonName: "h2", names: [])
+        #expect(signed.publicKey == key)
+        #expect(throws: (any Error).self) { _ = try HostJoin.verifiedKey(csrPEM: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----") }
+        #expect(try HostJoin.fingerprint(pem: ca.certificatePEM).count == 64)
+    }
+}
