@@ -41,11 +41,52 @@ public struct ClusterManifest: Codable, Sendable, Equatable {
         public var migration: MigrationSettings?
         public var drs: DRSSettings?
         public var dpm: DPMSettings?
-        public init(placement: PlacementSettings? = nil, migration: MigrationSettings? = nil, drs: DRSSettings? = nil, dpm: DPMSettings? = nil) {
+        public var security: SecuritySettings?
+        public var compliance: ComplianceRules?
+        public init(
+            placement: PlacementSettings? = nil, migration: MigrationSettings? = nil, drs: DRSSettings? = nil, dpm: DPMSettings? = nil,
+            security: SecuritySettings? = nil, compliance: ComplianceRules? = nil
+        ) {
             self.placement = placement
             self.migration = migration
             self.drs = drs
             self.dpm = dpm
+            self.security = security
+            self.compliance = compliance
+        }
+    }
+
+    /// What the controller does when the virtual layer changes behind its back.
+    public struct SecuritySettings: Codable, Sendable, Equatable {
+        /// `restore` (default: raise an alarm, then put the desired state back) or `alarm` (raise an
+        /// alarm, change nothing).
+        public var driftRepair: String?
+        public init(driftRepair: String? = nil) { self.driftRepair = driftRepair }
+    }
+
+    /// Compliance rules over the desired state (`vsphere-ctl compliance`).
+    public struct ComplianceRules: Codable, Sendable, Equatable {
+        /// Every VM in a resource pool.
+        public var requireResourcePool: Bool?
+        /// Every VM with a memory limit / a CPU limit of its own.
+        public var requireMemoryLimit: Bool?
+        public var requireCPULimit: Bool?
+        /// No VM with more vCPUs.
+        public var maxVCPUs: Int?
+        /// NICs only on these networks.
+        public var allowedNetworks: [String]?
+        /// Every VM pinned to a site.
+        public var requireSite: Bool?
+        public init(
+            requireResourcePool: Bool? = nil, requireMemoryLimit: Bool? = nil, requireCPULimit: Bool? = nil, maxVCPUs: Int? = nil,
+            allowedNetworks: [String]? = nil, requireSite: Bool? = nil
+        ) {
+            self.requireResourcePool = requireResourcePool
+            self.requireMemoryLimit = requireMemoryLimit
+            self.requireCPULimit = requireCPULimit
+            self.maxVCPUs = maxVCPUs
+            self.allowedNetworks = allowedNetworks
+            self.requireSite = requireSite
         }
     }
 

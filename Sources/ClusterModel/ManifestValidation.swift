@@ -88,6 +88,15 @@ extension ClusterManifest {
             if let s = d.spareHosts, !(0...1000).contains(s) { out.append(.init("\(p).spareHosts", "must be between 0 and 1000")) }
             if let s = d.powerOnTimeoutSeconds, !(10...7200).contains(s) { out.append(.init("\(p).powerOnTimeoutSeconds", "must be between 10 and 7200")) }
         }
+        if let r = settings?.security?.driftRepair, !["restore", "alarm"].contains(r) {
+            out.append(.init("settings.security.driftRepair", "must be restore or alarm"))
+        }
+        if let c = settings?.compliance {
+            if let m = c.maxVCPUs, !(1...512).contains(m) { out.append(.init("settings.compliance.maxVCPUs", "must be between 1 and 512")) }
+            for (i, n) in (c.allowedNetworks ?? []).enumerated() where !Names.isValid(n) {
+                out.append(.init("settings.compliance.allowedNetworks[\(i)]", nameRule))
+            }
+        }
 
         func names<T>(_ section: String, _ items: [T]?, _ name: (T) -> String) -> Set<String>? {
             guard let items else { return nil }

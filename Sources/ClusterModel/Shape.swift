@@ -114,6 +114,11 @@ indirect enum Shape: Sendable {
                     "automation": .string, "migrationThreshold": .integer, "minGain": .number, "maxMoves": .integer,
                     "intervalSeconds": .integer, "demandWindowSeconds": .integer,
                 ]),
+                "security": .object(["driftRepair": .string]),
+                "compliance": .object([
+                    "requireResourcePool": .boolean, "requireMemoryLimit": .boolean, "requireCPULimit": .boolean, "maxVCPUs": .integer,
+                    "allowedNetworks": .array(.string), "requireSite": .boolean,
+                ]),
                 "dpm": .object([
                     "automation": .string, "targetUtilization": .integer, "tolerance": .integer, "powerOnSustainSeconds": .integer,
                     "powerOffSustainSeconds": .integer, "spareHosts": .integer, "powerOnTimeoutSeconds": .integer,

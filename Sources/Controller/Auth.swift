@@ -79,10 +79,11 @@ extension Controller {
 /// valid one) and a role that allows it (403 otherwise, `Role.required`). Every call that is not a read
 /// is recorded in the audit log with who made it and how it ended, refused ones included.
 struct AuthMiddleware: RouterMiddleware {
-    typealias Context = BasicRequestContext
+    typealias Context = ControllerContext
     let controller: Controller
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var context = context
         let method = request.method.rawValue
         let path = request.uri.path
         guard let need = Role.required(method: method, path: path) else { return try await next(request, context) }
@@ -101,6 +102,7 @@ struct AuthMiddleware: RouterMiddleware {
             if mutating { await controller.audit(actor: who.name, role: who.role.rawValue, method: method, path: path, status: 403) }
             return Response.json(403, APIError(error: "\(who.name) is a \(who.role.rawValue); \(method) \(path) needs \(need.rawValue)"))
         }
+        context.actor = who.name
         do {
             let response = try await next(request, context)
             if mutating { await controller.audit(actor: who.name, role: who.role.rawValue, method: method, path: path, status: Int(response.status.code)) }
@@ -109,5 +111,15 @@ struct AuthMiddleware: RouterMiddleware {
             if mutating { await controller.audit(actor: who.name, role: who.role.rawValue, method: method, path: path, status: 500) }
             throw error
         }
+    }
+}
+
+/// The controller's request context: the authenticated user, for handlers that record who acted.
+public struct ControllerContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public var actor: String?
+    public init(source: Source) {
+        coreContext = .init(source: source)
+        actor = nil
     }
 }

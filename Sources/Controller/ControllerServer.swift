@@ -12,8 +12,8 @@ import NIOSSL
 
 /// The controller's HTTPS API (Schemas/controller-api.json).
 public enum ControllerServer {
-    public static func router(controller: Controller, loop: ReconcileLoop, migrations: MigrationLoop) -> Router<BasicRequestContext> {
-        let router = Router(context: BasicRequestContext.self)
+    public static func router(controller: Controller, loop: ReconcileLoop, migrations: MigrationLoop) -> Router<ControllerContext> {
+        let router = Router(context: ControllerContext.self)
         router.add(middleware: AuthMiddleware(controller: controller))
         router.get("/healthz") { _, _ in Response.json(200, ["status": "ok"]) }
         router.post("/v1/apply") { request, _ in
@@ -47,6 +47,16 @@ public enum ControllerServer {
                 return ["revoked": name]
             }
         }
+        router.get("/v1/alarms") { _, _ in await respond { try await controller.alarmViews() } }
+        router.post("/v1/alarms/:id/ack") { request, ctx in
+            await respond {
+                guard let id = ctx.parameters.get("id").flatMap({ Int64($0) }) else { throw ValidationFailure([ValidationProblem("id", "must be an alarm number")]) }
+                let who = ctx.actor ?? "?"
+                guard try await controller.acknowledgeAlarm(id, by: who) else { throw NotFound(what: "active alarm \(id)") }
+                return ["acknowledged": id]
+            }
+        }
+        router.get("/v1/compliance") { _, _ in await respond { try await controller.complianceReport() } }
         router.get("/v1/audit") { request, _ in
             await respond {
                 try await controller.auditRecords(after: request.uri.queryParameters.get("after").flatMap { Int64($0) } ?? 0)

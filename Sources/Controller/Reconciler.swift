@@ -157,6 +157,12 @@ extension Controller {
             // Where the VM is: a recorded host that has it, else any host that has it (adopted).
             var location = seen.first { $0.host == status.host } ?? seen.first
             if let loc = location, status.host != loc.host {
+                if let was = status.host, status.uuid != nil, !seen.contains(where: { $0.host == was }),
+                   !((try? await store.migrations(limit: 100)) ?? []).contains(where: { $0.vm == name && $0.destination == loc.host && $0.state == "completed" }) {
+                    // Recorded on one host, found on another, and no migration of ours moved it.
+                    await raise("moved:\(name):\(loc.host)", kind: "unexpected-move", name: name, host: loc.host,
+                                message: "\(name) was on \(was) and is now on \(loc.host) without a migration by the controller")
+                }
                 status.host = loc.host
                 try await store.addEvent(source: "controller", kind: "vm", name: name, event: "adopted", detail: loc.host, message: "found defined there")
             }
@@ -174,6 +180,28 @@ extension Controller {
                 continue
             }
 
+            let restore = (manifest.settings?.security?.driftRepair ?? "restore") == "restore"
+            if location == nil, status.uuid != nil, let h = status.host, observed.inventories[h] != nil {
+                // It was defined there, and nobody here removed it: undefined behind the controller's back.
+                await raise("drift:\(name):undefined", kind: "drift", name: name, host: h,
+                            message: "\(name) was undefined on \(h) outside the controller; " + (restore ? "defining it again" : "left so (driftRepair: alarm)"))
+                if !restore {
+                    status.message = "undefined outside the controller (drift alarm); driftRepair is alarm"
+                    try await store.setVMStatus(status)
+                    continue
+                }
+            } else if let loc = location, !loc.status.persistent, let agent = hostsByName[loc.host]?.agent {
+                // Running on, but its definition was removed: a transient domain would vanish at its next stop.
+                await raise("drift:\(name):undefined", kind: "drift", name: name, host: loc.host,
+                            message: "\(name) was undefined on \(loc.host) outside the controller (still running, now transient); " + (restore ? "defining it again" : "left so (driftRepair: alarm)"))
+                if restore {
+                    _ = try await run("define", name, loc.host, "its definition was removed outside the controller") {
+                        _ = try await agents.define(agent, agentSpec)
+                    }
+                }
+            } else if location != nil {
+                await clear("drift:\(name):undefined", note: "defined again")
+            }
             if location == nil {
                 // Not defined anywhere: define it on its recorded host, or place it first.
                 var host = status.host.flatMap { h in observed.inventories[h] != nil ? h : nil }
@@ -231,6 +259,19 @@ extension Controller {
             var state = loc.status.state
             let wantRunning = (spec.powerState ?? "running") == "running"
             let active = ["running", "blocked", "paused", "pmsuspended"].contains(state)
+            if wantRunning && !active && statuses[name]?.state == "running" && statuses[name]?.host == loc.host {
+                // Seen running on this host last time, meant to run, and the controller did not stop it.
+                await raise("drift:\(name):state", kind: "drift", name: name, host: loc.host,
+                            message: "\(name) stopped on \(loc.host) outside the controller (now \(state)); " + (restore ? "starting it again" : "left so (driftRepair: alarm)"))
+            }
+            if wantRunning && active { await clear("drift:\(name):state", note: "running again") }
+            if wantRunning && !active && !restore, (try? await store.openAlarmKeys())?.contains("drift:\(name):state") == true {
+                status.state = Self.viewState(state)
+                status.message = "stopped outside the controller (drift alarm); driftRepair is alarm"
+                if status != statuses[name] { try await store.setVMStatus(status) }
+                statuses[name] = status
+                continue
+            }
             if wantRunning && !active {
                 if try await run("start", name, loc.host, "desired power state is running", {
                     state = try await agents.action(agent, name, "start").state
@@ -245,6 +286,9 @@ extension Controller {
             if status != statuses[name] { try await store.setVMStatus(status) }
             statuses[name] = status
         }
+
+        // Domains nobody asked for.
+        await checkRogue(observed, known: Set((manifest.vms ?? []).map(\.name)).union(statuses.keys))
 
         // VMs no longer desired: remove them from their hosts.
         let desiredNames = Set((manifest.vms ?? []).map(\.name))

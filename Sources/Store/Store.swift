@@ -151,6 +151,16 @@ public enum Migrations {
                 path TEXT NOT NULL, status BIGINT NOT NULL, prev TEXT NOT NULL, hash TEXT NOT NULL)
             """,
         ]),
+        (6, [
+            // Alarms raised at the virtual layer (drift, rogue VMs, guest panics...); `key` folds repeats of
+            // one condition into one active alarm.
+            """
+            CREATE TABLE alarms (
+                id BIGINT PRIMARY KEY, key TEXT NOT NULL, time_ms BIGINT NOT NULL, kind TEXT NOT NULL, name TEXT, host TEXT,
+                message TEXT NOT NULL, state TEXT NOT NULL, updated_ms BIGINT NOT NULL, note TEXT)
+            """,
+            "CREATE INDEX alarms_by_key ON alarms (key, state)",
+        ]),
     ]
 }
 
@@ -416,6 +426,67 @@ public actor Store {
                 method: $0["method"]?.text ?? "", path: $0["path"]?.text ?? "", status: Int($0["status"]?.int ?? 0),
                 prev: $0["prev"]?.text ?? "", hash: $0["hash"]?.text ?? "")
         }
+    }
+
+    // MARK: Alarms
+
+    public struct Alarm: Sendable, Equatable {
+        public var id: Int64
+        public var key: String
+        public var timeMs: Int64
+        public var kind: String
+        public var name: String?
+        public var host: String?
+        public var message: String
+        /// `active`, `acknowledged`, `cleared`.
+        public var state: String
+        public var updatedMs: Int64
+        public var note: String?
+    }
+
+    /// Raises an alarm unless one with the same key is still active or acknowledged; returns the new one.
+    public func raiseAlarm(key: String, kind: String, name: String?, host: String?, message: String) async throws -> Alarm? {
+        let open = try await backend.query("SELECT id FROM alarms WHERE key = $1 AND state IN ('active', 'acknowledged')", [.text(key)])
+        guard open.isEmpty else { return nil }
+        let id = (try await backend.query("SELECT COALESCE(MAX(id), 0) AS m FROM alarms", []).first?["m"]?.int ?? 0) + 1
+        let t = now()
+        let a = Alarm(id: id, key: key, timeMs: t, kind: kind, name: name, host: host, message: message, state: "active", updatedMs: t, note: nil)
+        try await backend.execute(
+            "INSERT INTO alarms (id, key, time_ms, kind, name, host, message, state, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $3)",
+            [.int(id), .text(key), .int(t), .text(kind), name.map(SQLValue.text) ?? .null, host.map(SQLValue.text) ?? .null, .text(message), .text("active")])
+        return a
+    }
+
+    /// Clears the open alarm of `key` (its condition is gone); returns whether there was one.
+    @discardableResult
+    public func clearAlarm(key: String, note: String) async throws -> Bool {
+        let open = try await backend.query("SELECT id FROM alarms WHERE key = $1 AND state IN ('active', 'acknowledged')", [.text(key)])
+        guard !open.isEmpty else { return false }
+        try await backend.execute(
+            "UPDATE alarms SET state = $1, updated_ms = $2, note = $3 WHERE key = $4 AND state IN ('active', 'acknowledged')",
+            [.text("cleared"), .int(now()), .text(note), .text(key)])
+        return true
+    }
+
+    /// An operator saw it: acknowledged (it stays open until its condition clears). nil: no such open alarm.
+    public func acknowledgeAlarm(id: Int64, by: String) async throws -> Bool {
+        guard try await backend.query("SELECT id FROM alarms WHERE id = $1 AND state = 'active'", [.int(id)]).first != nil else { return false }
+        try await backend.execute("UPDATE alarms SET state = $1, updated_ms = $2, note = $3 WHERE id = $4", [.text("acknowledged"), .int(now()), .text("acknowledged by \(by)"), .int(id)])
+        return true
+    }
+
+    public func alarms(limit: Int = 1000) async throws -> [Alarm] {
+        try await backend.query("SELECT * FROM alarms ORDER BY id DESC LIMIT $1", [.int(Int64(limit))]).map {
+            Alarm(
+                id: $0["id"]?.int ?? 0, key: $0["key"]?.text ?? "", timeMs: $0["time_ms"]?.int ?? 0, kind: $0["kind"]?.text ?? "",
+                name: $0["name"]?.text, host: $0["host"]?.text, message: $0["message"]?.text ?? "", state: $0["state"]?.text ?? "active",
+                updatedMs: $0["updated_ms"]?.int ?? 0, note: $0["note"]?.text)
+        }
+    }
+
+    /// Keys of the alarms still open.
+    public func openAlarmKeys() async throws -> Set<String> {
+        Set(try await backend.query("SELECT key FROM alarms WHERE state IN ('active', 'acknowledged')", []).compactMap { $0["key"]?.text })
     }
 
     // MARK: Join tokens

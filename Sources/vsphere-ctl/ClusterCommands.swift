@@ -92,11 +92,11 @@ func waitFor(client: ControllerClient, names: Set<String>, want: [String: String
 struct Get: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List hosts, vms, pools, networks, resource-pools, tasks, events, migrations or jobs (DRS applies, evacuations).")
     @OptionGroup var server: ServerOptions
-    @Argument(help: "hosts, vms, pools, networks, resource-pools, tasks, events, migrations, jobs") var what: String
+    @Argument(help: "hosts, vms, pools, networks, resource-pools, tasks, events, migrations, jobs, alarms") var what: String
     @Option(name: .shortAndLong, help: "table or json.") var output: OutputFormat = .table
 
     func validate() throws {
-        let known = ["hosts", "vms", "pools", "networks", "resource-pools", "tasks", "events", "migrations", "jobs"]
+        let known = ["hosts", "vms", "pools", "networks", "resource-pools", "tasks", "events", "migrations", "jobs", "alarms"]
         if !known.contains(what) { throw ValidationError("unknown kind \(what); use one of \(known.joined(separator: ", "))") }
     }
 
@@ -138,6 +138,12 @@ struct Get: AsyncParsableCommand {
                  p.hosts.filter { $0.setting.vms > 0 }.map { h in
                      "\(h.host): \(h.setting.cpuLimitMHz.map(String.init) ?? "-")/\(h.setting.memoryLimitMiB.map(String.init) ?? "-")" + (h.error != nil || !(h.applied?.errors.isEmpty ?? true) ? " (!)" : "")
                  }.joined(separator: ", ")]
+            })
+        case "alarms":
+            let alarms: [AlarmView] = try await client.call(.GET, "/v1/alarms")
+            if output == .json { return try printJSON(alarms) }
+            table(["ID", "TIME", "KIND", "VM", "HOST", "STATE", "MESSAGE"], alarms.map {
+                [String($0.id), isoTime($0.timeMs), $0.kind, $0.name ?? "-", $0.host ?? "-", $0.state, $0.message]
             })
         case "jobs":
             let jobs: [JobView] = try await client.call(.GET, "/v1/jobs")

@@ -8,7 +8,7 @@ struct Ctl: ParsableCommand {
         version: "0.1.0",
         subcommands: [
             Validate.self, Plan.self, Apply.self, Get.self, Describe.self, Delete.self, VMCommand.self, MigrationCommand.self, Events.self,
-            DRSCommand.self, DPMCommand.self, HostCommand.self, Simulate.self, ValidateVM.self, TokenCommand.self, AuditCommand.self,
+            DRSCommand.self, DPMCommand.self, HostCommand.self, Simulate.self, ValidateVM.self, TokenCommand.self, AuditCommand.self, AlarmCommand.self, ComplianceCommand.self,
         ])
 }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ClusterModel
 import ControllerAPI
 import Foundation
 
@@ -77,4 +78,57 @@ struct AuditCommand: AsyncParsableCommand {
 
 func isoTime(_ ms: Int64) -> String {
     ISO8601DateFormatter().string(from: Date(timeIntervalSince1970: Double(ms) / 1000))
+}
+
+/// `vsphere-ctl alarm ack ID` (operator).
+struct AlarmCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "alarm", abstract: "Acknowledge an alarm (`get alarms` lists them): it stays open until its condition clears.")
+    @OptionGroup var server: ServerOptions
+    @Argument(help: "ack") var action: String
+    @Argument(help: "the alarm's number") var id: Int64
+
+    func validate() throws {
+        if action != "ack" { throw ValidationError("\(action): use ack") }
+    }
+
+    func run() async throws {
+        let client = try server.client()
+        defer { Task { await client.close() } }
+        let _: [String: Int64] = try await client.call(.POST, "/v1/alarms/\(id)/ack")
+        print("alarm \(id) acknowledged")
+    }
+}
+
+/// `vsphere-ctl compliance [-f FILE]`: the compliance rules (`settings.compliance`) over the controller's
+/// desired state, or over a manifest offline; exit 1 when a VM breaks one.
+struct ComplianceCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "compliance",
+        abstract: "Check the compliance rules of settings.compliance over the desired state (or a manifest with -f, offline); exit 1 on violations.")
+    @OptionGroup var server: ServerOptions
+    @Option(name: .shortAndLong, help: "A manifest to check offline instead of the controller's desired state.") var file: String?
+    @Option(name: .shortAndLong, help: "table or json.") var output: OutputFormat = .table
+
+    func run() async throws {
+        let report: Compliance.Report
+        if let file {
+            report = Compliance.evaluate(try loadManifest(file))
+        } else {
+            let client = try server.client()
+            defer { Task { await client.close() } }
+            report = try await client.call(.GET, "/v1/compliance")
+        }
+        if output == .json {
+            try printJSON(report)
+        } else if report.rules.isEmpty {
+            print("no compliance rules (settings.compliance) to check")
+        } else if report.compliant {
+            print("compliant: \(report.vms) VMs, rules \(report.rules.joined(separator: ", "))")
+        } else {
+            table(["VM", "RULE", "PROBLEM"], report.violations.map { [$0.vm, $0.rule, $0.message] })
+            print("\(report.violations.count) violations in \(Set(report.violations.map(\.vm)).count) of \(report.vms) VMs")
+        }
+        if !report.compliant { throw ExitCode(Exit.failed) }
+    }
 }

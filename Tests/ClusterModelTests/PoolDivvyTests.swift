@@ -275,3 +275,21 @@ import Testing
         }
     }
 }
+
+@Suite struct ComplianceRulesTests {
+    @Test func rulesFindWhatBreaksThem() {
+        let m = ClusterManifest(
+            settings: .init(compliance: .init(requireResourcePool: true, requireMemoryLimit: true, requireCPULimit: true, maxVCPUs: 2, allowedNetworks: ["prod"], requireSite: true)),
+            resourcePools: [.init(name: "capped", cpu: .init(limitMHz: 4000), memory: .init(limitMiB: 4096)), .init(name: "kid", parent: "capped")],
+            vms: [
+                VMSpec(name: "ok", cpus: 2, memoryMiB: 256, nics: [.init(network: "prod")], resourcePool: "kid", placement: .init(site: "dc1")),
+                VMSpec(name: "bad", cpus: 4, memoryMiB: 256, nics: [.init(network: "dmz")]),
+            ])
+        let r = Compliance.evaluate(m)
+        #expect(r.rules.count == 6 && r.vms == 2)
+        #expect(!r.violations.contains { $0.vm == "ok" }, "limits inherited from an ancestor pool count")
+        #expect(Set(r.violations.filter { $0.vm == "bad" }.map(\.rule)) == ["requireResourcePool", "requireMemoryLimit", "requireCPULimit", "maxVCPUs", "allowedNetworks", "requireSite"])
+        #expect(!r.compliant)
+        #expect(Compliance.evaluate(ClusterManifest(vms: m.vms)).compliant, "no rules, nothing to break")
+    }
+}

@@ -1,3 +1,4 @@
+import ClusterModel
 import ControllerAPI
 import Foundation
 import Testing
@@ -240,4 +241,98 @@ struct CLIDefinitions {
         let (rc, out) = try Testbed.run([Testbed.ctlBinary, command, "--help"])
         #expect(rc == 0 && !out.contains("Validation failed"), "\(command): \(out)")
     }
+}
+
+extension ClusterOnTestbed {
+/// Alarms at the virtual layer: a VM destroyed or undefined with virsh behind the controller's back
+/// raises a drift alarm and is put back; a domain the controller did not create raises a rogue alarm and
+/// is left alone (the alarm clears when it goes); compliance rules report what breaks them.
+@Suite(.serialized, .enabled(if: Testbed.available && Testbed.sites == 1 && !Testbed.ctlBinary.isEmpty, "needs the one-site testbed"))
+struct AlarmsOnTestbed {
+    let t = VMotionHelpers()
+
+    func alarms() throws -> [AlarmView] {
+        let (rc, out) = try t.ctl("get", "alarms", "-o", "json")
+        #expect(rc == 0, "\(out)")
+        return try JSONDecoder().decode([AlarmView].self, from: Data(out.utf8))
+    }
+
+    func virsh(_ host: String, _ args: String...) throws -> (Int32, String) {
+        try Testbed.run(["bash", Testbed.script, "exec", host, "virsh", "-c", "qemu:///system"] + args)
+    }
+
+    @Test func driftIsRepairedAndRoguesAreReported() throws {
+        try t.apply("drift1", hosts: ["h1"])
+        defer { try? t.delete("drift1") }
+        #expect(try t.domains("h1", running: true).contains("drift1"))
+
+        // Destroyed behind the controller's back: alarm, then started again.
+        #expect(try virsh("h1", "destroy", "drift1").0 == 0)
+        let stopped = try eventuallySync(timeout: 60) { try alarms().first { $0.kind == "drift" && $0.name == "drift1" && $0.message.contains("stopped") } }
+        #expect(stopped.host == "h1" && stopped.message.contains("starting it again"))
+        #expect(try eventuallySync(timeout: 60) { try t.domains("h1", running: true).contains("drift1") ? true : nil })
+        #expect(try eventuallySync(timeout: 30) { try alarms().first { $0.id == stopped.id }?.state == "cleared" ? true : nil }, "cleared once running again")
+
+        // Undefined behind its back while running (libvirt keeps it running, transient): alarm, defined again.
+        #expect(try virsh("h1", "undefine", "drift1").0 == 0)
+        let undefined = try eventuallySync(timeout: 60) { try alarms().first { $0.kind == "drift" && $0.name == "drift1" && $0.message.contains("undefined") } }
+        #expect(undefined.message.contains("defining it again"))
+        #expect(try eventuallySync(timeout: 60) { try virsh("h1", "dominfo", "drift1").1.range(of: #"Persistent:\s+yes"#, options: .regularExpression) != nil ? true : nil }, "persistent again")
+        #expect(try eventuallySync(timeout: 30) { try alarms().first { $0.id == undefined.id }?.state == "cleared" ? true : nil })
+
+        // Destroyed and undefined: gone from the host; alarm, defined and started again.
+        #expect(try Testbed.run(["bash", Testbed.script, "exec", "h1", "sh", "-c", "virsh -c qemu:///system destroy drift1; virsh -c qemu:///system undefine drift1"]).0 == 0)
+        #expect(try eventuallySync(timeout: 60) { try alarms().first { $0.kind == "drift" && $0.name == "drift1" && $0.id > undefined.id } } != nil)
+        #expect(try eventuallySync(timeout: 90) { try t.domains("h1", running: true).contains("drift1") ? true : nil })
+
+        // A domain nobody asked the controller for.
+        let xml = "\(Testbed.dir)/rogue1.xml"
+        try "<domain type='qemu'><name>rogue1</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
+            .write(toFile: xml, atomically: true, encoding: .utf8)
+        #expect(try virsh("h2", "define", xml).0 == 0)
+        defer { _ = try? virsh("h2", "undefine", "rogue1") }
+        let rogue = try eventuallySync(timeout: 60) { try alarms().first { $0.kind == "rogue-vm" && $0.name == "rogue1" && $0.state == "active" } }
+        #expect(rogue.host == "h2")
+        #expect(try t.ctl("alarm", "ack", String(rogue.id)).0 == 0)
+        #expect(try alarms().first { $0.id == rogue.id }?.state == "acknowledged")
+        try Task.checkCancellation()
+        #expect(try t.domains("h2").contains("rogue1"), "not ours: left alone")
+        #expect(try virsh("h2", "undefine", "rogue1").0 == 0)
+        #expect(try eventuallySync(timeout: 60) { try alarms().first { $0.id == rogue.id }?.state == "cleared" ? true : nil })
+
+        // The events log carries the alarms too.
+        let (_, events) = try t.ctl("get", "events", "-o", "json")
+        #expect(events.contains("rogue-vm") && events.contains("drift"))
+    }
+
+    /// settings.compliance over the desired state: drift1 has no memory limit and no pool.
+    @Test func complianceRulesReportViolations() throws {
+        try t.apply("comp1", hosts: ["h1", "h2"])
+        defer { try? t.delete("comp1") }
+        let cluster = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(Testbed.dir)/cluster.json"))) as! [String: Any]
+        var settings = cluster["settings"] as? [String: Any] ?? [:]
+        func applySettings() throws {
+            let doc: [String: Any] = ["apiVersion": "vsphere/v1", "kind": "Cluster", "settings": settings]
+            let path = "\(Testbed.dir)/compliance.json"
+            try JSONSerialization.data(withJSONObject: doc).write(to: URL(fileURLWithPath: path))
+            #expect(try t.ctl("apply", "-f", path).0 == 0)
+        }
+        let original = settings
+        defer {
+            settings = original
+            try? applySettings()
+        }
+        settings["compliance"] = ["requireMemoryLimit": true, "maxVCPUs": 4, "allowedNetworks": ["lan"]]
+        try applySettings()
+        let (rc, out) = try t.ctl("compliance", "-o", "json")
+        #expect(rc == 1, "violations exit 1: \(out)")
+        let report = try JSONDecoder().decode(Compliance.Report.self, from: Data(out.utf8))
+        #expect(report.rules == ["requireMemoryLimit", "maxVCPUs", "allowedNetworks"])
+        #expect(report.violations.contains { $0.vm == "comp1" && $0.rule == "requireMemoryLimit" })
+        #expect(!report.violations.contains { $0.rule == "allowedNetworks" || $0.rule == "maxVCPUs" })
+        settings["compliance"] = ["maxVCPUs": 4]
+        try applySettings()
+        #expect(try t.ctl("compliance").0 == 0, "compliant with the rules that remain")
+    }
+}
 }

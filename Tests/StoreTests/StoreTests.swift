@@ -17,7 +17,7 @@ enum Backend: String, CaseIterable, Sendable {
             return FileManager.default.temporaryDirectory.appendingPathComponent("vs-store-\(UUID().uuidString)/state.db").path
         case .postgres:
             let store = try await Store.open(postgresURL, logger: Logger(label: "test"))
-            for table in ["objects", "vm_status", "host_status", "tasks", "events", "migrations", "join_tokens", "api_tokens", "audit", "schema_migrations"] {
+            for table in ["objects", "vm_status", "host_status", "tasks", "events", "migrations", "join_tokens", "api_tokens", "audit", "alarms", "schema_migrations"] {
                 try await store.backend.execute("DROP TABLE IF EXISTS \(table)", [])
             }
             try await store.close()
