@@ -20,6 +20,8 @@ public final class Controller: Sendable {
     public let demand = DemandTracker()
     /// DRS applies and host evacuations under way or finished lately.
     let jobs = JobRegistry()
+    /// Prometheus metrics.
+    public let metrics = ControllerMetrics()
     /// What each host's agent last reported of its resource pool partitions.
     let poolPartitions = Mutex<[String: HostPools]>([:])
 

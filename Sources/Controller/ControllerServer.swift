@@ -47,6 +47,11 @@ public enum ControllerServer {
                 return ["revoked": name]
             }
         }
+        router.get("/metrics") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(string: await controller.metrics.render(controller))))
+        }
         router.get("/v1/alarms") { _, _ in await respond { try await controller.alarmViews() } }
         router.post("/v1/alarms/:id/ack") { request, ctx in
             await respond {

@@ -386,6 +386,8 @@ extension Controller {
         status.state = state
         status.message = nil
         try await store.setVMStatus(status)
+        if let ms = v.totalMs { metrics.migrationSeconds.record(.milliseconds(ms)) }
+        if let ms = v.downtimeMs { metrics.downtimeSeconds.record(.milliseconds(ms)) }
         try await store.addEvent(
             source: "controller", kind: "migration", name: v.vm, event: "completed", detail: v.name,
             message: "\(v.from) → \(v.to) in \(v.totalMs.map(String.init) ?? "?") ms, downtime \(v.downtimeMs.map(String.init) ?? "?") ms")

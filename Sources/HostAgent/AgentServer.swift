@@ -16,6 +16,11 @@ public enum AgentServer {
         router.get("/healthz") { _, _ in
             Response.json(200, ["status": agent.supervisor.isConnected ? "ok" : "libvirt-disconnected"])
         }
+        router.get("/metrics") { _, _ in
+            Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(string: await agent.metrics.render(agent))))
+        }
         router.get("/v1/host") { _, _ in await respond { try await agent.inventory() } }
         router.get("/v1/vms") { _, _ in await respond { try await agent.list() } }
         router.get("/v1/stats") { _, _ in await respond { try await agent.stats(nil) } }

@@ -181,6 +181,22 @@ struct AuthOnTestbed {
         return try #require(try JSONDecoder().decode(TokenView.self, from: Data(out.utf8)).token)
     }
 
+    /// Prometheus metrics: the controller's for a token holder, the agents' for clients of the cluster CA.
+    @Test func metricsAreServed() throws {
+        let token = try String(contentsOfFile: "\(Testbed.dir)/controller/admin.token", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        let ca = "\(Testbed.dir)/controller/tls/controller-ca.crt"
+        let (_, anonymous) = try Testbed.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", ca, "https://10.250.1.254:8443/metrics"])
+        #expect(anonymous == "401")
+        let (rc, text) = try Testbed.run(["curl", "-sf", "--cacert", ca, "-H", "Authorization: Bearer \(token)", "https://10.250.1.254:8443/metrics"])
+        #expect(rc == 0, "\(text)")
+        #expect(text.contains("# TYPE vsphere_hosts gauge") && text.contains(#"vsphere_hosts{state="connected"} \#(Testbed.hostCount)"#), "\(text)")
+        #expect(text.contains(#"vsphere_vms{state="running"}"#) && text.contains("vsphere_event_lag_seconds_bucket") && text.contains("vsphere_migrations"))
+        let addr = try Testbed.address("h1")
+        let (arc, agent) = try Testbed.run(["curl", "-sf", "--cacert", Testbed.clusterCA, "--cert", Testbed.clientCertificate, "--key", Testbed.clientKey, "https://\(addr):7443/metrics"])
+        #expect(arc == 0, "\(agent)")
+        #expect(agent.contains("vsphere_agent_libvirt_connected 1") && agent.contains(#"vsphere_agent_vms{state="running"}"#) && agent.contains("vsphere_agent_memory_total_bytes"), "\(agent)")
+    }
+
     @Test func rolesAreCheckedAndChangesAudited() async throws {
         let (anon, anonOut) = try ctl(["get", "vms"], anonymous: true)
         #expect(anon == 1 && anonOut.contains("credentials required"), "\(anonOut)")
