@@ -8,7 +8,8 @@ packages=(
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev libxml2-dev
     qemu-system-x86 qemu-utils
     busybox-static cpio e2fsprogs
-    iproute2 iputils-ping util-linux procps curl python3 python3-jsonschema pkg-config
+    iproute2 iputils-ping util-linux procps curl openssl python3 python3-jsonschema pkg-config
+    systemd
     postgresql
 )
 missing=()

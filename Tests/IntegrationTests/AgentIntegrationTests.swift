@@ -450,3 +450,22 @@ struct HostJoinOnTestbed {
     }
 }
 }
+
+/// The systemd units in systemd/ pass `systemd-analyze verify` (with ExecStart pointing at the binaries
+/// just built, since nothing is installed under /usr/local/bin here).
+@Suite(.enabled(if: !Testbed.agentBinary.isEmpty && FileManager.default.fileExists(atPath: "/usr/bin/systemd-analyze"), "needs the binaries and systemd-analyze"))
+struct SystemdUnits {
+    @Test(arguments: ["vsphere-agent", "vsphere-controller"]) func unitVerifies(_ name: String) throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let unit = try String(contentsOf: root.appendingPathComponent("systemd/\(name).service"), encoding: .utf8)
+        let bin = URL(fileURLWithPath: Testbed.agentBinary).deletingLastPathComponent().path
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vs-units-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("\(name).service").path
+        try unit.replacingOccurrences(of: "/usr/local/bin/", with: bin + "/").write(toFile: path, atomically: true, encoding: .utf8)
+        let (rc, out) = try Testbed.run(["systemd-analyze", "verify", path])
+        #expect(rc == 0 && out.isEmpty, "\(name): \(out)")
+        #expect(unit.contains("NoNewPrivileges=yes") && unit.contains("ProtectHome=yes") && unit.contains("PrivateTmp=yes"))
+    }
+}
