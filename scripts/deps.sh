@@ -9,7 +9,7 @@ packages=(
     qemu-system-x86 qemu-utils
     busybox-static cpio e2fsprogs
     iproute2 iputils-ping util-linux procps curl openssl python3 python3-jsonschema pkg-config
-    systemd
+    systemd python3-venv
     postgresql
 )
 missing=()
@@ -32,6 +32,12 @@ if [ "$(cat /proc/1/comm 2>/dev/null)" != systemd ]; then
     if ! grep -q '^# vsphere: sandbox settings' "$conf"; then
         printf '\n# vsphere: sandbox settings\nuser = "root"\ngroup = "root"\nsecurity_driver = "none"\n' >>"$conf"
     fi
+fi
+# schemathesis (PyPI) for the API fuzzing in make test, in its own virtual environment.
+if [ ! -x /opt/vsphere-tools/bin/schemathesis ]; then
+    echo "deps: installing schemathesis into /opt/vsphere-tools"
+    /usr/bin/python3 -m venv /opt/vsphere-tools
+    /opt/vsphere-tools/bin/pip install -q "schemathesis==4.32.5"
 fi
 command -v swift >/dev/null || [ -x /opt/swift/usr/bin/swift ] || {
     echo "deps: Swift 6 is required (https://www.swift.org/install/linux/); not found in PATH or /opt/swift" >&2

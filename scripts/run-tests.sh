@@ -5,6 +5,8 @@
 #      controller (SQLite) on the testbed.
 #   2. On a testbed of two sites joined by the WAN link: the controller suite again, with the
 #      controller's state in PostgreSQL, and the cross-site checks.
+#   Between 1 and 2: API fuzzing of a throwaway agent (libvirt's test driver) and controller
+#      (scripts/fuzz-api.sh): no 5xx, no crash.
 #   3. On a 3-host testbed whose guests run on CPU 0 only: DRS and DPM (consolidation, the testbed
 #      power driver, wake-up under load, maintenance mode).
 set -euo pipefail
@@ -41,6 +43,9 @@ export VSPHERE_TEST_POSTGRES=$(bash scripts/pg-test-server.sh start "$PG_DIR" "$
 bash scripts/testbed.sh up 2 1
 
 swift_test /tmp/vsphere-test.log --parallel
+
+echo "== API fuzzing (schemathesis, both OpenAPI documents)"
+bash scripts/fuzz-api.sh
 
 echo "== two sites; the controller suite with its state in PostgreSQL"
 bash scripts/testbed.sh down

@@ -118,12 +118,16 @@ extension ClusterManifest {
             if let c = p.cpu {
                 if let r = c.reservationMHz, r < 0 { out.append(.init("\(path).cpu.reservationMHz", "must be at least 0")) }
                 if let l = c.limitMHz, l < 1 { out.append(.init("\(path).cpu.limitMHz", "must be at least 1")) }
+                if let l = c.limitMHz, l > 100_000_000 { out.append(.init("\(path).cpu.limitMHz", "must be at most 100000000")) }
+                if let r = c.reservationMHz, r > 100_000_000 { out.append(.init("\(path).cpu.reservationMHz", "must be at most 100000000")) }
                 if let l = c.limitMHz, let r = c.reservationMHz, l < r { out.append(.init("\(path).cpu.limitMHz", "must not be below reservationMHz (\(r))")) }
                 if case .custom(let n) = c.shares, n < 2 || n > 262_144 { out.append(.init("\(path).cpu.shares", "must be between 2 and 262144")) }
             }
             if let m = p.memory {
                 if let r = m.reservationMiB, r < 0 { out.append(.init("\(path).memory.reservationMiB", "must be at least 0")) }
                 if let l = m.limitMiB, l < 1 { out.append(.init("\(path).memory.limitMiB", "must be at least 1")) }
+                if let l = m.limitMiB, l > 1 << 34 { out.append(.init("\(path).memory.limitMiB", "must be at most 17179869184")) }
+                if let r = m.reservationMiB, r > 1 << 34 { out.append(.init("\(path).memory.reservationMiB", "must be at most 17179869184")) }
                 if let l = m.limitMiB, let r = m.reservationMiB, l < r { out.append(.init("\(path).memory.limitMiB", "must not be below reservationMiB (\(r))")) }
                 if case .custom(let n) = m.shares, n < 1 { out.append(.init("\(path).memory.shares", "must be at least 1")) }
             }

@@ -80,8 +80,8 @@ extension VMSpec {
         if memoryMiB < 16 { out.append(.init(p("memoryMiB"), "must be at least 16")) }
         if memoryMiB > 16 * 1024 * 1024 { out.append(.init(p("memoryMiB"), "must be at most 16777216")) }
         if let t = topology {
-            if t.sockets < 1 || t.cores < 1 || t.threads < 1 {
-                out.append(.init(p("topology"), "sockets, cores and threads must be at least 1"))
+            if t.sockets < 1 || t.cores < 1 || t.threads < 1 || t.sockets > 512 || t.cores > 512 || t.threads > 512 {
+                out.append(.init(p("topology"), "sockets, cores and threads must be between 1 and 512"))
             } else if t.sockets * t.cores * t.threads != cpus {
                 out.append(.init(p("topology"), "sockets x cores x threads must equal cpus (\(cpus))"))
             }
@@ -139,6 +139,9 @@ extension VMSpec {
             if let c = r.cpu {
                 if let v = c.reservationMHz, v < 0 { out.append(.init(p("resources.cpu.reservationMHz"), "must be at least 0")) }
                 if let v = c.limitMHz, v < 1 { out.append(.init(p("resources.cpu.limitMHz"), "must be at least 1")) }
+                // Upper bounds keep every product below (MHz × period, MiB × 1024) far from overflow.
+                if let v = c.limitMHz, v > 100_000_000 { out.append(.init(p("resources.cpu.limitMHz"), "must be at most 100000000")) }
+                if let v = c.reservationMHz, v > 100_000_000 { out.append(.init(p("resources.cpu.reservationMHz"), "must be at most 100000000")) }
                 if let l = c.limitMHz, let res = c.reservationMHz, l < res {
                     out.append(.init(p("resources.cpu.limitMHz"), "must not be below reservationMHz (\(res))"))
                 }
@@ -152,6 +155,7 @@ extension VMSpec {
                     out.append(.init(p("resources.memory.reservationMiB"), "must not exceed memoryMiB (\(memoryMiB))"))
                 }
                 if let v = m.limitMiB, v < 16 { out.append(.init(p("resources.memory.limitMiB"), "must be at least 16")) }
+                if let v = m.limitMiB, v > 16 * 1024 * 1024 { out.append(.init(p("resources.memory.limitMiB"), "must be at most 16777216")) }
                 if let l = m.limitMiB, let res = m.reservationMiB, l < res {
                     out.append(.init(p("resources.memory.limitMiB"), "must not be below reservationMiB (\(res))"))
                 }

@@ -217,9 +217,18 @@ public enum ControllerServer {
 
     static func decodeApply(_ data: Data) throws -> ApplyRequest {
         // The manifest inside is checked field by field, with paths under `manifest`.
-        guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let m = obj["manifest"] else {
+        guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any], obj["manifest"] != nil else {
             throw ValidationFailure([ValidationProblem("", "body must be {\"manifest\": {...}, \"prune\": bool, \"dryRun\": bool}")])
         }
+        // JSONSerialization traps on anything but an object or array at the top: check first.
+        guard let m = obj["manifest"] as? [String: Any] else { throw ValidationFailure([ValidationProblem("manifest", "must be an object")]) }
+        var problems: [ValidationProblem] = []
+        struct Flags: Decodable { var prune: Bool?; var dryRun: Bool? }
+        do { _ = try JSONDecoder().decode(Flags.self, from: data) } catch let DecodingError.typeMismatch(_, ctx) {
+            problems.append(ValidationProblem(ctx.codingPath.map(\.stringValue).joined(separator: "."), "must be true or false"))
+        }
+        for key in obj.keys where !["manifest", "prune", "dryRun"].contains(key) { problems.append(ValidationProblem(key, "unknown field")) }
+        if !problems.isEmpty { throw ValidationFailure(problems) }
         let manifestData = try JSONSerialization.data(withJSONObject: m)
         let manifest = try ClusterManifest.decodeValidated(manifestData)
         return ApplyRequest(manifest: manifest, prune: obj["prune"] as? Bool ?? false, dryRun: obj["dryRun"] as? Bool ?? false)

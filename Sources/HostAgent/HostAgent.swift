@@ -275,11 +275,16 @@ public final class HostAgent: Sendable {
     public func simple(_ name: String, action: String) async throws(AgentError) -> ActionResult {
         try await withLibvirt { c in
             let d = try c.domain(named: name)
+            let state = try d.state().0
             switch action {
             case "destroy": try d.destroy()
             case "reboot": try d.reboot()
-            case "suspend": try d.suspend()
-            case "resume": try d.resume()
+            case "suspend":
+                guard state == .running || state == .blocked else { throw AgentError.conflict("\(name) is \(state.rawValue); only a running VM suspends") }
+                try d.suspend()
+            case "resume":
+                guard state == .paused else { throw AgentError.conflict("\(name) is \(state.rawValue), not paused") }
+                try d.resume()
             default: throw AgentError.notFound("no action \(action)")
             }
             return ActionResult(name: name, action: action, state: try d.state().0.rawValue, how: nil)

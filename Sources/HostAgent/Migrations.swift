@@ -313,7 +313,8 @@ extension HostAgent {
             } catch let e as AgentError {
                 throw e
             } catch {
-                throw AgentError.internalError("\(error)")
+                // The host's state, not the agent, is at fault: a disk the definition names cannot be read.
+                throw AgentError.conflict("disk \(d.target) (\(path)) cannot be read: \(error)")
             }
         }
         return out

@@ -293,3 +293,26 @@ import Testing
         #expect(Compliance.evaluate(ClusterManifest(vms: m.vms)).compliant, "no rules, nothing to break")
     }
 }
+
+/// Inputs the API fuzzer found crashing the daemons: they are bad input now, with their field's path.
+@Suite struct FuzzFindings {
+    @Test func hugeTopologyIsRefusedNotOverflowed() {
+        let json = #"{"name":"t","cpus":333,"memoryMiB":512,"topology":{"threads":180013,"sockets":110453569914833,"cores":2283}}"#
+        do {
+            _ = try VMSpec.decodeValidated(Data(json.utf8))
+            Issue.record("accepted")
+        } catch {
+            #expect(error.problems.map(\.path).contains("topology"))
+        }
+    }
+
+    @Test func hugeLimitsAreRefused() {
+        let json = #"{"name":"t","cpus":1,"memoryMiB":512,"resources":{"cpu":{"limitMHz":9223372036854775807},"memory":{"limitMiB":9223372036854775807}}}"#
+        do {
+            _ = try VMSpec.decodeValidated(Data(json.utf8))
+            Issue.record("accepted")
+        } catch {
+            #expect(Set(error.problems.map(\.path)).isSuperset(of: ["resources.cpu.limitMHz", "resources.memory.limitMiB"]))
+        }
+    }
+}

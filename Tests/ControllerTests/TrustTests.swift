@@ -1,3 +1,5 @@
+import ClusterModel
+@testable import Controller
 import ControllerAPI
 import Foundation
 import TLSSupport
@@ -87,5 +89,14 @@ import X509
         #expect(signed.publicKey == key)
         #expect(throws: (any Error).self) { _ = try HostJoin.verifiedKey(csrPEM: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----") }
         #expect(try HostJoin.fingerprint(pem: ca.certificatePEM).count == 64)
+    }
+}
+
+@Suite struct ApplyBodyTests {
+    /// The fuzzer's find: `{"manifest": 5}` trapped in JSONSerialization; now it is bad input.
+    @Test func nonObjectManifestIsBadInput() throws {
+        for body in [#"{"manifest": 5}"#, #"{"manifest": "x"}"#, #"{"manifest": [1]}"#, #"{"manifest": {}, "prune": 0}"#, #"{"manifest": {}, "extra": true}"#] {
+            #expect(throws: ValidationFailure.self, "\(body)") { _ = try ControllerServer.decodeApply(Data(body.utf8)) }
+        }
     }
 }
