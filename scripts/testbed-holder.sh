@@ -33,6 +33,7 @@ mount --bind "$dir/lib" /var/lib/libvirt
 mount --bind "$dir/cache" /var/cache/libvirt
 mount --bind "$dir/log" /var/log/libvirt
 mount --bind "$dir/etc" /etc/libvirt
+mount --bind "$dir/pki" /etc/pki
 hostname "$h"
 touch "$dir/ready"
 exec sleep infinity

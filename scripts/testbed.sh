@@ -100,10 +100,11 @@ make_host() { # NAME ADDR SITE GW
 # vsphere testbed host $h
 host_uuid = "$uuid"
 listen_tcp = 1
-listen_tls = 0
 auth_tcp = "none"
 tcp_port = "16509"
 listen_addr = "$addr"
+# TLS too (port 16514), with the host's certificate from the cluster CA (its own /etc/pki, below).
+listen_tls = 1
 EOF
     cat >>"$dir/etc/qemu.conf" <<EOF
 
@@ -113,7 +114,9 @@ group = "root"
 security_driver = "none"
 migration_address = "$addr"
 migration_host = "$addr"
+migrate_tls_x509_verify = 1
 EOF
+    host_pki "$h" "$addr"
     # Network: a veth from the site bridge into the host's namespace.
     ip netns add "vs-$h"
     ip link add "vs-$h" type veth peer name eth0 netns "vs-$h"
@@ -158,18 +161,34 @@ agent_curl() {
     curl -sf --cacert "$TB/controller/pki/ca.crt" --cert "$TB/client/client.crt" --key "$TB/client/client.key" "$@"
 }
 
-# The cluster CA (in the controller's data directory), every host's agent identity issued by it, and a
-# client identity for the tests and these scripts.
-make_pki() {
-    local n=$1 i addr
+# The cluster CA (in the controller's data directory) and a client identity for the tests and these scripts.
+make_ca() {
     [ -x "$CONTROLLER" ] || { log "no controller binary at $CONTROLLER"; return 1; }
     mkdir -p "$TB/controller"
     "$CONTROLLER" init --data-dir "$TB/controller" >/dev/null
     "$CONTROLLER" issue --data-dir "$TB/controller" --name testbed-client --out "$TB/client" --prefix client >/dev/null
-    for i in $(seq 1 "$n"); do
-        addr=$(cat "$TB/h$i/address")
-        "$CONTROLLER" issue --data-dir "$TB/controller" --name "h$i" --san "$addr" --out "$TB/h$i/agent/tls" --prefix agent >/dev/null
+    # Hosts bind their own pki directory over /etc/pki (libvirt's and QEMU's TLS files): the mount point
+    # must exist; one made here is removed with the testbed.
+    if [ ! -d /etc/pki ]; then mkdir /etc/pki && touch "$TB/made-etc-pki"; fi
+}
+
+# HOST ADDR: the host's identity from the cluster CA, for its agent (agent/tls) and its libvirtd and
+# QEMU (pki/, which the host sees as /etc/pki: libvirtd's TLS listener and peer-to-peer client, QEMU's
+# migration streams).
+host_pki() {
+    local h=$1 addr=$2 dir="$TB/$1" p
+    "$CONTROLLER" issue --data-dir "$TB/controller" --name "$h" --san "$addr" --out "$dir/agent/tls" --prefix agent >/dev/null
+    p="$dir/pki"
+    mkdir -p "$p/CA" "$p/libvirt/private" "$p/qemu"
+    cp "$dir/agent/tls/cluster-ca.crt" "$p/CA/cacert.pem"
+    for role in server client; do
+        cp "$dir/agent/tls/agent.crt" "$p/libvirt/${role}cert.pem"
+        cp "$dir/agent/tls/agent.key" "$p/libvirt/private/${role}key.pem"
+        cp "$dir/agent/tls/agent.crt" "$p/qemu/$role-cert.pem"
+        cp "$dir/agent/tls/agent.key" "$p/qemu/$role-key.pem"
     done
+    cp "$dir/agent/tls/cluster-ca.crt" "$p/qemu/ca-cert.pem"
+    chmod 0600 "$p"/libvirt/private/*.pem "$p"/qemu/*-key.pem
 }
 
 write_agent_config() {
@@ -241,6 +260,7 @@ up() {
         ip route get "10.250.$s.1" | grep -q "dev vsbr$s" || { log "route to 10.250.$s.0/24 is not local"; false; }
     done
     [ "$m" -gt 1 ] && make_wan "$m"
+    make_ca
     for i in $(seq 1 "$n"); do
         s=$(site_of "$i" "$n" "$m")
         local gw=""
@@ -248,7 +268,6 @@ up() {
         make_host "h$i" "10.250.$s.$i" "$s" "$gw"
         echo "h$i" >>"$TB/hosts"
     done
-    make_pki "$n"
     for i in $(seq 1 "$n"); do
         write_agent_config "h$i"
         start_agent "h$i"
@@ -370,6 +389,8 @@ down() {
     done
     # The hosts' cgroup subtrees (with what guests that were killed rather than stopped left there).
     remove_cgroups
+    # The mount point for the hosts' /etc/pki, if the testbed made it.
+    [ -e "$TB/made-etc-pki" ] && rmdir /etc/pki 2>/dev/null || true
     # Processes that were just killed may still be closing files under $TB.
     for _ in 1 2 3 4 5 6 7 8 9 10; do
         rm -rf "$TB" 2>/dev/null && break

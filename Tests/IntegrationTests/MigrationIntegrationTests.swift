@@ -116,6 +116,35 @@ struct VMotionOnTestbed {
         #expect(hrc == 0 && hout.contains("PREDICTED MS") && hout.contains("vmo-shared"), "\(hout)")
     }
 
+    /// Over TLS: libvirtd to libvirtd on 16514 and QEMU's own streams (VIR_MIGRATE_TLS), both with the
+    /// hosts' certificates from the cluster CA.
+    @Test func tlsMigration() throws {
+        let cluster = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(Testbed.dir)/cluster.json"))) as! [String: Any]
+        let original = cluster["settings"] as? [String: Any] ?? [:]
+        func applySettings(_ settings: [String: Any]) throws {
+            let path = "\(Testbed.dir)/tls-settings.json"
+            try JSONSerialization.data(withJSONObject: ["apiVersion": "vsphere/v1", "kind": "Cluster", "settings": settings]).write(to: URL(fileURLWithPath: path))
+            #expect(try t.ctl("apply", "-f", path).0 == 0)
+        }
+        var tls = original
+        var migration = tls["migration"] as? [String: Any] ?? [:]
+        migration["transport"] = "tls"
+        tls["migration"] = migration
+        try applySettings(tls)
+        defer { try? applySettings(original) }
+        try t.apply("vmo-tls", hosts: ["h1", "h2"])
+        defer { try? t.delete("vmo-tls") }
+        let from = try #require(try t.vm("vmo-tls").host)
+        let to = t.other(from)
+        let (rc, m) = try t.migrate("vmo-tls", to: to)
+        #expect(rc == 0 && m?.result == "completed", "\(String(describing: m))")
+        #expect(try t.domains(to, running: true).contains("vmo-tls"))
+        // The source agent's record: the destination was reached over TLS.
+        let (_, events) = try t.ctl("get", "events", "-o", "json")
+        let addr = try Testbed.address(to)
+        #expect(events.contains("qemu+tls://\(addr)/system"), "the migration used qemu+tls")
+    }
+
     /// A local disk (in the host's own /var/lib/libvirt) is copied along; the source's copy goes.
     @Test func localDiskMigration() throws {
         let disk = try t.localDisk("vmo-local")
