@@ -25,3 +25,6 @@ python3 bench/vm_start.py
 
 echo "== migration (vs virsh migrate --live --p2p)"
 VSPHERE_CTL=$PWD/.build/release/vsphere-ctl python3 bench/migration.py
+
+echo "== events (libvirt event on a host to the controller's event log)"
+VSPHERE_CTL=$PWD/.build/release/vsphere-ctl python3 bench/events.py

@@ -22,6 +22,8 @@ public final class Controller: Sendable {
     let jobs = JobRegistry()
     /// Prometheus metrics.
     public let metrics = ControllerMetrics()
+    /// When each host's observed status was last written (milliseconds since 1970).
+    let hostStatusWrites = Mutex<[String: Int64]>([:])
     /// What each host's agent last reported of its resource pool partitions.
     let poolPartitions = Mutex<[String: HostPools]>([:])
 

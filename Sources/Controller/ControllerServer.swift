@@ -205,10 +205,12 @@ public enum ControllerServer {
         }
         router.get("/v1/events") { request, _ in
             await respond {
-                let after = request.uri.queryParameters.get("after").flatMap { Int64($0) } ?? 0
-                return try await controller.store.events(after: after).map {
+                // With `after`: what came since (following); without: the newest 500.
+                let after = request.uri.queryParameters.get("after").flatMap { Int64($0) }
+                let events = if let after { try await controller.store.events(after: after) } else { try await controller.store.latestEvents() }
+                return events.map {
                     EventView(id: $0.id, timeMs: $0.timeMs, source: $0.source, kind: $0.kind, name: $0.name, event: $0.event,
-                              detail: $0.detail, message: $0.message)
+                              detail: $0.detail, message: $0.message, hostTimeMs: $0.hostMs)
                 }
             }
         }

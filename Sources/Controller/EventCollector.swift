@@ -106,7 +106,7 @@ public final class AgentEventCollector: Service, Sendable {
 
     func record(_ e: AgentEvent, host: String) async throws {
         let info = e.info.isEmpty ? nil : e.info.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        try await controller.store.addEvent(source: host, kind: e.kind, name: e.domain, event: e.event, detail: e.detail, message: info)
+        try await controller.store.addEvent(source: host, kind: e.kind, name: e.domain, event: e.event, detail: e.detail, message: info, hostMs: e.timeMs)
         controller.metrics.eventLag.record(max(0, Date().timeIntervalSince1970 - Double(e.timeMs) / 1000))
         await controller.alarmFromEvent(e, host: host)
         if e.kind == "lifecycle" || e.kind == "agent" { loop.trigger() }

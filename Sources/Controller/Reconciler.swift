@@ -65,7 +65,14 @@ extension Controller {
                 if prev?.state != state || event != state {
                     try await store.addEvent(source: "controller", kind: "host", name: name, event: event, detail: nil, message: power?.reason)
                 }
-                try await store.setObservedHostStatus(.init(name: name, state: state, inventory: Self.json(inv), message: nil, power: power.map { Self.json($0) }), previous: prev)
+                // Written when something that matters changed, and every 30 s for the free-memory figures:
+                // a write per host and pass (each one synced to disk) would hold the store up for nothing.
+                let next = Store.HostStatus(name: name, state: state, inventory: Self.json(inv), message: nil, power: power.map { Self.json($0) })
+                let due = hostStatusWrites.withLock { now - ($0[name] ?? 0) >= 30_000 }
+                if due || prev.map({ !Self.sameObservation($0, next) }) ?? true {
+                    try await store.setObservedHostStatus(next, previous: prev)
+                    hostStatusWrites.withLock { $0[name] = now }
+                }
             case .failure(let error):
                 demand.forget(host: name)
                 if let p = power, p.state != "on" {
@@ -87,6 +94,19 @@ extension Controller {
             }
         }
         return observed
+    }
+
+    /// Whether two observations of a host differ only in figures that move all the time (free memory).
+    static func sameObservation(_ a: Store.HostStatus, _ b: Store.HostStatus) -> Bool {
+        guard a.state == b.state, a.message == b.message, a.power == b.power else { return false }
+        func steady(_ text: String?) -> HostInventory? {
+            guard var inv = text.flatMap({ decode(HostInventory.self, $0) }) else { return nil }
+            inv.memory.freeMiB = 0
+            inv.capacity.freeMemoryMiB = 0
+            return inv
+        }
+        guard let x = steady(a.inventory), let y = steady(b.inventory) else { return false }
+        return x == y
     }
 
     /// Resolves a manifest VM into what an agent runs: networks become host bridges.

@@ -117,7 +117,10 @@ public struct EventView: Codable, Sendable, Equatable {
     public var event: String?
     public var detail: String?
     public var message: String?
-    public init(id: Int64, timeMs: Int64, source: String, kind: String, name: String?, event: String?, detail: String?, message: String?) {
+    /// When the host saw it (its agent's clock); `timeMs` is when the controller recorded it.
+    public var hostTimeMs: Int64?
+    public init(id: Int64, timeMs: Int64, source: String, kind: String, name: String?, event: String?, detail: String?, message: String?, hostTimeMs: Int64? = nil) {
+        self.hostTimeMs = hostTimeMs
         self.id = id
         self.timeMs = timeMs
         self.source = source

@@ -161,6 +161,10 @@ public enum Migrations {
             """,
             "CREATE INDEX alarms_by_key ON alarms (key, state)",
         ]),
+        (7, [
+            // When the host saw an event (its agent's clock), beside when the controller recorded it.
+            "ALTER TABLE events ADD COLUMN host_ms BIGINT",
+        ]),
     ]
 }
 
@@ -555,23 +559,33 @@ public actor Store {
         public var event: String?
         public var detail: String?
         public var message: String?
+        /// When the host saw it (hosts' events only).
+        public var hostMs: Int64? = nil
     }
 
     @discardableResult
-    public func addEvent(source: String, kind: String, name: String?, event: String?, detail: String?, message: String?) async throws -> Int64 {
+    public func addEvent(source: String, kind: String, name: String?, event: String?, detail: String?, message: String?, hostMs: Int64? = nil) async throws -> Int64 {
         nextEventID += 1
         try await backend.execute(
-            "INSERT INTO events (id, time_ms, source, kind, name, event, detail, message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO events (id, time_ms, source, kind, name, event, detail, message, host_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             [.int(nextEventID), .int(now()), .text(source), .text(kind), name.map(SQLValue.text) ?? .null,
-             event.map(SQLValue.text) ?? .null, detail.map(SQLValue.text) ?? .null, message.map(SQLValue.text) ?? .null])
+             event.map(SQLValue.text) ?? .null, detail.map(SQLValue.text) ?? .null, message.map(SQLValue.text) ?? .null,
+             hostMs.map(SQLValue.int) ?? .null])
         return nextEventID
+    }
+
+    /// The newest `limit` events, oldest first.
+    public func latestEvents(limit: Int = 500) async throws -> [Event] {
+        guard let top = try await backend.query("SELECT COALESCE(MAX(id), 0) AS m FROM events", []).first?["m"]?.int else { return [] }
+        return try await events(after: max(0, top - Int64(limit)), limit: limit)
     }
 
     public func events(after: Int64 = 0, limit: Int = 500) async throws -> [Event] {
         try await backend.query("SELECT * FROM events WHERE id > $1 ORDER BY id LIMIT $2", [.int(after), .int(Int64(limit))]).map {
             Event(
                 id: $0["id"]?.int ?? 0, timeMs: $0["time_ms"]?.int ?? 0, source: $0["source"]?.text ?? "", kind: $0["kind"]?.text ?? "",
-                name: $0["name"]?.text, event: $0["event"]?.text, detail: $0["detail"]?.text, message: $0["message"]?.text)
+                name: $0["name"]?.text, event: $0["event"]?.text, detail: $0["detail"]?.text, message: $0["message"]?.text,
+                hostMs: $0["host_ms"]?.int)
         }
     }
 

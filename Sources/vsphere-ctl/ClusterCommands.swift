@@ -188,9 +188,10 @@ struct Events: AsyncParsableCommand {
     func run() async throws {
         let client = try server.client()
         defer { Task { await client.close() } }
-        var after: Int64 = 0
+        var after: Int64?
         repeat {
-            let events: [EventView] = try await client.call(.GET, "/v1/events?after=\(after)")
+            // First the newest events, then (following) whatever comes after the last one shown.
+            let events: [EventView] = try await client.call(.GET, after.map { "/v1/events?after=\($0)" } ?? "/v1/events")
             if output == .json {
                 if follow {
                     for e in events { try printJSONLine(e) }
