@@ -372,11 +372,15 @@ public final class ReconcileLoop: Service, Sendable {
             }
             group.addTask { [self] in
                 for await _ in pokes.cancelOnGracefulShutdown() {
+                    let started = ContinuousClock.now
                     do {
                         try await controller.reconcile()
                     } catch {
                         controller.logger.error("reconcile failed", metadata: ["error": "\(error)"])
                     }
+                    // A burst of events pokes the loop for every one of them: passes start at most every
+                    // 250 ms, so that recording the burst does not wait behind back-to-back passes.
+                    try? await Task.sleep(until: started + .milliseconds(250))
                 }
             }
             await group.next()
