@@ -92,6 +92,7 @@ indirect enum Shape: Sendable {
             "resources": .object(["cpu": levelsCPU, "memory": levelsMemory]),
             "resourcePool": .nullable(.string),
             "resourcePoolPath": .array(.string),
+            "graphics": .object(["type": .string, "listen": .string], required: ["type"]),
             "placement": .object([
                 "site": .nullable(.string), "hosts": .array(.string), "antiAffinity": .array(.string), "affinity": .array(.string),
             ]),

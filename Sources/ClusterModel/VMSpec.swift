@@ -18,6 +18,9 @@ public struct VMSpec: Codable, Sendable, Equatable {
     public var disks: [Disk]
     public var nics: [NIC]
     public var resources: ServiceLevels?
+    /// A graphical console (`{"type": "vnc"}`), listening on the host's loopback unless `listen` says
+    /// otherwise. Every connection to it is an event and raises a console-connection alarm.
+    public var graphics: Graphics?
     public var resourcePool: String?
     /// Host level: the pool's root-to-leaf names, which the controller resolves from `resourcePool`; the
     /// domain runs in that pool's cgroup partition (`/machine/gold/silver`).
@@ -33,8 +36,10 @@ public struct VMSpec: Codable, Sendable, Equatable {
         name: String, uuid: String? = nil, cpus: Int, memoryMiB: Int, topology: CPUTopology? = nil,
         machine: String? = nil, cpuModel: String? = nil, boot: Boot? = nil, disks: [Disk] = [],
         nics: [NIC] = [], resources: ServiceLevels? = nil, resourcePool: String? = nil,
-        placement: Placement? = nil, powerState: String? = nil, host: String? = nil, resourcePoolPath: [String]? = nil
+        placement: Placement? = nil, powerState: String? = nil, host: String? = nil, resourcePoolPath: [String]? = nil,
+        graphics: Graphics? = nil
     ) {
+        self.graphics = graphics
         self.resourcePoolPath = resourcePoolPath
         self.placement = placement
         self.powerState = powerState
@@ -54,7 +59,7 @@ public struct VMSpec: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case name, uuid, cpus, memoryMiB, topology, machine, cpuModel, boot, disks, nics, resources, resourcePool, resourcePoolPath
+        case name, uuid, cpus, memoryMiB, topology, machine, cpuModel, boot, disks, nics, resources, resourcePool, resourcePoolPath, graphics
         case placement, powerState, host
     }
 
@@ -73,9 +78,21 @@ public struct VMSpec: Codable, Sendable, Equatable {
         resources = try c.decodeIfPresent(ServiceLevels.self, forKey: .resources)
         resourcePool = try c.decodeIfPresent(String.self, forKey: .resourcePool)
         resourcePoolPath = try c.decodeIfPresent([String].self, forKey: .resourcePoolPath)
+        graphics = try c.decodeIfPresent(Graphics.self, forKey: .graphics)
         placement = try c.decodeIfPresent(Placement.self, forKey: .placement)
         powerState = try c.decodeIfPresent(String.self, forKey: .powerState)
         host = try c.decodeIfPresent(String.self, forKey: .host)
+    }
+
+    public struct Graphics: Codable, Sendable, Equatable {
+        /// `vnc`.
+        public var type: String
+        /// The address it listens on (default 127.0.0.1: reach it through the host).
+        public var listen: String?
+        public init(type: String = "vnc", listen: String? = nil) {
+            self.type = type
+            self.listen = listen
+        }
     }
 
     /// Placement constraints: a site, a set of allowed hosts, VMs to keep apart or together.

@@ -112,6 +112,10 @@ extension VMSpec {
                 out.append(.init(p("resourcePoolPath"), "must end with resourcePool (\(rp))"))
             }
         }
+        if let g = graphics {
+            if g.type != "vnc" { out.append(.init(p("graphics.type"), "must be vnc")) }
+            if let l = g.listen, !Self.isIPAddress(l) { out.append(.init(p("graphics.listen"), "must be an IP address")) }
+        }
         if disks.count > 26 { out.append(.init(p("disks"), "at most 26 disks")) }
         for (i, d) in disks.enumerated() {
             let dp = p("disks[\(i)]")
@@ -180,6 +184,13 @@ extension VMSpec {
         guard s.hasPrefix("/"), s.utf8.count <= 4096 else { return false }
         if s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) { return false }
         return !s.split(separator: "/").contains("..")
+    }
+
+    /// A dotted IPv4 address, or an IPv6 address (hex groups and colons).
+    static func isIPAddress(_ s: String) -> Bool {
+        let v4 = s.split(separator: ".", omittingEmptySubsequences: false)
+        if v4.count == 4, v4.allSatisfy({ !$0.isEmpty && $0.count <= 3 && $0.allSatisfy(\.isNumber) && Int($0)! <= 255 }) { return true }
+        return s.contains(":") && s.count <= 45 && s.allSatisfy { $0.isHexDigit || $0 == ":" || $0 == "." }
     }
 
     static func isInterfaceName(_ s: String) -> Bool {

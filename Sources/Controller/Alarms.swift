@@ -57,6 +57,10 @@ extension Controller {
         case "lifecycle" where e.event == "crashed" || (e.event == "stopped" && e.detail == "crashed"):
             await raise("guest-panic:\(host):\(vm):\(e.seq)", kind: "guest-panic", name: vm, host: host,
                         message: "\(vm) \(e.detail == "panicked" ? "panicked" : "crashed") on \(host)")
+        case "graphics" where e.event == "connect":
+            // Nothing of ours opens a guest's console: whoever does is worth a look.
+            await raise("console:\(host):\(vm):\(e.seq)", kind: "console-connection", name: vm, host: host,
+                        message: "a console connection to \(vm) on \(host) from \(e.info["remote"] ?? "?")")
         default:
             break
         }

@@ -174,6 +174,12 @@ public enum DomainXML {
             if let mac = nic.mac { iface.add("mac", ["address": mac.lowercased()]) }
             iface.add("model", ["type": nic.model ?? "virtio"])
         }
+        if let g = spec.graphics {
+            let listen = g.listen ?? "127.0.0.1"
+            let graphics = devices.add("graphics", ["type": g.type, "autoport": "yes", "listen": listen])
+            graphics.add("listen", ["type": "address", "address": listen])
+            devices.add("video").add("model", ["type": "vga"])
+        }
         let serial = devices.add("serial", ["type": "pty"])
         serial.add("target", ["port": "0"])
         if let log = options.consoleLogPath { serial.add("log", ["file": log, "append": "off"]) }

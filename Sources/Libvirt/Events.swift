@@ -55,8 +55,8 @@ public final class EventRegistration: @unchecked Sendable {
 }
 
 extension Connection {
-    /// Registers for every domain's lifecycle, reboot, watchdog, I/O error, block job, control error and
-    /// migration iteration events. `handler` runs on libvirt's event thread: keep it short.
+    /// Registers for every domain's lifecycle, reboot, watchdog, I/O error, block job, control error,
+    /// migration iteration and graphics (console connection) events. `handler` runs on libvirt's event thread: keep it short.
     public func subscribeDomainEvents(_ handler: @escaping @Sendable (DomainEvent) -> Void) throws(LibvirtError) -> EventRegistration {
         Libvirt.initialize()
         var ids: [Int32] = []
@@ -68,6 +68,7 @@ extension Connection {
             (Int32(VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2.rawValue), unsafeBitCast(blockJobCallback, to: virConnectDomainEventGenericCallback.self)),
             (Int32(VIR_DOMAIN_EVENT_ID_CONTROL_ERROR.rawValue), genericCallback(kind: .controlError)),
             (Int32(VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION.rawValue), unsafeBitCast(migrationIterationCallback, to: virConnectDomainEventGenericCallback.self)),
+            (Int32(VIR_DOMAIN_EVENT_ID_GRAPHICS.rawValue), unsafeBitCast(graphicsCallback, to: virConnectDomainEventGenericCallback.self)),
         ]
         for (eventID, callback) in callbacks {
             let sink = Unmanaged.passRetained(EventSink(handler))
@@ -150,6 +151,22 @@ private let migrationIterationCallback: virConnectDomainEventMigrationIterationC
     guard let dom, let sink = EventSink.from(opaque) else { return }
     sink.handler(DomainEvent(
         kind: "migrationIteration", domain: domainName(dom), uuid: domainUUID(dom), info: ["iteration": String(iteration)]))
+}
+
+/// A client connected to, authenticated on, or left a domain's graphical console (VNC, SPICE).
+private let graphicsCallback: virConnectDomainEventGraphicsCallback = { _, dom, phase, local, remote, scheme, _, opaque in
+    guard let dom, let sink = EventSink.from(opaque) else { return }
+    let phases = ["connect", "initialize", "disconnect"]
+    let p = phase >= 0 && Int(phase) < phases.count ? phases[Int(phase)] : String(phase)
+    func address(_ a: UnsafePointer<virDomainEventGraphicsAddress>?) -> String? {
+        guard let a, let node = a.pointee.node else { return nil }
+        return String(cString: node) + (a.pointee.service.map { ":" + String(cString: $0) } ?? "")
+    }
+    var info: [String: String] = [:]
+    if let l = address(local) { info["local"] = l }
+    if let r = address(remote) { info["remote"] = r }
+    if let scheme { info["auth"] = String(cString: scheme) }
+    sink.handler(DomainEvent(kind: "graphics", domain: domainName(dom), uuid: domainUUID(dom), event: p, detail: info["remote"], info: info))
 }
 
 /// libvirt's lifecycle event and detail numbers as names (virDomainEventType and its detail enums).

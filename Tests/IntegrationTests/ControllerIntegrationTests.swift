@@ -321,6 +321,27 @@ struct AlarmsOnTestbed {
         #expect(events.contains("rogue-vm") && events.contains("drift"))
     }
 
+    /// A VNC console on the host's loopback: a client connecting to it is a graphics event from libvirt
+    /// and a console-connection alarm.
+    @Test func consoleConnectionRaisesAnAlarm() throws {
+        let g = Testbed.guestDir
+        let doc = #"{"apiVersion":"vsphere/v1","kind":"Cluster","vms":[{"name":"console1","cpus":1,"memoryMiB":128,"graphics":{"type":"vnc"},"boot":{"kernel":"\#(g)/vmlinuz","initrd":"\#(g)/initrd.img","cmdline":"console=ttyS0 vs.name=console1"},"placement":{"hosts":["h1"]}}]}"#
+        let path = "\(Testbed.dir)/console1.json"
+        try doc.write(toFile: path, atomically: true, encoding: .utf8)
+        #expect(try t.ctl("apply", "-f", path, "--wait", "--timeout", "180").0 == 0)
+        defer { try? t.delete("console1") }
+        let (rc, display) = try virsh("h1", "vncdisplay", "console1")
+        let n = try #require(Int(display.trimmingCharacters(in: .whitespacesAndNewlines).split(separator: ":").last ?? ""), "\(rc) \(display)")
+        // An RFB client's first steps, from inside the host (the console listens on its loopback).
+        let client = "import socket; s = socket.create_connection(('127.0.0.1', \(5900 + n)), 5); print(s.recv(12)); s.sendall(b'RFB 003.008\\n'); s.recv(64); s.close()"
+        let (crc, cout) = try Testbed.run(["bash", Testbed.script, "exec", "h1", "python3", "-c", client])
+        #expect(crc == 0 && cout.contains("RFB"), "\(cout)")
+        let alarm = try eventuallySync(timeout: 30) { try alarms().first { $0.kind == "console-connection" && $0.name == "console1" } }
+        #expect(alarm.host == "h1" && alarm.message.contains("127.0.0.1"))
+        let (_, events) = try t.ctl("get", "events", "-o", "json")
+        #expect(events.contains("\"graphics\""), "libvirt's graphics event is in the log")
+    }
+
     /// settings.compliance over the desired state: drift1 has no memory limit and no pool.
     @Test func complianceRulesReportViolations() throws {
         try t.apply("comp1", hosts: ["h1", "h2"])
