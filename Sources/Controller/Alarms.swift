@@ -57,6 +57,16 @@ extension Controller {
         case "lifecycle" where e.event == "crashed" || (e.event == "stopped" && e.detail == "crashed"):
             await raise("guest-panic:\(host):\(vm):\(e.seq)", kind: "guest-panic", name: vm, host: host,
                         message: "\(vm) \(e.detail == "panicked" ? "panicked" : "crashed") on \(host)")
+        case "lifecycle" where e.event == "stopped" && e.detail == "migrated":
+            // Left its host by live migration: fine when it is one of ours.
+            let ours = ((try? await store.migrations(limit: 200)) ?? []).contains {
+                $0.vm == vm && $0.source == host && (Store.Migration.activeStates.contains($0.state) || $0.state == "completed")
+                    && Int64(Date().timeIntervalSince1970 * 1000) - $0.createdMs < 3_600_000
+            }
+            if !ours {
+                await raise("migrated-away:\(vm)", kind: "unexpected-migration", name: vm, host: host,
+                            message: "\(vm) was live-migrated away from \(host) outside the controller; it is not restored where it was (it runs elsewhere)")
+            }
         case "graphics" where e.event == "connect":
             // Nothing of ours opens a guest's console: whoever does is worth a look.
             await raise("console:\(host):\(vm):\(e.seq)", kind: "console-connection", name: vm, host: host,

@@ -37,7 +37,7 @@ public final class ControllerMetrics: Sendable {
             }
         }
         if let alarms = try? await c.store.alarms() {
-            for kind in ["drift", "rogue-vm", "guest-panic", "watchdog", "io-error", "unexpected-move", "console-connection"] {
+            for kind in ["drift", "rogue-vm", "guest-panic", "watchdog", "io-error", "unexpected-move", "unexpected-migration", "console-connection"] {
                 gauge("vsphere_alarms_open", "Alarms active or acknowledged, by kind", [("kind", kind)]).set(to: Double(alarms.filter { $0.kind == kind && $0.state != "cleared" }.count))
             }
         }

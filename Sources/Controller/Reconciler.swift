@@ -201,6 +201,14 @@ extension Controller {
             }
 
             let restore = (manifest.settings?.security?.driftRepair ?? "restore") == "restore"
+            if location == nil, status.uuid != nil, let h = status.host, observed.inventories[h] != nil,
+               (try? await store.openAlarmKeys())?.contains("migrated-away:\(name)") == true {
+                // Migrated outside the controller to a host it does not know: it runs there. Defining and
+                // starting it here again would run it twice on the same disks.
+                status.message = "live-migrated outside the controller to a host it does not manage; not restored (see get alarms)"
+                try await store.setVMStatus(status)
+                continue
+            }
             if location == nil, status.uuid != nil, let h = status.host, observed.inventories[h] != nil {
                 // It was defined there, and nobody here removed it: undefined behind the controller's back.
                 await raise("drift:\(name):undefined", kind: "drift", name: name, host: h,
@@ -221,6 +229,7 @@ extension Controller {
                 }
             } else if location != nil {
                 await clear("drift:\(name):undefined", note: "defined again")
+                await clear("migrated-away:\(name)", note: "found on a host of the cluster")
             }
             if location == nil {
                 // Not defined anywhere: define it on its recorded host, or place it first.

@@ -342,6 +342,25 @@ struct AlarmsOnTestbed {
         #expect(events.contains("\"graphics\""), "libvirt's graphics event is in the log")
     }
 
+    /// A live migration with virsh, behind the controller's back: the source's "migrated" event raises
+    /// an unexpected-migration alarm, the VM found on the other host an unexpected-move alarm; the
+    /// controller follows it there rather than starting a second copy.
+    @Test func migrationBehindTheControllersBack() throws {
+        try t.apply("sneaky", hosts: ["h1", "h2"])
+        defer { try? t.delete("sneaky") }
+        let from = try #require(try t.vm("sneaky").host)
+        let to = t.other(from)
+        let (rc, out) = try virsh(from, "migrate", "--live", "--p2p", "--persistent", "--undefinesource", "sneaky", "qemu+tcp://\(try Testbed.address(to))/system")
+        #expect(rc == 0, "\(out)")
+        let away = try eventuallySync(timeout: 60) { try alarms().first { $0.kind == "unexpected-migration" && $0.name == "sneaky" } }
+        #expect(away.host == from)
+        let moved = try eventuallySync(timeout: 60) { try alarms().first { $0.kind == "unexpected-move" && $0.name == "sneaky" } }
+        #expect(moved.host == to)
+        #expect(try eventuallySync(timeout: 30) { try t.vm("sneaky").host == to ? true : nil })
+        try Task.checkCancellation()
+        #expect(try t.domains(to, running: true).contains("sneaky") && !(try t.domains(from).contains("sneaky")), "one copy, where it went")
+    }
+
     /// settings.compliance over the desired state: drift1 has no memory limit and no pool.
     @Test func complianceRulesReportViolations() throws {
         try t.apply("comp1", hosts: ["h1", "h2"])
