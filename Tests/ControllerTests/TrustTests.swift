@@ -1,7 +1,10 @@
 import ClusterModel
 @testable import Controller
 import ControllerAPI
+import AgentAPI
 import Foundation
+import Logging
+import Store
 import TLSSupport
 import SwiftASN1
 import Testing
@@ -98,5 +101,37 @@ import X509
         for body in [#"{"manifest": 5}"#, #"{"manifest": "x"}"#, #"{"manifest": [1]}"#, #"{"manifest": {}, "prune": 0}"#, #"{"manifest": {}, "extra": true}"#] {
             #expect(throws: ValidationFailure.self, "\(body)") { _ = try ControllerServer.decodeApply(Data(body.utf8)) }
         }
+    }
+}
+
+@Suite struct EventAlarmTests {
+    /// Watchdogs, panics, I/O errors and console connections in the hosts' events become alarms, each
+    /// condition once; a migration of the controller's own raises nothing.
+    @Test func hostEventsRaiseAlarms() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vs-alarms-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try await Store.open(dir + "/state.db", logger: Logger(label: "test"))
+        let agents = try AgentClient(tls: .makeClientConfiguration())
+        let controller = Controller(store: store, agents: agents, logger: Logger(label: "test"))
+        func event(_ seq: Int64, _ kind: String, _ event: String? = nil, _ detail: String? = nil, _ info: [String: String] = [:]) -> AgentEvent {
+            AgentEvent(seq: seq, timeMs: 0, kind: kind, domain: "vm1", event: event, detail: detail, info: info)
+        }
+        await controller.alarmFromEvent(event(1, "watchdog", nil, "reset"), host: "h1")
+        await controller.alarmFromEvent(event(2, "lifecycle", "crashed", "panicked"), host: "h1")
+        await controller.alarmFromEvent(event(3, "ioError", nil, "pause", ["device": "vda"]), host: "h1")
+        await controller.alarmFromEvent(event(4, "ioError", nil, "pause", ["device": "vda"]), host: "h1")
+        await controller.alarmFromEvent(event(5, "graphics", "connect", "10.0.0.9:5544", ["remote": "10.0.0.9:5544"]), host: "h1")
+        await controller.alarmFromEvent(event(6, "lifecycle", "started", "booted"), host: "h1")
+        await controller.alarmFromEvent(event(7, "lifecycle", "stopped", "migrated"), host: "h1")
+        let id = try await store.addMigration(vm: "vm2", source: "h1", destination: "h2", state: "running") { _ in "{}" }
+        #expect(id > 0)
+        await controller.alarmFromEvent(AgentEvent(seq: 8, timeMs: 0, kind: "lifecycle", domain: "vm2", event: "stopped", detail: "migrated"), host: "h1")
+        let alarms = try await store.alarms()
+        #expect(Set(alarms.map(\.kind)) == ["watchdog", "guest-panic", "io-error", "console-connection", "unexpected-migration"])
+        #expect(alarms.filter { $0.kind == "io-error" }.count == 1, "one condition, one alarm")
+        #expect(alarms.first { $0.kind == "guest-panic" }?.message.contains("panicked") == true)
+        #expect(!alarms.contains { $0.name == "vm2" }, "the controller's own migration")
+        try await agents.shutdown()
+        try await store.close()
     }
 }
