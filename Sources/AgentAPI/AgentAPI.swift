@@ -155,8 +155,15 @@ public struct VMStatus: Codable, Sendable, Equatable {
     public var vcpus: Int
     public var memoryMiB: Int
     public var spec: VMSpec?
+    /// What the persistent definition says (it applies at the next boot), as libvirt has it now: a
+    /// change made outside the controller shows here.
+    public var definedVCPUs: Int?
+    public var definedMemoryMiB: Int?
 
-    public init(name: String, uuid: String, state: String, persistent: Bool, vcpus: Int, memoryMiB: Int, spec: VMSpec? = nil) {
+    public init(name: String, uuid: String, state: String, persistent: Bool, vcpus: Int, memoryMiB: Int, spec: VMSpec? = nil,
+                definedVCPUs: Int? = nil, definedMemoryMiB: Int? = nil) {
+        self.definedVCPUs = definedVCPUs
+        self.definedMemoryMiB = definedMemoryMiB
         self.name = name
         self.uuid = uuid
         self.state = state

@@ -229,6 +229,9 @@ extension Controller {
                 }
             } else if location != nil {
                 await clear("drift:\(name):undefined", note: "defined again")
+                if let st = location?.status, st.definedVCPUs == agentSpec.cpus, st.definedMemoryMiB == agentSpec.memoryMiB {
+                    await clear("drift:\(name):definition", note: "defined as desired again")
+                }
                 await clear("migrated-away:\(name)", note: "found on a host of the cluster")
             }
             if location == nil {
@@ -274,6 +277,17 @@ extension Controller {
                 status.generation = generation
                 status.uuid = defined.uuid
                 location = (host, defined)
+            } else if status.generation == generation, let loc = location, loc.status.persistent, let agent = hostsByName[loc.host]?.agent,
+                      let cpus = loc.status.definedVCPUs, let mib = loc.status.definedMemoryMiB,
+                      cpus != agentSpec.cpus || mib != agentSpec.memoryMiB {
+                // The definition the controller gave this host was changed outside it.
+                await raise("drift:\(name):definition", kind: "drift", name: name, host: loc.host,
+                            message: "\(name)'s definition on \(loc.host) was changed outside the controller (\(cpus) vCPUs, \(mib) MiB; desired \(agentSpec.cpus), \(agentSpec.memoryMiB)); " + (restore ? "defining it again (applies at its next boot)" : "left so (driftRepair: alarm)"))
+                if restore {
+                    _ = try await run("define", name, loc.host, "its definition was changed outside the controller") {
+                        _ = try await agents.define(agent, agentSpec)
+                    }
+                }
             } else if status.generation != generation, let loc = location, let agent = hostsByName[loc.host]?.agent {
                 // The spec changed: update the definition (it applies at the next boot).
                 if location?.status.spec != agentSpec {

@@ -154,10 +154,10 @@ public final class HostAgent: Sendable {
 
     static func status(_ d: Domain) throws -> VMStatus {
         let info = try d.info()
-        let spec = try? DomainXML.parse(d.xml(inactive: true)).spec
+        let def = try? DomainXML.parse(d.xml(inactive: true))
         return VMStatus(
             name: d.name, uuid: d.uuid, state: info.state.rawValue, persistent: d.isPersistent(), vcpus: info.vcpus,
-            memoryMiB: Int(info.maxMemoryKiB / 1024), spec: spec)
+            memoryMiB: Int(info.maxMemoryKiB / 1024), spec: def?.spec, definedVCPUs: def?.vcpus, definedMemoryMiB: def.map { $0.memoryKiB / 1024 })
     }
 
     func domainOptions(hostCoreMHz: Int, name: String) -> DomainOptions {

@@ -301,6 +301,13 @@ struct AlarmsOnTestbed {
         #expect(try eventuallySync(timeout: 60) { try alarms().first { $0.kind == "drift" && $0.name == "drift1" && $0.id > undefined.id } } != nil)
         #expect(try eventuallySync(timeout: 90) { try t.domains("h1", running: true).contains("drift1") ? true : nil })
 
+        // Its definition changed behind its back (memory, for the next boot): alarm, defined as desired again.
+        #expect(try virsh("h1", "setmaxmem", "drift1", "200M", "--config").0 == 0)
+        let changed = try eventuallySync(timeout: 60) { try alarms().first { $0.kind == "drift" && $0.name == "drift1" && $0.message.contains("definition") } }
+        #expect(changed.message.contains("200 MiB") && changed.message.contains("defining it again"), "\(changed.message)")
+        #expect(try eventuallySync(timeout: 60) { try virsh("h1", "dumpxml", "--inactive", "drift1").1.contains("<memory unit='KiB'>262144</memory>") ? true : nil })
+        #expect(try eventuallySync(timeout: 30) { try alarms().first { $0.id == changed.id }?.state == "cleared" ? true : nil })
+
         // A domain nobody asked the controller for.
         let xml = "\(Testbed.dir)/rogue1.xml"
         try "<domain type='qemu'><name>rogue1</name><memory unit='MiB'>64</memory><vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>"
