@@ -22,6 +22,8 @@ public final class Controller: Sendable {
     let jobs = JobRegistry()
     /// Prometheus metrics.
     public let metrics = ControllerMetrics()
+    /// Stopped VMs whose definition an evacuation is moving to another host right now.
+    let movingDefinitions = Mutex<Set<String>>([])
     /// When each host's observed status was last written (milliseconds since 1970).
     let hostStatusWrites = Mutex<[String: Int64]>([:])
     /// What each host's agent last reported of its resource pool partitions.

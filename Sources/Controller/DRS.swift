@@ -490,10 +490,15 @@ extension Controller {
                 guard let i = jobs.get(job)?.items.firstIndex(where: { $0.action == "move" && $0.vm == s.name }),
                     let agent = try await agentURL(host)
                 else { continue }
+                // The reconciler leaves it alone meanwhile: between the undefine and the new status it would
+                // take the VM for undefined behind its back and define it here again.
+                movingDefinitions.withLock { _ = $0.insert(s.name) }
+                defer { movingDefinitions.withLock { _ = $0.remove(s.name) } }
                 do {
                     try await agents.undefine(agent, s.name)
                     var moved = s
                     moved.host = to
+                    moved.uuid = nil
                     try await store.setVMStatus(moved)
                     jobs.update(job) { $0.items[i].state = "done"; $0.items[i].reason = "stopped: definition moved to \(to)" }
                 } catch {

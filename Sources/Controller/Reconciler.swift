@@ -169,7 +169,7 @@ extension Controller {
 
         for spec in Scheduler.orderedSpecs(manifest.vms ?? []) {
             let name = spec.name
-            if migrating.contains(name) { continue }
+            if migrating.contains(name) || movingDefinitions.withLock({ $0.contains(name) }) { continue }
             let generation = generations[name] ?? 0
             var status = statuses[name] ?? Store.VMStatus(name: name, host: nil, state: "pending", uuid: nil, message: nil, generation: 0)
             let seen = observed.vms[name] ?? []
