@@ -189,8 +189,8 @@ extension VMSpec {
     /// A dotted IPv4 address, or an IPv6 address (hex groups and colons).
     static func isIPAddress(_ s: String) -> Bool {
         let v4 = s.split(separator: ".", omittingEmptySubsequences: false)
-        if v4.count == 4, v4.allSatisfy({ !$0.isEmpty && $0.count <= 3 && $0.allSatisfy(\.isNumber) && Int($0)! <= 255 }) { return true }
-        return s.contains(":") && s.count <= 45 && s.allSatisfy { $0.isHexDigit || $0 == ":" || $0 == "." }
+        if v4.count == 4, v4.allSatisfy({ UInt8($0) != nil && $0.count <= 3 && $0.allSatisfy { $0.isASCII } }) { return true }
+        return s.contains(":") && s.count <= 45 && s.allSatisfy { $0.isASCII && ($0.isHexDigit || $0 == ":" || $0 == ".") }
     }
 
     static func isInterfaceName(_ s: String) -> Bool {

@@ -131,6 +131,13 @@ extension Controller {
     /// One reconcile pass. Returns the number of actions taken.
     @discardableResult
     public func reconcile() async throws -> Int {
+        // Generations before the manifest: an apply landing in between pairs a newer spec with an older
+        // generation (updated next pass), never an older spec with a newer generation (taken for drift).
+        let generations = Dictionary(uniqueKeysWithValues: try await store.objects(kind: "vm").map { ($0.name, $0.generation) })
+        // Migrations and definition moves before observing: a VM that was moving when the hosts were
+        // asked is left alone this pass, even if its move has ended by the time it is looked at.
+        let migratingBefore = Set(try await store.activeMigrations().filter { $0.state != "queued" }.map(\.vm))
+        let movingBefore = movingDefinitions.withLock { $0 }
         let manifest = try await desired()
         let observed = try await observe(manifest)
         do {
@@ -142,7 +149,6 @@ extension Controller {
         await enforcePools(manifest, observed: observed)
         let hostsByName = Dictionary(uniqueKeysWithValues: (manifest.hosts ?? []).map { ($0.name, $0) })
         var statuses = Dictionary(uniqueKeysWithValues: try await store.vmStatuses().map { ($0.name, $0) })
-        let generations = Dictionary(uniqueKeysWithValues: try await store.objects(kind: "vm").map { ($0.name, $0.generation) })
         var actions = 0
         let scheduler = Scheduler(strategy: ClusterSnapshot.strategy(manifest))
         // Placement's view, built once per pass (when a VM needs a host) and kept current as VMs are placed.
@@ -165,7 +171,9 @@ extension Controller {
         }
 
         // A migrating VM belongs to the migration loop until it ends (both hosts show it meanwhile).
-        let migrating = Set(try await store.activeMigrations().filter { $0.state != "queued" }.map(\.vm))
+        let migrating = migratingBefore.union(try await store.activeMigrations().filter { $0.state != "queued" }.map(\.vm)).union(movingBefore)
+        // Every host of the cluster answered this pass: only then can "gone from its host" mean gone.
+        let everyHostAnswered = (manifest.hosts ?? []).filter { $0.agent != nil }.allSatisfy { observed.inventories[$0.name] != nil }
 
         for spec in Scheduler.orderedSpecs(manifest.vms ?? []) {
             let name = spec.name
@@ -175,7 +183,10 @@ extension Controller {
             let seen = observed.vms[name] ?? []
 
             // Where the VM is: a recorded host that has it, else any host that has it (adopted).
-            var location = seen.first { $0.host == status.host } ?? seen.first
+            let isActive = { (st: String) in ["running", "blocked", "paused", "pmsuspended"].contains(st) }
+            // A copy that runs wins over the recorded host's (a VM migrated with virsh leaves a stopped
+            // definition behind by default): the controller must never start a second copy.
+            var location = seen.first { isActive($0.status.state) } ?? seen.first { $0.host == status.host } ?? seen.first
             if let loc = location, status.host != loc.host {
                 if let was = status.host, status.uuid != nil, !seen.contains(where: { $0.host == was }),
                    !((try? await store.migrations(limit: 100)) ?? []).contains(where: { $0.vm == name && $0.destination == loc.host && $0.state == "completed" }) {
@@ -206,6 +217,12 @@ extension Controller {
                 // Migrated outside the controller to a host it does not know: it runs there. Defining and
                 // starting it here again would run it twice on the same disks.
                 status.message = "live-migrated outside the controller to a host it does not manage; not restored (see get alarms)"
+                try await store.setVMStatus(status)
+                continue
+            }
+            if location == nil, status.uuid != nil, !everyHostAnswered {
+                // Gone from its host, but a host that did not answer may run it: wait.
+                status.message = "not found on the hosts that answered; waiting for every host before defining it again"
                 try await store.setVMStatus(status)
                 continue
             }
@@ -290,12 +307,14 @@ extension Controller {
                 }
             } else if status.generation != generation, let loc = location, let agent = hostsByName[loc.host]?.agent {
                 // The spec changed: update the definition (it applies at the next boot).
+                var updated = true
                 if location?.status.spec != agentSpec {
-                    _ = try await run("update", name, loc.host, "spec changed (generation \(generation))") {
+                    updated = try await run("update", name, loc.host, "spec changed (generation \(generation))") {
                         _ = try await agents.define(agent, agentSpec)
                     }
                 }
-                status.generation = generation
+                // A failed update is tried again next pass (and is not taken for drift meanwhile).
+                if updated { status.generation = generation }
             }
 
             guard let loc = location, let agent = hostsByName[loc.host]?.agent else { continue }
@@ -311,6 +330,17 @@ extension Controller {
             if wantRunning && !active && !restore, (try? await store.openAlarmKeys())?.contains("drift:\(name):state") == true {
                 status.state = Self.viewState(state)
                 status.message = "stopped outside the controller (drift alarm); driftRepair is alarm"
+                if status != statuses[name] { try await store.setVMStatus(status) }
+                statuses[name] = status
+                continue
+            }
+            if wantRunning && !active && seen.contains(where: { $0.host != loc.host }) {
+                // Another host has a definition of it too: starting one could run it twice on one set of
+                // disks. An operator decides (the alarm says where).
+                await raise("duplicate:\(name)", kind: "drift", name: name, host: loc.host,
+                            message: "\(name) is defined on \(seen.map(\.host).sorted().joined(separator: ", ")) and runs nowhere; not started until only one definition is left")
+                status.message = "defined on several hosts; not started (see get alarms)"
+                status.state = Self.viewState(state)
                 if status != statuses[name] { try await store.setVMStatus(status) }
                 statuses[name] = status
                 continue

@@ -9,7 +9,9 @@ public enum Role: String, Codable, Sendable, CaseIterable, Comparable {
     public static func < (a: Role, b: Role) -> Bool { a.rank < b.rank }
 
     /// The role a request needs; nil: anyone (health, the CA, joining with a token).
-    public static func required(method: String, path: String) -> Role? {
+    public static func required(method: String, path raw: String) -> Role? {
+        // The router ignores empty segments (`//v1/tokens`, `/v1/tokens/`): so does this check.
+        let path = "/" + raw.split(separator: "/", omittingEmptySubsequences: true).joined(separator: "/")
         if path == "/healthz" || (method == "GET" && path == "/v1/ca") || (method == "POST" && path == "/v1/join") { return nil }
         if path == "/v1/tokens" || path.hasPrefix("/v1/tokens/") || path.hasPrefix("/v1/audit") { return .admin }
         if method == "POST", path.hasPrefix("/v1/hosts/"), path.hasSuffix("/join-token") { return .admin }

@@ -175,6 +175,9 @@ public actor Store {
     private var nextTaskID: Int64 = 0
     private var nextEventID: Int64 = 0
     private var nextMigrationID: Int64 = 0
+    private var nextAlarmID: Int64?
+    private var raising = Set<String>()
+    private var auditHead: (id: Int64, hash: String)?
 
     public init(backend: any SQLBackend) async throws {
         self.backend = backend
@@ -412,11 +415,17 @@ public actor Store {
     @discardableResult
     public func appendAudit(actor: String, role: String, method: String, path: String, status: Int, genesis: String,
                             hash: @Sendable (AuditEntry) -> String) async throws -> AuditEntry {
-        let last = try await backend.query("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", []).first
+        if auditHead == nil {
+            let last = try await backend.query("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", []).first
+            // Another append may have loaded it meanwhile.
+            if auditHead == nil { auditHead = ((last?["id"]?.int ?? 0), last?["hash"]?.text ?? genesis) }
+        }
+        // Id and link claimed before the insert's await: concurrent appends chain one after the other.
         var e = AuditEntry(
-            id: (last?["id"]?.int ?? 0) + 1, timeMs: now(), actor: actor, role: role, method: method, path: path, status: status,
-            prev: last?["hash"]?.text ?? genesis, hash: "")
+            id: auditHead!.id + 1, timeMs: now(), actor: actor, role: role, method: method, path: path, status: status,
+            prev: auditHead!.hash, hash: "")
         e.hash = hash(e)
+        auditHead = (e.id, e.hash)
         try await backend.execute(
             "INSERT INTO audit (id, time_ms, actor, role, method, path, status, prev, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             [.int(e.id), .int(e.timeMs), .text(e.actor), .text(e.role), .text(e.method), .text(e.path), .int(Int64(e.status)), .text(e.prev), .text(e.hash)])
@@ -450,9 +459,15 @@ public actor Store {
 
     /// Raises an alarm unless one with the same key is still active or acknowledged; returns the new one.
     public func raiseAlarm(key: String, kind: String, name: String?, host: String?, message: String) async throws -> Alarm? {
+        // Claimed before any await: the actor interleaves at suspension points.
+        guard !raising.contains(key) else { return nil }
+        raising.insert(key)
+        defer { raising.remove(key) }
         let open = try await backend.query("SELECT id FROM alarms WHERE key = $1 AND state IN ('active', 'acknowledged')", [.text(key)])
         guard open.isEmpty else { return nil }
-        let id = (try await backend.query("SELECT COALESCE(MAX(id), 0) AS m FROM alarms", []).first?["m"]?.int ?? 0) + 1
+        if nextAlarmID == nil { nextAlarmID = try await backend.query("SELECT COALESCE(MAX(id), 0) AS m FROM alarms", []).first?["m"]?.int ?? 0 }
+        nextAlarmID! += 1
+        let id = nextAlarmID!
         let t = now()
         let a = Alarm(id: id, key: key, timeMs: t, kind: kind, name: name, host: host, message: message, state: "active", updatedMs: t, note: nil)
         try await backend.execute(
@@ -501,15 +516,13 @@ public actor Store {
             [.text(digest), .text(host), .int(now()), .int(expiresMs)])
     }
 
-    /// Uses a token once: the host it was made for, or nil when it is unknown, used or expired. The
-    /// store is an actor, so the look-up and the marking cannot interleave with another use.
+    /// Uses a token once: the host it was made for, or nil when it is unknown, used or expired. One
+    /// statement: two joins with one token cannot both win (the actor does not serialize across awaits).
     public func useJoinToken(digest: String) async throws -> String? {
-        let t = now()
-        guard let host = try await backend.query(
-            "SELECT host FROM join_tokens WHERE digest = $1 AND used_ms IS NULL AND expires_ms > $2", [.text(digest), .int(t)]
-        ).first?["host"]?.text else { return nil }
-        try await backend.execute("UPDATE join_tokens SET used_ms = $1 WHERE digest = $2", [.int(t), .text(digest)])
-        return host
+        try await backend.query(
+            "UPDATE join_tokens SET used_ms = $1 WHERE digest = $2 AND used_ms IS NULL AND expires_ms > $1 RETURNING host",
+            [.int(now()), .text(digest)]
+        ).first?["host"]?.text
     }
 
     // MARK: Tasks and events

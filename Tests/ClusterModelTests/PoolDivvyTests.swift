@@ -306,6 +306,17 @@ import Testing
         }
     }
 
+    /// Non-ASCII digits in an address trapped a force unwrap (found in review).
+    @Test func nonASCIIDigitsInAnAddressAreRefused() {
+        let json = #"{"name":"t","cpus":1,"memoryMiB":512,"graphics":{"type":"vnc","listen":"١.١.١.١"}}"#
+        do {
+            _ = try VMSpec.decodeValidated(Data(json.utf8))
+            Issue.record("accepted")
+        } catch {
+            #expect(error.problems.map(\.path) == ["graphics.listen"])
+        }
+    }
+
     @Test func hugeLimitsAreRefused() {
         let json = #"{"name":"t","cpus":1,"memoryMiB":512,"resources":{"cpu":{"limitMHz":9223372036854775807},"memory":{"limitMiB":9223372036854775807}}}"#
         do {
