@@ -219,8 +219,13 @@ public final class HostAgent: Sendable {
             let d = try c.domain(named: name)
             let def = try DomainXML.parse(d.xml(inactive: true))
             if try d.state().0.isActive { throw AgentError.conflict("\(name) is already running") }
-            if let path = def.spec?.resourcePoolPath { try self.pools.ensure(path) }
             let node = try c.nodeInfo()
+            if let path = def.spec?.resourcePoolPath, let spec = def.spec {
+                try self.pools.ensure(path)
+                self.pools.admit(
+                    path: path, footprintBytes: Int64(PoolDivvy.footprintMiB(spec)) << 20,
+                    cpuQuotaMicros: HostTuning.from(spec, hostCoreMHz: node.mhz).cpuQuotaMicros)
+            }
             let usage = try Self.usage(c, excluding: name)
             let wantMem = def.spec?.resources?.memory?.reservationMiB ?? 0
             let wantMHz = def.spec?.resources?.cpu?.reservationMHz ?? 0

@@ -173,6 +173,31 @@ public final class PoolPartitions: Sendable {
         return read()
     }
 
+    /// Makes room in a VM's pool partitions before it starts here: the controller's division counted only
+    /// the VMs that ran when it was made, so a memory limit could hold the newcomer below its footprint
+    /// (the kernel would kill a guest) and a CFS quota could be below the VM's own (libvirt's write of it
+    /// would fail). Memory limits are raised to what the partition uses plus the footprint, CPU quotas to
+    /// the VM's, parents first; the controller's next division settles them.
+    func admit(path: [String], footprintBytes: Int64, cpuQuotaMicros: Int?) {
+        if Self.systemdManaged { return }
+        let hierarchies = Self.hierarchies()
+        let chain = (1...path.count).map { Self.directory(Array(path.prefix($0))) }
+        if let cpu = hierarchies.first(where: { $0.controllers.contains("cpu") && !$0.v2 }), let want = cpuQuotaMicros {
+            for dir in chain {
+                let q = Self.read("\(cpu.mount)/\(dir)/cpu.cfs_quota_us").flatMap(Int.init) ?? -1
+                if q >= 0 && q < want { _ = Self.write("\(cpu.mount)/\(dir)/cpu.cfs_quota_us", String(want)) }
+            }
+        }
+        if let mem = hierarchies.first(where: { $0.controllers.contains("memory") && !$0.v2 }) {
+            for dir in chain {
+                let base = "\(mem.mount)/\(dir)"
+                guard let limit = Self.read("\(base)/memory.limit_in_bytes").flatMap(Int64.init), limit < Int64.max / 2 else { continue }
+                let used = Self.read("\(base)/memory.usage_in_bytes").flatMap(Int64.init) ?? 0
+                if limit < used + footprintBytes { _ = Self.write("\(base)/memory.limit_in_bytes", String(used + footprintBytes)) }
+            }
+        }
+    }
+
     /// Every partition directory (`….partition`) below `machine`, parents before children.
     static func partitionDirectories(under mount: String) -> [String] {
         var out: [String] = []
