@@ -4,7 +4,10 @@ import ControllerAPI
 import Foundation
 import Testing
 
-/// The real tier: agents on a 2-host testbed, each driving its own libvirtd, with TCG guests.
+extension ClusterOnTestbed {
+/// The real tier: agents on a 2-host testbed, each driving its own libvirtd, with TCG guests. Serialized
+/// with the cluster suites: some of those restart an agent (certificate rotation, joining), which would
+/// answer these tests' calls with 503 meanwhile.
 @Suite(.serialized, .enabled(if: Testbed.available, "needs the testbed (make test brings it up)"))
 struct AgentOnTestbed {
     func guestSpec(_ name: String, ip: String, resources: ServiceLevels? = nil) -> VMSpec {
@@ -160,6 +163,7 @@ struct AgentOnTestbed {
         #expect(try await agent.delete("/v1/vms/evil1").status == 200)
     }
 }
+}
 
 extension ClusterOnTestbed {
 /// libvirtd restarts take a host's libvirt away for a moment: the controller sees the host without its
@@ -295,7 +299,7 @@ struct GuestImage {
     }
 }
 
-extension AgentOnTestbed {
+extension ClusterOnTestbed.AgentOnTestbed {
     /// Bad pool settings are refused with the field's path and change nothing.
     @Test func badPoolSettingsAreRefused() async throws {
         let agent = try Testbed.agent("h1")
@@ -315,7 +319,7 @@ extension AgentOnTestbed {
     }
 }
 
-extension AgentOnTestbed {
+extension ClusterOnTestbed.AgentOnTestbed {
     /// Mutual TLS only: the testbed's client certificate from the cluster CA is served; a client with no
     /// certificate, or with one from another CA, is refused in the handshake; plain HTTP gets no answer.
     @Test func onlyClientsOfTheClusterCAAreServed() async throws {
