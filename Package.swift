@@ -91,7 +91,7 @@ let package = Package(
         .target(
             name: "HostAgent",
             dependencies: [
-                "AgentAPI", "ClusterModel", "DomainXML", "Libvirt", "MigrationPolicy", "ServerSupport", "Spawn",
+                "AgentAPI", "ClusterModel", "DomainXML", "Libvirt", "MigrationPolicy", "ServerSupport", "Spawn", "TLSSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),

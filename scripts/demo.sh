@@ -28,8 +28,9 @@ up() {
     "$CONTROLLER" init --data-dir "$STATE/controller" >/dev/null
     [ -e "$STATE/agent/tls/agent.crt" ] ||
         "$CONTROLLER" issue --data-dir "$STATE/controller" --name local --san 127.0.0.1 --san localhost --out "$STATE/agent/tls" --prefix agent >/dev/null
-    [ -e "$STATE/client/client.crt" ] ||
-        "$CONTROLLER" issue --data-dir "$STATE/controller" --name demo-client --out "$STATE/client" --prefix client >/dev/null
+    # (Certificates made before roles existed state none: agents refuse them, so they are made again.)
+    openssl x509 -in "$STATE/client/client.crt" -noout -subject 2>/dev/null | grep -q "OU *= *operator" ||
+        "$CONTROLLER" issue --data-dir "$STATE/controller" --name demo-client --role operator --out "$STATE/client" --prefix client >/dev/null
     if ! running "$STATE/agent.pid"; then
         setsid "$ROOT/.build/debug/vsphere-agent" --listen 127.0.0.1 --port 7443 --data-dir "$STATE/agent" \
             --host-name local --console-log-dir /var/log/libvirt/qemu </dev/null >>"$STATE/agent.log" 2>&1 &

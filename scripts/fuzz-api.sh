@@ -20,7 +20,7 @@ cleanup() {
 trap cleanup EXIT
 "$BIN/vsphere-controller" init --data-dir "$D/controller" >/dev/null
 "$BIN/vsphere-controller" issue --data-dir "$D/controller" --name fuzz-agent --san 127.0.0.1 --out "$D/agent/tls" --prefix agent >/dev/null
-"$BIN/vsphere-controller" issue --data-dir "$D/controller" --name fuzz-client --out "$D/client" --prefix client >/dev/null
+"$BIN/vsphere-controller" issue --data-dir "$D/controller" --name fuzz-client --role operator --out "$D/client" --prefix client >/dev/null
 echo '{}' >"$D/agent.json"
 "$BIN/vsphere-agent" --config "$D/agent.json" --listen 127.0.0.1 --port 17443 --libvirt-uri test:///default --accelerator tcg \
     --data-dir "$D/agent" --console-log-dir "$D/console" --host-name fuzz >"$D/agent.log" 2>&1 &

@@ -166,7 +166,7 @@ make_ca() {
     [ -x "$CONTROLLER" ] || { log "no controller binary at $CONTROLLER"; return 1; }
     mkdir -p "$TB/controller"
     "$CONTROLLER" init --data-dir "$TB/controller" >/dev/null
-    "$CONTROLLER" issue --data-dir "$TB/controller" --name testbed-client --out "$TB/client" --prefix client >/dev/null
+    "$CONTROLLER" issue --data-dir "$TB/controller" --name testbed-client --role operator --out "$TB/client" --prefix client >/dev/null
     # Hosts bind their own pki directory over /etc/pki (libvirt's and QEMU's TLS files): the mount point
     # must exist; one made here is removed with the testbed.
     if [ ! -d /etc/pki ]; then mkdir /etc/pki && touch "$TB/made-etc-pki"; fi

@@ -47,3 +47,10 @@ public struct PoolPartition: Codable, Sendable, Equatable {
         self.errors = errors
     }
 }
+
+/// `GET/PUT /v1/revoked-certificates`: serial numbers (lowercase hexadecimal) of cluster certificates
+/// the agent refuses in the TLS handshake although they verify; the controller pushes its list.
+public struct RevokedCertificates: Codable, Sendable, Equatable {
+    public var serials: [String]
+    public init(serials: [String]) { self.serials = serials }
+}

@@ -81,6 +81,11 @@ public final class AgentClient: Sendable {
         try decode([PoolPartition].self, try await call(.PUT, agent + "/v1/resource-pools", body: try JSONEncoder().encode(PoolSettingsRequest(pools: pools)), timeout: .seconds(15)))
     }
 
+    /// Replaces the agent's list of revoked certificate serial numbers.
+    public func setRevoked(_ agent: String, _ list: RevokedCertificates) async throws {
+        _ = try decode(RevokedCertificates.self, try await call(.PUT, agent + "/v1/revoked-certificates", body: try JSONEncoder().encode(list), timeout: .seconds(10)))
+    }
+
     // MARK: Migration
 
     public func vm(_ agent: String, _ name: String) async throws -> VMStatus {

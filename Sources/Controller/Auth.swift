@@ -5,11 +5,12 @@ import HTTPTypes
 import Hummingbird
 import Store
 import Synchronization
+import TLSSupport
 
 extension Controller {
     static func newSecret() -> String {
         // SystemRandomNumberGenerator: the kernel's getrandom.
-        (0..<32).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        Hex.encode((0..<32).map { _ in UInt8.random(in: 0...255) })
     }
 
     /// The first admin: when the store has no live admin token, one named `admin` is made and written to

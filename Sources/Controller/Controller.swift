@@ -34,8 +34,14 @@ public final class Controller: Sendable {
     /// Recently checked API tokens (digest → holder), for two seconds.
     let authCache = Mutex<[String: (who: (name: String, role: Role)?, at: ContinuousClock.Instant)]>([:])
 
-    public init(store: Store, agents: AgentClient, logger: Logger, ca: ClusterCA? = nil) {
+    /// The revocation list each agent was last given (host → serials).
+    let revocationsPushed = Mutex<[String: [String]]>([:])
+    /// The names the controller's own certificate carries: no host's certificate may carry them.
+    let controllerNames: [String]
+
+    public init(store: Store, agents: AgentClient, logger: Logger, ca: ClusterCA? = nil, controllerNames: [String] = []) {
         self.ca = ca
+        self.controllerNames = controllerNames
         self.store = store
         self.agents = agents
         self.logger = logger

@@ -7,29 +7,35 @@ import X509
 
 extension Controller {
     static func digest(_ token: String) -> String {
-        SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
+        Hex.encode(SHA256.hash(data: Data(token.utf8)))
     }
 
-    /// A one-time token for a host of the desired state (1 hour by default, at most a week).
+    /// A one-time token for a host of the desired state (1 hour by default, at most a week). The names
+    /// its certificate will carry are fixed now: the host's name and the address of its agent URL. A
+    /// name the controller's own certificate carries is refused: a host must not be able to pose as the
+    /// controller to the CLI.
     public func joinToken(host: String, ttlSeconds: Int?) async throws -> JoinToken {
         guard let ca else { throw Conflict("this controller has no cluster CA") }
         let ttl = ttlSeconds ?? 3600
         guard (60...7 * 86400).contains(ttl) else { throw ValidationFailure([ValidationProblem("ttlSeconds", "must be between 60 and 604800")]) }
-        guard (try await desired().hosts ?? []).contains(where: { $0.name == host }) else {
+        guard let spec = (try await desired().hosts ?? []).first(where: { $0.name == host }) else {
             throw ControllerServer.NotFound(what: "host \(host) in the desired state (apply it first)")
         }
-        var bytes = [UInt8](repeating: 0, count: 32)
-        // SystemRandomNumberGenerator: the kernel's getrandom.
-        for i in bytes.indices { bytes[i] = UInt8.random(in: 0...255) }
-        let token = bytes.map { String(format: "%02x", $0) }.joined()
+        var names = [host]
+        if let agent = spec.agent, let h = URLComponents(string: agent)?.host, !h.isEmpty { names.append(h.trimmingCharacters(in: CharacterSet(charactersIn: "[]"))) }
+        let taken = Set(controllerNames.map { $0.lowercased() })
+        if let clash = names.first(where: { taken.contains($0.lowercased()) }) {
+            throw Conflict("host \(host): \(clash) is a name of the controller's own certificate; a host's certificate may not carry it")
+        }
+        let token = Self.newSecret()
         let expires = Int64(Date().timeIntervalSince1970 * 1000) + Int64(ttl) * 1000
-        try await store.addJoinToken(digest: Self.digest(token), host: host, expiresMs: expires)
+        try await store.addJoinToken(digest: Self.digest(token), host: host, names: names, expiresMs: expires)
         try await store.addEvent(source: "controller", kind: "host", name: host, event: "join-token", detail: nil, message: "valid for \(ttl) s")
         return JoinToken(host: host, token: token, expiresMs: expires, caFingerprint: try HostJoin.fingerprint(pem: ca.certificatePEM))
     }
 
     /// Signs a joining host's key: the token must be unused, unexpired and made for that host. The
-    /// certificate names the host and the address of its agent URL in the desired state.
+    /// certificate (role host: it cannot drive agents) carries the names fixed with the token.
     public func join(_ req: JoinRequest) async throws -> JoinResponse {
         guard let ca else { throw Conflict("this controller has no cluster CA") }
         guard Names.isValid(req.host) else { throw ValidationFailure([ValidationProblem("host", "must match ^[a-z][a-z0-9-]{0,62}$")]) }
@@ -37,17 +43,11 @@ extension Controller {
         do { key = try HostJoin.verifiedKey(csrPEM: req.csr) } catch {
             throw ValidationFailure([ValidationProblem("csr", "must be a PEM certificate signing request signed by its key (\(error))")])
         }
-        guard let host = try await store.useJoinToken(digest: Self.digest(req.token)), host == req.host else {
+        guard let (host, names) = try await store.useJoinToken(digest: Self.digest(req.token)), host == req.host else {
             try await store.addEvent(source: "controller", kind: "host", name: req.host, event: "join-refused", detail: nil, message: "unknown, used or expired token")
             throw Unauthorized("the token is unknown, used, expired or for another host")
         }
-        var names = [host]
-        if let agent = (try await desired().hosts ?? []).first(where: { $0.name == host })?.agent,
-            let h = URLComponents(string: agent)?.host
-        {
-            names.append(h)
-        }
-        let cert = try ca.sign(publicKey: key, commonName: host, names: names)
+        let cert = try ca.sign(publicKey: key, commonName: host, names: names, role: .host)
         try await store.addEvent(source: "controller", kind: "host", name: host, event: "joined", detail: nil, message: "certificate issued for \(names.joined(separator: ", "))")
         return JoinResponse(certificate: try cert.serializeAsPEM().pemString + "\n" + ca.certificatePEM, ca: ca.certificatePEM)
     }

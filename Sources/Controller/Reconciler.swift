@@ -147,6 +147,7 @@ extension Controller {
         }
         // Resource pools first: a VM's partition must exist on its host before it is defined or started.
         await enforcePools(manifest, observed: observed)
+        await pushRevocations(manifest, observed: observed)
         let hostsByName = Dictionary(uniqueKeysWithValues: (manifest.hosts ?? []).map { ($0.name, $0) })
         var statuses = Dictionary(uniqueKeysWithValues: try await store.vmStatuses().map { ($0.name, $0) })
         var actions = 0

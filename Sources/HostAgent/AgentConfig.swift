@@ -23,6 +23,9 @@ public struct AgentConfig: Codable, Sendable, Equatable {
     /// The cluster CA: only clients with a certificate it signed are served (mutual TLS, always);
     /// default `dataDir/tls/cluster-ca.crt`.
     public var clientCA: String?
+    /// Serial numbers of revoked cluster certificates, refused in the handshake; default
+    /// `dataDir/tls/revoked.txt` (the controller keeps it current through the API).
+    public var revokedCertificates: String?
     /// Names and addresses the agent is reached by (documentation for the certificate it needs).
     public var tlsSubjectAltNames: [String] = []
     /// Where QEMU's serial console is logged, one file per VM.
@@ -49,9 +52,10 @@ public struct AgentConfig: Codable, Sendable, Equatable {
     public var certificatePath: String { tlsCertificate ?? dataDir + "/tls/agent.crt" }
     public var keyPath: String { tlsKey ?? dataDir + "/tls/agent.key" }
     public var clientCAPath: String { clientCA ?? dataDir + "/tls/cluster-ca.crt" }
+    public var revokedCertificatesPath: String { revokedCertificates ?? dataDir + "/tls/revoked.txt" }
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case listen, port, libvirtURI, accelerator, cpuModel, hostName, dataDir, tlsCertificate, tlsKey, clientCA
+        case listen, port, libvirtURI, accelerator, cpuModel, hostName, dataDir, tlsCertificate, tlsKey, clientCA, revokedCertificates
         case tlsSubjectAltNames, consoleLogDir, shutdownTimeoutSeconds, hardLimitMode, hostReservedMemoryMiB, guestCPUs
         case coreParking, coreParkingTargetUtilization, coreParkingIntervalSeconds, offlineParkedCPUs
     }
@@ -69,6 +73,7 @@ public struct AgentConfig: Codable, Sendable, Equatable {
         tlsCertificate = try c.decodeIfPresent(String.self, forKey: .tlsCertificate)
         tlsKey = try c.decodeIfPresent(String.self, forKey: .tlsKey)
         clientCA = try c.decodeIfPresent(String.self, forKey: .clientCA)
+        revokedCertificates = try c.decodeIfPresent(String.self, forKey: .revokedCertificates)
         tlsSubjectAltNames = try c.decodeIfPresent([String].self, forKey: .tlsSubjectAltNames) ?? d.tlsSubjectAltNames
         consoleLogDir = try c.decodeIfPresent(String.self, forKey: .consoleLogDir) ?? d.consoleLogDir
         shutdownTimeoutSeconds = try c.decodeIfPresent(Int.self, forKey: .shutdownTimeoutSeconds) ?? d.shutdownTimeoutSeconds

@@ -11,7 +11,7 @@ import NIOSSL
 
 /// The agent's HTTPS API (Schemas/agent-api.json).
 public enum AgentServer {
-    public static func router(agent: HostAgent) -> Router<BasicRequestContext> {
+    public static func router(agent: HostAgent, gate: ClientGate? = nil) -> Router<BasicRequestContext> {
         let router = Router(context: BasicRequestContext.self)
         router.get("/healthz") { _, _ in
             Response.json(200, ["status": agent.supervisor.isConnected ? "ok" : "libvirt-disconnected"])
@@ -103,6 +103,12 @@ public enum AgentServer {
         }
         router.post("/v1/migrations/:id/cancel") { _, ctx in
             await respond { try await agent.migrations.cancel(ctx.parameters.get("id") ?? "", on: agent) }
+        }
+        if let gate {
+            router.get("/v1/revoked-certificates") { _, _ in await respond { gate.revoked() } }
+            router.put("/v1/revoked-certificates") { request, _ in
+                await respond { try gate.setRevoked(try await body(RevokedCertificates.self, request)) }
+            }
         }
         router.get("/v1/resource-pools") { _, _ in await respond { agent.pools.read() } }
         router.put("/v1/resource-pools") { request, _ in
@@ -197,10 +203,12 @@ public enum AgentServer {
     }
 
     /// The HTTPS application; run it with the supervisor in one ServiceGroup.
-    public static func application(agent: HostAgent, tls: TLSConfiguration, logger: Logger) throws -> some ApplicationProtocol {
+    /// Clients are checked in the handshake by `gate` (role and revocation), not by BoringSSL's chain
+    /// verification alone.
+    public static func application(agent: HostAgent, tls: TLSConfiguration, gate: ClientGate, logger: Logger) throws -> some ApplicationProtocol {
         Application(
-            router: router(agent: agent),
-            server: try .tls(.http1(), tlsConfiguration: tls),
+            router: router(agent: agent, gate: gate),
+            server: try .tls(.http1(), configuration: .init(tlsConfiguration: tls, customAsyncVerificationCallback: { chain in await gate.verify(chain) })),
             configuration: .init(address: .hostname(agent.config.listen, port: agent.config.port), serverName: "vsphere-agent"),
             logger: logger)
     }

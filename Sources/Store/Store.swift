@@ -165,6 +165,10 @@ public enum Migrations {
             // When the host saw an event (its agent's clock), beside when the controller recorded it.
             "ALTER TABLE events ADD COLUMN host_ms BIGINT",
         ]),
+        (8, [
+            // The names a join token's certificate will carry, fixed when the token is made (one per line).
+            "ALTER TABLE join_tokens ADD COLUMN names TEXT",
+        ]),
     ]
 }
 
@@ -510,19 +514,22 @@ public actor Store {
 
     // MARK: Join tokens
 
-    public func addJoinToken(digest: String, host: String, expiresMs: Int64) async throws {
+    public func addJoinToken(digest: String, host: String, names: [String], expiresMs: Int64) async throws {
         try await backend.execute(
-            "INSERT INTO join_tokens (digest, host, created_ms, expires_ms) VALUES ($1, $2, $3, $4)",
-            [.text(digest), .text(host), .int(now()), .int(expiresMs)])
+            "INSERT INTO join_tokens (digest, host, created_ms, expires_ms, names) VALUES ($1, $2, $3, $4, $5)",
+            [.text(digest), .text(host), .int(now()), .int(expiresMs), .text(names.joined(separator: "\n"))])
     }
 
-    /// Uses a token once: the host it was made for, or nil when it is unknown, used or expired. One
-    /// statement: two joins with one token cannot both win (the actor does not serialize across awaits).
-    public func useJoinToken(digest: String) async throws -> String? {
-        try await backend.query(
-            "UPDATE join_tokens SET used_ms = $1 WHERE digest = $2 AND used_ms IS NULL AND expires_ms > $1 RETURNING host",
+    /// Uses a token once: the host it was made for and the names its certificate gets, or nil when it
+    /// is unknown, used or expired. One statement: two joins with one token cannot both win (the actor
+    /// does not serialize across awaits).
+    public func useJoinToken(digest: String) async throws -> (host: String, names: [String])? {
+        guard let row = try await backend.query(
+            "UPDATE join_tokens SET used_ms = $1 WHERE digest = $2 AND used_ms IS NULL AND expires_ms > $1 RETURNING host, names",
             [.int(now()), .text(digest)]
-        ).first?["host"]?.text
+        ).first, let host = row["host"]?.text else { return nil }
+        let names = (row["names"]?.text ?? host).split(separator: "\n").map(String.init)
+        return (host, names)
     }
 
     // MARK: Tasks and events

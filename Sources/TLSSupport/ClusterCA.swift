@@ -5,9 +5,11 @@ import SwiftASN1
 import X509
 
 /// The cluster's certificate authority: one P-256 key and a self-signed CA certificate (ten years) in
-/// the controller's `pki` directory. It issues every daemon's identity: the controller's (server and
-/// client: it serves the CLI and calls the agents), each agent's (server and client), and operators'
-/// or tests' client certificates. Agents accept only clients whose certificate chains to it.
+/// the controller's `pki` directory. It issues every daemon's identity, each with its role in the
+/// subject's organizational unit (`IdentityRole`): the controller's (server and client: it serves the
+/// CLI and calls the agents), each host's (server, and client for libvirt's peer-to-peer migrations),
+/// and operators' client certificates. Agents serve only controller and operator identities of this CA
+/// (`ClientAuthorizer`): a host's certificate, or a stolen agent key, cannot drive another agent.
 public struct ClusterCA: Sendable {
     public let certificate: Certificate
     let key: P256.Signing.PrivateKey
@@ -62,42 +64,23 @@ public struct ClusterCA: Sendable {
         return ClusterCA(certificate: cert, key: key, directory: directory)
     }
 
-    /// An identity signed by the CA for `commonName`, valid `days` days, with every name as a subject
-    /// alternative name (DNS names and IP addresses); for TLS servers and clients alike.
+    /// An identity signed by the CA for `commonName` in `role`, valid `days` days, with every name as a
+    /// subject alternative name (DNS names and IP addresses).
     /// Returns the certificate chain (leaf, then CA) and the new private key, both PEM.
-    public func issue(commonName: String, names: [String], days: Int = 365, now: Date = Date()) throws -> (chain: String, key: String) {
+    public func issue(commonName: String, names: [String], role: IdentityRole, days: Int = 365, now: Date = Date()) throws -> (chain: String, key: String) {
         let key = P256.Signing.PrivateKey()
-        let leaf = try sign(publicKey: .init(key.publicKey), commonName: commonName, names: names, days: days, now: now)
+        let leaf = try sign(publicKey: .init(key.publicKey), commonName: commonName, names: names, role: role, days: days, now: now)
         return (try leaf.serializeAsPEM().pemString + "\n" + certificatePEM, key.pemRepresentation)
     }
 
     /// Signs a certificate for a public key the holder keeps (a joining host's).
-    public func sign(publicKey: Certificate.PublicKey, commonName: String, names: [String], days: Int = 365, now: Date = Date()) throws -> Certificate {
+    public func sign(
+        publicKey: Certificate.PublicKey, commonName: String, names: [String], role: IdentityRole, days: Int = 365, now: Date = Date()
+    ) throws -> Certificate {
         guard (1...3650).contains(days) else { throw Failure("validity must be 1 to 3650 days") }
-        let subject = try DistinguishedName {
-            OrganizationName("vsphere")
-            CommonName(commonName)
-        }
-        var alt: [GeneralName] = []
-        for n in Set(names + [commonName]).sorted() {
-            if let ip = TLSIdentity.ipBytes(n) {
-                alt.append(.ipAddress(ASN1OctetString(contentBytes: ArraySlice(ip))))
-            } else {
-                alt.append(.dnsName(n))
-            }
-        }
-        let extensions = try Certificate.Extensions {
-            Critical(BasicConstraints.notCertificateAuthority)
-            Critical(KeyUsage(digitalSignature: true, keyEncipherment: true))
-            try ExtendedKeyUsage([.serverAuth, .clientAuth])
-            SubjectAlternativeNames(alt)
-            AuthorityKeyIdentifier(keyIdentifier: try certificate.extensions.subjectKeyIdentifier?.keyIdentifier)
-        }
-        return try Certificate(
-            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: publicKey,
-            notValidBefore: now.addingTimeInterval(-3600), notValidAfter: now.addingTimeInterval(Double(days) * 86400),
-            issuer: certificate.subject, subject: subject, signatureAlgorithm: .ecdsaWithSHA256, extensions: extensions,
-            issuerPrivateKey: .init(key))
+        return try LeafCertificate.make(
+            publicKey: publicKey, commonName: commonName, names: names, role: role, issuer: certificate, issuerKey: key,
+            notBefore: now.addingTimeInterval(-3600), notAfter: now.addingTimeInterval(Double(days) * 86400))
     }
 
     /// Writes an issued identity as `DIR/PREFIX.crt`, `DIR/PREFIX.key` (0600) and `DIR/cluster-ca.crt`.
@@ -119,18 +102,22 @@ public struct ClusterCA: Sendable {
         guard rename(tmp, path) == 0 else { throw Failure("cannot replace \(path): \(String(cString: strerror(errno)))") }
     }
 
-    /// When a PEM certificate (the leaf of a chain file) stops being valid.
-    public static func notValidAfter(ofPEMFile path: String) -> Date? {
+    /// The leaf (first certificate) of a PEM chain file.
+    public static func leaf(ofPEMFile path: String) -> Certificate? {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8),
-            let first = try? PEMDocument.parseMultiple(pemString: text).first,
-            let cert = try? Certificate(derEncoded: first.derBytes)
+            let first = try? PEMDocument.parseMultiple(pemString: text).first
         else { return nil }
-        return cert.notValidAfter
+        return try? Certificate(derEncoded: first.derBytes)
     }
+
+    /// When a PEM certificate (the leaf of a chain file) stops being valid.
+    public static func notValidAfter(ofPEMFile path: String) -> Date? { leaf(ofPEMFile: path)?.notValidAfter }
 }
 
 extension TLSIdentity {
-    /// Server side of mutual TLS: clients must present a certificate that chains to `clientCA`.
+    /// Server side of mutual TLS: clients must present a certificate; BoringSSL's own checks are replaced
+    /// by a `ClientAuthorizer` (chain to the cluster CA, client usage, an allowed role), which the server
+    /// installs as its custom verification callback.
     public func mutualServerConfiguration(clientCA: String) throws -> TLSConfiguration {
         var tls = try serverConfiguration()
         tls.certificateVerification = .noHostnameVerification
@@ -175,7 +162,6 @@ public enum HostJoin {
 
     /// SHA-256 of a PEM certificate's DER bytes, lowercase hex: what an operator pins.
     public static func fingerprint(pem: String) throws -> String {
-        let doc = try PEMDocument(pemString: pem)
-        return SHA256.hash(data: doc.derBytes).map { String(format: "%02x", $0) }.joined()
+        Hex.encode(SHA256.hash(data: try PEMDocument(pemString: pem).derBytes))
     }
 }

@@ -44,7 +44,7 @@ public struct TLSIdentity: Sendable {
 
     /// A one-host CA (P-256, ten years; its key is discarded once used) and a server certificate it
     /// signs, valid for a year, with every name as a subject alternative name.
-    public static func selfSigned(names: [String], label: String = "vsphere", now: Date = Date()) throws -> (ca: String, certificate: String, key: String) {
+    public static func selfSigned(names: [String], label: String = "vsphere", role: IdentityRole = .host, now: Date = Date()) throws -> (ca: String, certificate: String, key: String) {
         let caKey = P256.Signing.PrivateKey()
         let common = names.first ?? label
         let caName = try DistinguishedName {
@@ -63,30 +63,9 @@ public struct TLSIdentity: Sendable {
             issuerPrivateKey: .init(caKey))
 
         let key = P256.Signing.PrivateKey()
-        let subject = try DistinguishedName {
-            OrganizationName("vsphere")
-            CommonName(common)
-        }
-        var alt: [GeneralName] = []
-        for n in Set(names).sorted() {
-            if let ip = ipBytes(n) {
-                alt.append(.ipAddress(ASN1OctetString(contentBytes: ArraySlice(ip))))
-            } else {
-                alt.append(.dnsName(n))
-            }
-        }
-        let extensions = try Certificate.Extensions {
-            Critical(BasicConstraints.notCertificateAuthority)
-            Critical(KeyUsage(digitalSignature: true, keyEncipherment: true))
-            try ExtendedKeyUsage([.serverAuth, .clientAuth])
-            SubjectAlternativeNames(alt)
-            AuthorityKeyIdentifier(keyIdentifier: try caCert.extensions.subjectKeyIdentifier?.keyIdentifier)
-        }
-        let cert = try Certificate(
-            version: .v3, serialNumber: Certificate.SerialNumber(), publicKey: .init(key.publicKey),
-            notValidBefore: now.addingTimeInterval(-3600), notValidAfter: now.addingTimeInterval(365 * 86400),
-            issuer: caName, subject: subject, signatureAlgorithm: .ecdsaWithSHA256, extensions: extensions,
-            issuerPrivateKey: .init(caKey))
+        let cert = try LeafCertificate.make(
+            publicKey: .init(key.publicKey), commonName: common, names: names, role: role, issuer: caCert, issuerKey: caKey,
+            notBefore: now.addingTimeInterval(-3600), notAfter: now.addingTimeInterval(365 * 86400))
         let caPEM = try caCert.serializeAsPEM().pemString
         return (caPEM, try cert.serializeAsPEM().pemString + "\n" + caPEM, key.pemRepresentation)
     }

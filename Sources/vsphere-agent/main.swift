@@ -68,7 +68,9 @@ struct AgentCommand: AsyncParsableCommand {
                 """)
         }
         let identity = TLSIdentity(certificatePath: cfg.certificatePath, keyPath: cfg.keyPath, caPath: cfg.clientCAPath)
-        let app = try AgentServer.application(agent: agent, tls: try identity.mutualServerConfiguration(clientCA: cfg.clientCAPath), logger: logger)
+        let gate = try ClientGate(caPath: cfg.clientCAPath, revokedPath: cfg.revokedCertificatesPath, logger: logger)
+        let app = try AgentServer.application(
+            agent: agent, tls: try identity.mutualServerConfiguration(clientCA: cfg.clientCAPath), gate: gate, logger: logger)
         logger.info("vsphere-agent starting", metadata: [
             "listen": "\(cfg.listen):\(cfg.port)", "libvirt": "\(cfg.libvirtURI)", "accelerator": "\(agent.accelerator)",
             "certificate": "\(identity.certificatePath)", "clientCA": "\(cfg.clientCAPath)",

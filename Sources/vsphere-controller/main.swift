@@ -12,7 +12,7 @@ struct ControllerCommand: AsyncParsableCommand {
         commandName: "vsphere-controller",
         abstract: "The cluster controller: manifests in, placed and running VMs out.",
         version: "0.1.0",
-        subcommands: [Serve.self, Init.self, Issue.self],
+        subcommands: [Serve.self, Init.self, Issue.self, Revoke.self],
         defaultSubcommand: Serve.self)
 }
 
@@ -25,18 +25,19 @@ struct PKIOptions: ParsableArguments {
     var tlsDir: String { dataDir + "/tls" }
 
     /// The controller's identity, (re)issued by the cluster CA when missing, issued by another CA, missing
-    /// a name, or within 30 days of expiry.
+    /// a name or the controller role (certificates made before roles existed), or within 30 days of expiry.
     func controllerIdentity(_ ca: ClusterCA, names: [String]) throws -> TLSIdentity {
         let cert = tlsDir + "/controller.crt"
         var fresh = false
         if let text = try? String(contentsOfFile: cert, encoding: .utf8), text.contains(ca.certificatePEM.trimmingCharacters(in: .whitespacesAndNewlines)),
-            let until = ClusterCA.notValidAfter(ofPEMFile: cert), until.timeIntervalSinceNow > 30 * 86400,
+            let leaf = ClusterCA.leaf(ofPEMFile: cert), leaf.notValidAfter.timeIntervalSinceNow > 30 * 86400,
+            IdentityRole(of: leaf) == .controller,
             let known = try? String(contentsOfFile: tlsDir + "/controller.names", encoding: .utf8), known == names.joined(separator: "\n")
         {
             fresh = true
         }
         if !fresh {
-            _ = try ca.write(try ca.issue(commonName: "vsphere-controller", names: names), to: tlsDir, prefix: "controller")
+            _ = try ca.write(try ca.issue(commonName: "vsphere-controller", names: names, role: .controller), to: tlsDir, prefix: "controller")
             try names.joined(separator: "\n").write(toFile: tlsDir + "/controller.names", atomically: true, encoding: .utf8)
         }
         // The CLI's config names this file: it is the cluster CA.
@@ -60,13 +61,19 @@ struct Init: ParsableCommand {
 /// `vsphere-controller issue`: an identity signed by the cluster CA, for an agent, an operator or a tool.
 struct Issue: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Issue a certificate and key signed by the cluster CA (for an agent: --name HOST --san ADDRESS --out DIR --prefix agent).")
+        abstract: "Issue a certificate and key signed by the cluster CA (for an agent: --name HOST --san ADDRESS --out DIR --prefix agent).",
+        discussion: """
+            --role host (the default) is a host's identity: its agent's server certificate and libvirt's and QEMU's \
+            for migrations; it cannot call agents. --role operator is a client allowed to call agents directly \
+            (scripts, break-glass access); --role controller is the controller's own (it issues it itself).
+            """)
     @OptionGroup var pki: PKIOptions
     @Option(help: "Common name: the host's name for an agent.") var name: String
     @Option(help: "Extra DNS name or IP address (repeatable).") var san: [String] = []
     @Option(help: "Directory to write PREFIX.crt, PREFIX.key and cluster-ca.crt into.") var out: String
     @Option(help: "File name prefix.") var prefix: String = "agent"
     @Option(help: "Validity in days.") var days: Int = 365
+    @Option(help: "host, operator or controller.") var role: String = "host"
 
     func validate() throws {
         if name.isEmpty || name.count > 253 || name.contains(where: { $0 == "/" || $0.isWhitespace }) {
@@ -74,12 +81,49 @@ struct Issue: ParsableCommand {
         }
         if !prefix.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "-" }) || prefix.isEmpty { throw ValidationError("--prefix: letters, digits and - only") }
         if !(1...3650).contains(days) { throw ValidationError("--days: must be between 1 and 3650") }
+        if IdentityRole(rawValue: role) == nil { throw ValidationError("--role: must be host, operator or controller") }
     }
 
     func run() throws {
         let ca = try ClusterCA.loadOrCreate(directory: pki.pkiDir)
-        let id = try ca.write(try ca.issue(commonName: name, names: san, days: days), to: out, prefix: prefix)
+        let id = try ca.write(try ca.issue(commonName: name, names: san, role: IdentityRole(rawValue: role)!, days: days), to: out, prefix: prefix)
         print("\(id.certificatePath)\n\(id.keyPath)\n\(id.caPath ?? "")")
+    }
+}
+
+/// `vsphere-controller revoke`: adds a certificate's serial number to the cluster's revocation list
+/// (`pki/revoked.txt`); the running controller gives it to every agent at its next pass.
+struct Revoke: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Revoke a cluster certificate: agents refuse it in the TLS handshake from the controller's next pass on.")
+    @OptionGroup var pki: PKIOptions
+    @Option(help: "The certificate's serial number in hexadecimal (as `openssl x509 -noout -serial` prints it).") var serial: String?
+    @Option(help: "The certificate file (PEM) to revoke, instead of --serial.") var certificate: String?
+
+    func validate() throws {
+        if (serial == nil) == (certificate == nil) { throw ValidationError("--serial or --certificate: give exactly one") }
+        if let serial, ClientAuthorizer.normalize(serial).isEmpty { throw ValidationError("--serial: must be hexadecimal") }
+        if let certificate, ClusterCA.leaf(ofPEMFile: certificate) == nil { throw ValidationError("--certificate: \(certificate) holds no PEM certificate") }
+    }
+
+    func run() throws {
+        let ca = try ClusterCA.load(directory: pki.pkiDir)
+        let s: String
+        if let certificate {
+            let leaf = ClusterCA.leaf(ofPEMFile: certificate)!
+            guard leaf.issuer == ca.certificate.subject else { throw ValidationError("--certificate: not issued by this cluster CA") }
+            s = ClientAuthorizer.serial(of: leaf)
+        } else {
+            s = ClientAuthorizer.normalize(serial!)
+        }
+        let path = pki.pkiDir + "/revoked.txt"
+        var text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? "# serial numbers of revoked cluster certificates\n"
+        if !text.split(separator: "\n").contains(where: { ClientAuthorizer.normalize(String($0)) == s }) {
+            text += s + "\n"
+            try text.write(toFile: path + ".new", atomically: false, encoding: .utf8)
+            guard rename(path + ".new", path) == 0 else { throw ValidationError("cannot replace \(path)") }
+        }
+        print("revoked \(s) (\(path))")
     }
 }
 
@@ -121,7 +165,7 @@ struct Serve: AsyncParsableCommand {
         let identity = try pki.controllerIdentity(ca, names: names)
         let store = try await Store.open(database, logger: logger)
         let agents = try AgentClient(tls: identity.clientConfiguration(trusting: ca.certificatePath, also: agentCA))
-        let controller = Controller(store: store, agents: agents, logger: logger, ca: ca)
+        let controller = Controller(store: store, agents: agents, logger: logger, ca: ca, controllerNames: names + ["vsphere-controller"])
         // Every API call needs a token: the first admin's is written next to the state, once.
         let tokenFile = pki.dataDir + "/admin.token"
         if try await controller.bootstrapAdmin(tokenFile: tokenFile) {

@@ -83,7 +83,7 @@ import X509
         #expect(again.certificate == ca.certificate, "made once, loaded after")
         let attrs = try FileManager.default.attributesOfItem(atPath: dir + "/pki/ca.key")
         #expect((attrs[.posixPermissions] as? Int ?? 0) == 0o600)
-        let id = try ca.write(try ca.issue(commonName: "h1", names: ["10.0.0.1"]), to: dir + "/h1", prefix: "agent")
+        let id = try ca.write(try ca.issue(commonName: "h1", names: ["10.0.0.1"], role: .host), to: dir + "/h1", prefix: "agent")
         let chain = try String(contentsOfFile: id.certificatePath, encoding: .utf8)
         let leaf = try Certificate(derEncoded: try #require(try PEMDocument.parseMultiple(pemString: chain).first).derBytes)
         #expect(leaf.issuer == ca.certificate.subject)
@@ -94,10 +94,95 @@ import X509
         // A host's own key: the CSR proves possession; the signed certificate carries that key.
         let req = try HostJoin.request(commonName: "h2")
         let key = try HostJoin.verifiedKey(csrPEM: req.csr)
-        let signed = try ca.sign(publicKey: key, commonName: "h2", names: [])
+        let signed = try ca.sign(publicKey: key, commonName: "h2", names: [], role: .host)
         #expect(signed.publicKey == key)
         #expect(throws: (any Error).self) { _ = try HostJoin.verifiedKey(csrPEM: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----") }
         #expect(try HostJoin.fingerprint(pem: ca.certificatePEM).count == 64)
+    }
+}
+
+/// Who may call an agent: only controller and operator identities of the cluster CA, unexpired and
+/// unrevoked. A host's certificate (every other agent's, libvirt's) is refused although it verifies.
+@Suite struct ClientAuthorizerTests {
+    func leaf(_ pem: String) throws -> [Certificate] {
+        try PEMDocument.parseMultiple(pemString: pem).map { try Certificate(derEncoded: $0.derBytes) }
+    }
+
+    @Test func rolesDecide() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vs-authz-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ca = try ClusterCA.loadOrCreate(directory: dir + "/pki")
+        let gate = ClientAuthorizer(roots: [ca.certificate], allowed: [.controller, .operator])
+        for role in IdentityRole.allCases {
+            let chain = try leaf(try ca.issue(commonName: "x-\(role.rawValue)", names: [], role: role).chain)
+            #expect(IdentityRole(of: chain[0]) == role)
+            let result = await gate.authorize(chain)
+            switch (role, result) {
+            case (.controller, .success(let who)), (.operator, .success(let who)): #expect(who.role == role)
+            case (.host, .failure(let why)): #expect(why.description.contains("host identity may not call"), "\(why)")
+            default: Issue.record("\(role): \(result)")
+            }
+        }
+        // The leaf alone (without the CA certificate the chain file carries) verifies too.
+        let op = try leaf(try ca.issue(commonName: "op", names: [], role: .operator).chain)
+        if case .failure(let why) = await gate.authorize([op[0]]) { Issue.record("\(why)") }
+        // Operators are clients only; controllers and hosts also serve.
+        #expect(try op[0].extensions.extendedKeyUsage?.contains(.serverAuth) == false)
+
+        // Another CA's controller identity, an expired one, one without a role, a revoked one: refused.
+        let other = try ClusterCA.loadOrCreate(directory: dir + "/other")
+        let foreign = try leaf(try other.issue(commonName: "vsphere-controller", names: [], role: .controller).chain)
+        if case .success = await gate.authorize(foreign) { Issue.record("another CA's certificate was accepted") }
+        let old = try leaf(try ca.issue(commonName: "old", names: [], role: .controller, days: 1, now: Date().addingTimeInterval(-3 * 86400)).chain)
+        if case .success = await gate.authorize(old) { Issue.record("an expired certificate was accepted") }
+        let selfMade = try leaf(TLSIdentity.selfSigned(names: ["x"]).certificate)
+        if case .success = await gate.authorize(selfMade) { Issue.record("a throwaway CA's certificate was accepted") }
+        let revoked = ClientAuthorizer(roots: [ca.certificate], allowed: [.controller, .operator], revoked: [ClientAuthorizer.serial(of: op[0])])
+        guard case .failure(let why) = await revoked.authorize(op) else { Issue.record("a revoked certificate was accepted"); return }
+        #expect(why.description.contains("revoked"))
+        if case .success = await gate.authorize([Certificate]()) { Issue.record("no certificate was accepted") }
+    }
+
+    @Test func serialNumbersNormalize() {
+        #expect(ClientAuthorizer.normalize("serial=00AB:CD") == "abcd")
+        #expect(ClientAuthorizer.normalize("  0f ") == "f")
+        #expect(ClientAuthorizer.normalize("0") == "0")
+        #expect(ClientAuthorizer.normalize("xyz") == "")
+        #expect(ClientAuthorizer.normalize("") == "")
+        #expect(Hex.encode([0, 1, 0xab, 0xff]) == "0001abff")
+    }
+}
+
+@Suite struct JoinTests {
+    /// A join token fixes its certificate's names when it is made (a later change of the host's agent
+    /// URL does not move them), refuses a name of the controller's own certificate, and the certificate
+    /// is a host's (it cannot drive agents).
+    @Test func namesAreFixedWithTheToken() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vs-join-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ca = try ClusterCA.loadOrCreate(directory: dir + "/pki")
+        let store = try await Store.open(dir + "/state.db", logger: Logger(label: "test"))
+        let agents = try AgentClient(tls: .makeClientConfiguration())
+        let controller = Controller(store: store, agents: agents, logger: Logger(label: "test"), ca: ca, controllerNames: ["localhost", "10.0.0.9"])
+        func apply(_ h2: String) async throws {
+            let doc = #"{"apiVersion":"vsphere/v1","kind":"Cluster","metadata":{"name":"t"},"hosts":[{"name":"h1","agent":"https://10.0.0.9:7443"},{"name":"h2","agent":"https://\#(h2):7443"}]}"#
+            _ = try await controller.apply(try JSONDecoder().decode(ClusterManifest.self, from: Data(doc.utf8)), prune: false, dryRun: false)
+        }
+        try await apply("10.0.0.2")
+        await #expect(throws: Conflict.self, "h1's address is the controller's") { _ = try await controller.joinToken(host: "h1", ttlSeconds: nil) }
+        let token = try await controller.joinToken(host: "h2", ttlSeconds: nil)
+        try await apply("10.0.0.3")
+        let req = try HostJoin.request(commonName: "h2")
+        let answer = try await controller.join(JoinRequest(host: "h2", token: token.token, csr: req.csr))
+        let leaf = try Certificate(derEncoded: try #require(try PEMDocument.parseMultiple(pemString: answer.certificate).first).derBytes)
+        let san = try #require(try leaf.extensions.subjectAlternativeNames)
+        #expect(san.contains(.dnsName("h2")))
+        #expect(san.contains(.ipAddress(ASN1OctetString(contentBytes: [10, 0, 0, 2]))), "the address when the token was made")
+        #expect(!san.contains(.ipAddress(ASN1OctetString(contentBytes: [10, 0, 0, 3]))))
+        #expect(IdentityRole(of: leaf) == .host)
+        await #expect(throws: (any Error).self, "once") { _ = try await controller.join(JoinRequest(host: "h2", token: token.token, csr: req.csr)) }
+        try await agents.shutdown()
+        try await store.close()
     }
 }
 

@@ -347,6 +347,46 @@ extension ClusterOnTestbed.AgentOnTestbed {
 
         let (_, code) = try Testbed.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "http://\(addr):7443/healthz"])
         #expect(code == "000", "plain HTTP is not answered (got \(code))")
+
+        // Another host's identity, of the cluster CA (h2's agent and libvirt certificate), may not drive h1.
+        let h2 = "\(Testbed.dir)/h2/agent/tls"
+        let neighbour = try AgentClient(base: base, clientCertificate: "\(h2)/agent.crt", clientKey: "\(h2)/agent.key")
+        await #expect(throws: (any Error).self, "a host's certificate is not a client of other agents") { _ = try await neighbour.get("/v1/host") }
+        let log = try String(contentsOfFile: "\(Testbed.dir)/h1/agent.log", encoding: .utf8)
+        #expect(log.contains("a host identity may not call"), "the refusal is logged with its reason")
+    }
+
+    /// A revoked operator certificate: refused in the handshake once the controller has given the agents
+    /// its revocation list (`vsphere-controller revoke`), while the others go on.
+    @Test func revokedCertificatesAreRefused() async throws {
+        let dir = "\(Testbed.dir)/revoked-operator"
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (rc, out) = try Testbed.run([
+            Testbed.controllerBinary, "issue", "--data-dir", "\(Testbed.dir)/controller", "--name", "leaver", "--role", "operator",
+            "--out", dir, "--prefix", "client", "--days", "1",
+        ])
+        #expect(rc == 0, "\(out)")
+        let base = "https://\(try Testbed.address("h1")):7443"
+        let leaver = try AgentClient(base: base, clientCertificate: "\(dir)/client.crt", clientKey: "\(dir)/client.key")
+        #expect(try await leaver.get("/v1/host").status == 200, "an operator identity is served")
+        let (bad, badOut) = try Testbed.run([Testbed.controllerBinary, "revoke", "--data-dir", "\(Testbed.dir)/controller", "--serial", "xyz"])
+        #expect(bad == 64 && badOut.contains("--serial"), "\(bad) \(badOut)")
+        let (rrc, rout) = try Testbed.run([Testbed.controllerBinary, "revoke", "--data-dir", "\(Testbed.dir)/controller", "--certificate", "\(dir)/client.crt"])
+        #expect(rrc == 0, "\(rout)")
+        defer {
+            // Leave the cluster's list as it was: other tests issue and rotate certificates.
+            try? FileManager.default.removeItem(atPath: "\(Testbed.dir)/controller/pki/revoked.txt")
+        }
+        let refused = try await eventually("the revoked certificate refused", timeout: .seconds(30)) { () -> Bool? in
+            do { _ = try await AgentClient(base: base, clientCertificate: "\(dir)/client.crt", clientKey: "\(dir)/client.key").get("/v1/host"); return nil } catch { return true }
+        }
+        #expect(refused)
+        #expect(try await Testbed.agent("h1").get("/v1/host").status == 200, "the others are still served")
+        let list = try await Testbed.agent("h2").get("/v1/revoked-certificates")
+        var serial = Substring(try Testbed.run(["openssl", "x509", "-in", "\(dir)/client.crt", "-noout", "-serial"]).1
+            .trimmingCharacters(in: .whitespacesAndNewlines).lowercased().replacingOccurrences(of: "serial=", with: ""))
+        while serial.count > 1 && serial.hasPrefix("0") { serial = serial.dropFirst() }
+        #expect(try JSONDecoder().decode(RevokedCertificates.self, from: list.body).serials.contains(String(serial)))
     }
 }
 

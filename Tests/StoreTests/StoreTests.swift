@@ -37,9 +37,10 @@ enum Backend: String, CaseIterable, Sendable {
         let store = try await Store.open(path, logger: Logger(label: "test"))
         defer { Task { try? await store.close() } }
         let now = Int64(Date().timeIntervalSince1970 * 1000)
-        try await store.addJoinToken(digest: "d1", host: "h1", expiresMs: now + 60_000)
-        try await store.addJoinToken(digest: "d2", host: "h2", expiresMs: now - 1)
-        #expect(try await store.useJoinToken(digest: "d1") == "h1")
+        try await store.addJoinToken(digest: "d1", host: "h1", names: ["h1", "10.0.0.1"], expiresMs: now + 60_000)
+        try await store.addJoinToken(digest: "d2", host: "h2", names: ["h2"], expiresMs: now - 1)
+        let used = try await store.useJoinToken(digest: "d1")
+        #expect(used?.host == "h1" && used?.names == ["h1", "10.0.0.1"], "the names fixed with the token")
         #expect(try await store.useJoinToken(digest: "d1") == nil, "used")
         #expect(try await store.useJoinToken(digest: "d2") == nil, "expired")
         #expect(try await store.useJoinToken(digest: "nope") == nil)

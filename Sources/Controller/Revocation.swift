@@ -1,0 +1,37 @@
+import AgentAPI
+import ClusterModel
+import Foundation
+import TLSSupport
+
+extension Controller {
+    /// The cluster's revocation list: `pki/revoked.txt` beside the CA (`vsphere-controller revoke` adds
+    /// to it), serial numbers in lowercase hexadecimal.
+    func revokedSerials() -> [String] {
+        guard let ca, let text = try? String(contentsOfFile: ca.directory + "/revoked.txt", encoding: .utf8) else { return [] }
+        return text.split(separator: "\n").compactMap { line -> String? in
+            let s = ClientAuthorizer.normalize(String(line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""))
+            return s.isEmpty ? nil : s
+        }.sorted()
+    }
+
+    /// Gives every answering agent the revocation list when it has not got this one yet (each agent once
+    /// after the controller starts, then on change): agents refuse those certificates in the handshake.
+    func pushRevocations(_ manifest: ClusterManifest, observed: Observed) async {
+        let serials = Array(Set(revokedSerials())).sorted()
+        let agents = (manifest.hosts ?? []).compactMap { h in h.agent.map { (h.name, $0) } }.filter { observed.inventories[$0.0] != nil }
+        let stale = revocationsPushed.withLock { pushed in agents.filter { pushed[$0.0] != serials } }
+        guard !stale.isEmpty else { return }
+        await withTaskGroup(of: Void.self) { group in
+            for (host, url) in stale {
+                group.addTask {
+                    do {
+                        try await self.agents.setRevoked(url, RevokedCertificates(serials: serials))
+                        self.revocationsPushed.withLock { $0[host] = serials }
+                    } catch {
+                        self.logger.warning("pushing the revocation list failed", metadata: ["host": "\(host)", "error": "\(error)"])
+                    }
+                }
+            }
+        }
+    }
+}
