@@ -35,7 +35,7 @@ extension Controller {
                             message: "\(name) on \(host) was not created by the controller (\(status.state)); left alone")
             }
         }
-        guard let open = try? await store.openAlarmKeys() else { return }
+        guard let open = try? await store.openAlarmKeys(prefix: "rogue:") else { return }
         for key in open where key.hasPrefix("rogue:") && !seen.contains(key) {
             let parts = key.split(separator: ":", maxSplits: 2)
             // Only where the host answered this pass: a disconnected host says nothing about its domains.
@@ -43,19 +43,23 @@ extension Controller {
         }
     }
 
+    /// Alarms of one-time events: an acknowledgement closes them (nothing observable would), and the
+    /// next such event raises a new one. Until then repeats fold into the open alarm.
+    static let oneTimeAlarmKinds: Set<String> = ["watchdog", "guest-panic", "console-connection"]
+
     /// What the host's events say that needs a person: a guest that panicked or crashed, a watchdog
     /// that fired, disk I/O errors.
     func alarmFromEvent(_ e: AgentEvent, host: String) async {
         let vm = e.domain ?? "?"
         switch e.kind {
         case "watchdog":
-            await raise("watchdog:\(host):\(vm):\(e.seq)", kind: "watchdog", name: vm, host: host,
+            await raise("watchdog:\(host):\(vm)", kind: "watchdog", name: vm, host: host,
                         message: "the watchdog of \(vm) fired (action \(e.detail ?? "?"))")
         case "ioError":
             await raise("io-error:\(host):\(vm):\(e.info["device"] ?? e.detail ?? "")", kind: "io-error", name: vm, host: host,
                         message: "I/O error on \(vm)'s \(e.info["device"] ?? "disk") (\(e.detail ?? "?"))")
         case "lifecycle" where e.event == "crashed" || (e.event == "stopped" && e.detail == "crashed"):
-            await raise("guest-panic:\(host):\(vm):\(e.seq)", kind: "guest-panic", name: vm, host: host,
+            await raise("guest-panic:\(host):\(vm)", kind: "guest-panic", name: vm, host: host,
                         message: "\(vm) \(e.detail == "panicked" ? "panicked" : "crashed") on \(host)")
         case "lifecycle" where e.event == "stopped" && e.detail == "migrated":
             // Left its host by live migration: fine when it is one of ours.
@@ -69,7 +73,7 @@ extension Controller {
             }
         case "graphics" where e.event == "connect":
             // Nothing of ours opens a guest's console: whoever does is worth a look.
-            await raise("console:\(host):\(vm):\(e.seq)", kind: "console-connection", name: vm, host: host,
+            await raise("console:\(host):\(vm)", kind: "console-connection", name: vm, host: host,
                         message: "a console connection to \(vm) on \(host) from \(e.info["remote"] ?? "?")")
         default:
             break
@@ -84,7 +88,7 @@ extension Controller {
     }
 
     public func acknowledgeAlarm(_ id: Int64, by: String) async throws -> Bool {
-        try await store.acknowledgeAlarm(id: id, by: by)
+        try await store.acknowledgeAlarm(id: id, by: by, closing: Self.oneTimeAlarmKinds)
     }
 
     public func complianceReport() async throws -> Compliance.Report {

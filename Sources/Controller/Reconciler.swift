@@ -214,7 +214,7 @@ extension Controller {
 
             let restore = (manifest.settings?.security?.driftRepair ?? "restore") == "restore"
             if location == nil, status.uuid != nil, let h = status.host, observed.inventories[h] != nil,
-               (try? await store.openAlarmKeys())?.contains("migrated-away:\(name)") == true {
+               (try? await store.isAlarmOpen("migrated-away:\(name)")) == true {
                 // Migrated outside the controller to a host it does not know: it runs there. Defining and
                 // starting it here again would run it twice on the same disks.
                 status.message = "live-migrated outside the controller to a host it does not manage; not restored (see get alarms)"
@@ -328,7 +328,7 @@ extension Controller {
                             message: "\(name) stopped on \(loc.host) outside the controller (now \(state)); " + (restore ? "starting it again" : "left so (driftRepair: alarm)"))
             }
             if wantRunning && active { await clear("drift:\(name):state", note: "running again") }
-            if wantRunning && !active && !restore, (try? await store.openAlarmKeys())?.contains("drift:\(name):state") == true {
+            if wantRunning && !active && !restore, (try? await store.isAlarmOpen("drift:\(name):state")) == true {
                 status.state = Self.viewState(state)
                 status.message = "stopped outside the controller (drift alarm); driftRepair is alarm"
                 if status != statuses[name] { try await store.setVMStatus(status) }

@@ -491,10 +491,15 @@ public actor Store {
         return true
     }
 
-    /// An operator saw it: acknowledged (it stays open until its condition clears). nil: no such open alarm.
-    public func acknowledgeAlarm(id: Int64, by: String) async throws -> Bool {
-        guard try await backend.query("SELECT id FROM alarms WHERE id = $1 AND state = 'active'", [.int(id)]).first != nil else { return false }
-        try await backend.execute("UPDATE alarms SET state = $1, updated_ms = $2, note = $3 WHERE id = $4", [.text("acknowledged"), .int(now()), .text("acknowledged by \(by)"), .int(id)])
+    /// An operator saw it: acknowledged (it stays open until its condition clears), or closed at once
+    /// when its kind is in `closing` (one-time events: nothing observable clears them, and the next
+    /// such event raises a new alarm). false: no such active alarm.
+    public func acknowledgeAlarm(id: Int64, by: String, closing: Set<String> = []) async throws -> Bool {
+        guard let row = try await backend.query("SELECT kind FROM alarms WHERE id = $1 AND state = 'active'", [.int(id)]).first else { return false }
+        let close = closing.contains(row["kind"]?.text ?? "")
+        try await backend.execute(
+            "UPDATE alarms SET state = $1, updated_ms = $2, note = $3 WHERE id = $4",
+            [.text(close ? "cleared" : "acknowledged"), .int(now()), .text("acknowledged by \(by)"), .int(id)])
         return true
     }
 
@@ -508,8 +513,15 @@ public actor Store {
     }
 
     /// Keys of the alarms still open.
-    public func openAlarmKeys() async throws -> Set<String> {
-        Set(try await backend.query("SELECT key FROM alarms WHERE state IN ('active', 'acknowledged')", []).compactMap { $0["key"]?.text })
+    public func openAlarmKeys(prefix: String) async throws -> Set<String> {
+        let like = prefix.replacingOccurrences(of: "%", with: "").replacingOccurrences(of: "_", with: "") + "%"
+        return Set(try await backend.query("SELECT key FROM alarms WHERE state IN ('active', 'acknowledged') AND key LIKE $1", [.text(like)])
+            .compactMap { $0["key"]?.text }.filter { $0.hasPrefix(prefix) })
+    }
+
+    /// Whether the alarm of `key` is open.
+    public func isAlarmOpen(_ key: String) async throws -> Bool {
+        try await backend.query("SELECT id FROM alarms WHERE key = $1 AND state IN ('active', 'acknowledged') LIMIT 1", [.text(key)]).first != nil
     }
 
     // MARK: Join tokens

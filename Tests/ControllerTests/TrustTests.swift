@@ -222,6 +222,19 @@ import X509
         #expect(alarms.filter { $0.kind == "io-error" }.count == 1, "one condition, one alarm")
         #expect(alarms.first { $0.kind == "guest-panic" }?.message.contains("panicked") == true)
         #expect(!alarms.contains { $0.name == "vm2" }, "the controller's own migration")
+        // A second console connection folds into the open alarm; once acknowledged, that alarm is closed
+        // (a one-time event) and the next connection raises a new one. Conditions stay open when acknowledged.
+        await controller.alarmFromEvent(event(9, "graphics", "connect", "10.0.0.9:5545", ["remote": "10.0.0.9:5545"]), host: "h1")
+        let consoles = try await store.alarms().filter { $0.kind == "console-connection" }
+        #expect(consoles.count == 1)
+        #expect(try await controller.acknowledgeAlarm(consoles[0].id, by: "alice"))
+        #expect(try await store.alarms().first { $0.id == consoles[0].id }?.state == "cleared")
+        await controller.alarmFromEvent(event(10, "graphics", "connect", "10.0.0.9:5546", ["remote": "10.0.0.9:5546"]), host: "h1")
+        #expect(try await store.alarms().filter { $0.kind == "console-connection" && $0.state == "active" }.count == 1)
+        let io = try #require(try await store.alarms().first { $0.kind == "io-error" })
+        #expect(try await controller.acknowledgeAlarm(io.id, by: "alice"))
+        #expect(try await store.alarms().first { $0.id == io.id }?.state == "acknowledged")
+        #expect(try await store.openAlarmKeys(prefix: "io-error:") == ["io-error:h1:vm1:vda"])
         try await agents.shutdown()
         try await store.close()
     }
