@@ -48,14 +48,47 @@ extension Controller {
         return n
     }
 
-    /// Who holds `token`, and in which role (cached for two seconds; revocation clears the cache).
+    /// Who holds `token`, and in which role (known tokens cached for two seconds; revocation clears the
+    /// cache). Unknown tokens are not cached: a caller trying tokens cannot grow the cache.
     func authenticate(_ token: String) async throws -> (name: String, role: Role)? {
         let digest = Self.digest(token)
         let now = ContinuousClock.now
         if let hit = authCache.withLock({ $0[digest] }), now - hit.at < .seconds(2) { return hit.who }
         let who = try await store.apiToken(digest: digest).map { ($0.name, Role(rawValue: $0.role) ?? .viewer) }
-        authCache.withLock { $0[digest] = (who, now) }
+        if let who {
+            authCache.withLock { cache in
+                if cache.count >= 1024 { cache = cache.filter { now - $0.value.at < .seconds(2) } }
+                cache[digest] = (who, now)
+            }
+        }
         return who
+    }
+
+    /// At most this many refused anonymous calls are recorded per minute; the rest are counted and the
+    /// count recorded once the minute is over (a flood of unauthenticated calls must not grow the audit
+    /// log without bound, nor go unseen).
+    static let anonymousAuditPerMinute = 60
+
+    /// Records a refused anonymous call, within the per-minute budget.
+    func auditAnonymous(method: String, path: String) async {
+        let now = ContinuousClock.now
+        let (record, suppressedBefore) = anonymousAudit.withLock { w -> (Bool, Int) in
+            var carried = 0
+            if now - w.start >= .seconds(60) {
+                carried = w.suppressed
+                w = (now, 0, 0)
+            }
+            if w.written < Self.anonymousAuditPerMinute {
+                w.written += 1
+                return (true, carried)
+            }
+            w.suppressed += 1
+            return (false, carried)
+        }
+        if suppressedBefore > 0 {
+            await audit(actor: "anonymous", role: "-", method: "-", path: "(\(suppressedBefore) more refused anonymous calls in the minute before, not recorded one by one)", status: 401)
+        }
+        if record { await audit(actor: "anonymous", role: "-", method: method, path: path, status: 401) }
     }
 
     /// Records a mutating call (or a refused one) in the hash-chained audit log.
@@ -94,7 +127,7 @@ struct AuthMiddleware: RouterMiddleware {
             who = try? await controller.authenticate(String(header.dropFirst("Bearer ".count)).trimmingCharacters(in: .whitespaces))
         }
         guard let who else {
-            if mutating { await controller.audit(actor: "anonymous", role: "-", method: method, path: path, status: 401) }
+            if mutating { await controller.auditAnonymous(method: method, path: path) }
             var r = Response.json(401, APIError(error: "credentials required: Authorization: Bearer TOKEN (vsphere-ctl --token, VSPHERE_TOKEN or the config's token)"))
             r.headers[.wwwAuthenticate] = "Bearer realm=\"vsphere\""
             return r

@@ -34,6 +34,8 @@ public final class Controller: Sendable {
     /// Recently checked API tokens (digest → holder), for two seconds.
     let authCache = Mutex<[String: (who: (name: String, role: Role)?, at: ContinuousClock.Instant)]>([:])
 
+    /// The current minute's budget of recorded anonymous refusals (see `auditAnonymous`).
+    let anonymousAudit = Mutex<(start: ContinuousClock.Instant, written: Int, suppressed: Int)>((.now, 0, 0))
     /// The revocation list each agent was last given (host → serials).
     let revocationsPushed = Mutex<[String: [String]]>([:])
     /// The names the controller's own certificate carries: no host's certificate may carry them.

@@ -186,6 +186,26 @@ import X509
     }
 }
 
+@Suite struct RefusalFloodTests {
+    /// Unknown tokens are not cached, and refused anonymous calls are recorded within a budget per
+    /// minute: a flood of them grows neither the cache nor the audit log without bound.
+    @Test func floodsAreBounded() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vs-flood-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try await Store.open(dir + "/state.db", logger: Logger(label: "test"))
+        let agents = try AgentClient(tls: .makeClientConfiguration())
+        let controller = Controller(store: store, agents: agents, logger: Logger(label: "test"))
+        for i in 0..<300 { #expect(try await controller.authenticate("guess-\(i)") == nil) }
+        #expect(controller.authCache.withLock { $0.count } == 0)
+        for i in 0..<200 { await controller.auditAnonymous(method: "POST", path: "/v1/apply?\(i)") }
+        let records = try await controller.auditRecords(after: 0)
+        #expect(records.count == Controller.anonymousAuditPerMinute)
+        #expect(AuditChain.verify(records).ok)
+        try await agents.shutdown()
+        try await store.close()
+    }
+}
+
 @Suite struct ApplyBodyTests {
     /// The fuzzer's find: `{"manifest": 5}` trapped in JSONSerialization; now it is bad input.
     @Test func nonObjectManifestIsBadInput() throws {
