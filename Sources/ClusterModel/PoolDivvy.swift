@@ -323,9 +323,16 @@ public struct HostPoolSetting: Codable, Sendable, Equatable {
 public enum PoolCgroupValues {
     public static let periodMicros = 100_000
 
-    /// A MHz limit as a CFS quota per `periodMicros` on cores of `coreMHz` (at least 1 ms).
+    /// A MHz limit as a CFS quota per `periodMicros` on cores of `coreMHz` (at least 1 ms; at most
+    /// 2^50 µs, so no figure can trap the conversion — the agent bounds its input far below).
     public static func quotaMicros(limitMHz: Int, coreMHz: Int) -> Int {
-        max(1000, Int((Double(limitMHz) / Double(max(1, coreMHz)) * Double(periodMicros)).rounded()))
+        let q = (Double(max(0, limitMHz)) / Double(max(1, coreMHz)) * Double(periodMicros)).rounded()
+        return max(1000, Int(min(q, Double(1 << 50))))
+    }
+
+    /// MiB as bytes, saturating at 2^62 instead of wrapping.
+    public static func bytes(mib: Int) -> Int64 {
+        mib <= 0 ? 0 : mib >= 1 << 42 ? 1 << 62 : Int64(mib) << 20
     }
 
     /// cgroup v1: controller → [(file, value)], in the order they are written.
@@ -336,8 +343,8 @@ public enum PoolCgroupValues {
                 ("cpu.cfs_quota_us", s.cpuLimitMHz.map { String(quotaMicros(limitMHz: $0, coreMHz: coreMHz)) } ?? "-1"),
             ],
             "memory": [
-                ("memory.limit_in_bytes", s.memoryLimitMiB.map { String(Int64($0) << 20) } ?? "-1"),
-                ("memory.soft_limit_in_bytes", String(Int64(s.memoryReservationMiB) << 20)),
+                ("memory.limit_in_bytes", s.memoryLimitMiB.map { String(bytes(mib: $0)) } ?? "-1"),
+                ("memory.soft_limit_in_bytes", String(bytes(mib: s.memoryReservationMiB))),
             ],
         ]
     }
@@ -347,8 +354,8 @@ public enum PoolCgroupValues {
         [
             ("cpu.weight", String(weight(shares: s.cpuShares))),
             ("cpu.max", (s.cpuLimitMHz.map { String(quotaMicros(limitMHz: $0, coreMHz: coreMHz)) } ?? "max") + " \(periodMicros)"),
-            ("memory.max", s.memoryLimitMiB.map { String(Int64($0) << 20) } ?? "max"),
-            ("memory.low", String(Int64(s.memoryReservationMiB) << 20)),
+            ("memory.max", s.memoryLimitMiB.map { String(bytes(mib: $0)) } ?? "max"),
+            ("memory.low", String(bytes(mib: s.memoryReservationMiB))),
         ]
     }
 

@@ -324,6 +324,10 @@ public final class HostAgent: Sendable {
     }
 
     /// Applies the controller's per-host resource pool settings to their cgroup partitions.
+    /// A pool's CPU and memory figures on one host: 100 million MHz, 1 PiB.
+    static let maxPoolMHz = 100_000_000
+    static let maxPoolMiB = 1 << 30
+
     public func applyPools(_ request: PoolSettingsRequest) async throws(AgentError) -> [PoolPartition] {
         var problems: [ValidationProblem] = []
         var names = Set<String>()
@@ -337,11 +341,12 @@ public final class HostAgent: Sendable {
                 problems.append(.init("\(at).parent", "must be the pool before \(p.name) in path"))
             }
             if p.cpuShares < 2 || p.cpuShares > 262_144 { problems.append(.init("\(at).cpuShares", "must be between 2 and 262144")) }
-            if let l = p.cpuLimitMHz, l < 1 { problems.append(.init("\(at).cpuLimitMHz", "must be at least 1")) }
-            if let l = p.memoryLimitMiB, l < 1 { problems.append(.init("\(at).memoryLimitMiB", "must be at least 1")) }
-            if p.cpuReservationMHz < 0 { problems.append(.init("\(at).cpuReservationMHz", "must be at least 0")) }
-            if p.memoryReservationMiB < 0 { problems.append(.init("\(at).memoryReservationMiB", "must be at least 0")) }
-            if p.vms < 0 { problems.append(.init("\(at).vms", "must be at least 0")) }
+            // Upper bounds keep the kernel values in range: MHz → a CFS quota in µs, MiB → bytes.
+            if let l = p.cpuLimitMHz, !(1...Self.maxPoolMHz).contains(l) { problems.append(.init("\(at).cpuLimitMHz", "must be between 1 and \(Self.maxPoolMHz)")) }
+            if let l = p.memoryLimitMiB, !(1...Self.maxPoolMiB).contains(l) { problems.append(.init("\(at).memoryLimitMiB", "must be between 1 and \(Self.maxPoolMiB)")) }
+            if !(0...Self.maxPoolMHz).contains(p.cpuReservationMHz) { problems.append(.init("\(at).cpuReservationMHz", "must be between 0 and \(Self.maxPoolMHz)")) }
+            if !(0...Self.maxPoolMiB).contains(p.memoryReservationMiB) { problems.append(.init("\(at).memoryReservationMiB", "must be between 0 and \(Self.maxPoolMiB)")) }
+            if !(0...1_000_000).contains(p.vms) { problems.append(.init("\(at).vms", "must be between 0 and 1000000")) }
         }
         if problems.isEmpty {
             let known = Set(request.pools.map(\.name))

@@ -255,6 +255,9 @@ import Testing
         #expect(PoolCgroupValues.v2(open, coreMHz: 3000).map(\.1) == ["306", "max 100000", "max", "134217728"])
         #expect(PoolCgroupValues.v2(s, coreMHz: 3000)[1].1 == "50000 100000")
         #expect(PoolCgroupValues.quotaMicros(limitMHz: 1, coreMHz: 3000) == 1000)
+        // Extreme figures saturate instead of trapping (the agent refuses them before they get here).
+        #expect(PoolCgroupValues.quotaMicros(limitMHz: .max, coreMHz: 0) == 1 << 50)
+        #expect(PoolCgroupValues.bytes(mib: .max) == 1 << 62 && PoolCgroupValues.bytes(mib: -5) == 0 && PoolCgroupValues.bytes(mib: 2) == 2 << 20)
         for shares in [2, 1024, 4000, 262_144] {
             let back = PoolCgroupValues.shares(weight: PoolCgroupValues.weight(shares: shares))
             #expect(abs(back - shares) <= 27)

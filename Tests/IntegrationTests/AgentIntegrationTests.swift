@@ -313,6 +313,12 @@ extension ClusterOnTestbed.AgentOnTestbed {
         let body = try JSONDecoder().decode(ErrorBody.self, from: r.body)
         let paths = Set((body.error.problems ?? []).map(\.path))
         #expect(paths.isSuperset(of: ["pools[0].name", "pools[0].cpuShares", "pools[0].cpuLimitMHz", "pools[0].memoryReservationMiB"]), "\(r.text)")
+        // Figures that would overflow the kernel values (MHz → µs, MiB → bytes) are refused, not trapped on.
+        let huge = PoolSettingsRequest(pools: [
+            HostPoolSetting(name: "big", parent: nil, path: ["big"], cpuShares: 1024, cpuLimitMHz: .max, cpuReservationMHz: 0, memoryLimitMiB: .max, memoryReservationMiB: 0, vms: 0),
+        ])
+        let hugeReply = try await agent.put("/v1/resource-pools", huge)
+        #expect(hugeReply.status == 400 && hugeReply.text.contains("pools[0].cpuLimitMHz") && hugeReply.text.contains("pools[0].memoryLimitMiB"), "\(hugeReply.text)")
         let wrongType = try await agent.request(.PUT, "/v1/resource-pools", body: Data(#"{"pools":[{"name":"x","path":"x"}]}"#.utf8))
         #expect(wrongType.status == 400)
         #expect(try await agent.get("/v1/resource-pools").text == before)
