@@ -15,6 +15,10 @@ public final class AgentClient: Sendable {
     public init(tls: TLSConfiguration) throws {
         var config = HTTPClient.Configuration(tlsConfiguration: tls)
         config.timeout = .init(connect: .seconds(3), read: .seconds(90))
+        // Per agent: the event stream holds one connection for good, and a reconcile pass, the migration
+        // loop, DRS and the pool push each call at once; a libvirt call blocked on a domain's job (a
+        // migration) holds another for up to 30 s. The default 8 ran out in a full test run.
+        config.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 32)
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: config)
     }
 

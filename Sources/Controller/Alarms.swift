@@ -45,7 +45,7 @@ extension Controller {
 
     /// Alarms of one-time events: an acknowledgement closes them (nothing observable would), and the
     /// next such event raises a new one. Until then repeats fold into the open alarm.
-    static let oneTimeAlarmKinds: Set<String> = ["watchdog", "guest-panic", "console-connection"]
+    static let oneTimeAlarmKinds: Set<String> = ["watchdog", "guest-panic", "console-connection", "unexpected-move"]
 
     /// What the host's events say that needs a person: a guest that panicked or crashed, a watchdog
     /// that fired, disk I/O errors.

@@ -228,7 +228,13 @@ public final class Controller: Sendable {
     /// Deletes a VM from the desired state (the reconciler removes it from its host).
     public func deleteVM(_ name: String) async throws -> Bool {
         let deleted = try await store.delete(kind: "vm", name: name)
-        if deleted { try await store.addEvent(source: "controller", kind: "vm", name: name, event: "deleted", detail: nil, message: nil) }
+        if deleted {
+            try await store.addEvent(source: "controller", kind: "vm", name: name, event: "deleted", detail: nil, message: nil)
+            // Its conditions end with it (a VM of the same name applied later starts with none).
+            for prefix in ["drift:\(name):", "moved:\(name):", "migrated-away:\(name)"] {
+                for key in (try? await store.openAlarmKeys(prefix: prefix)) ?? [] { await clear(key, note: "the VM was deleted") }
+            }
+        }
         return deleted
     }
 

@@ -187,9 +187,13 @@ extension Controller {
             let isActive = { (st: String) in ["running", "blocked", "paused", "pmsuspended"].contains(st) }
             // A copy that runs wins over the recorded host's (a VM migrated with virsh leaves a stopped
             // definition behind by default): the controller must never start a second copy.
-            var location = seen.first { isActive($0.status.state) } ?? seen.first { $0.host == status.host } ?? seen.first
+            // The recorded host's copy wins when it runs too.
+            var location = seen.first { $0.host == status.host && isActive($0.status.state) } ?? seen.first { isActive($0.status.state) }
+                ?? seen.first { $0.host == status.host } ?? seen.first
             if let loc = location, status.host != loc.host {
-                if let was = status.host, status.uuid != nil, !seen.contains(where: { $0.host == was }),
+                // Whether the old host still lists it (the source of a migration lists it until the
+                // migration ends; virsh leaves a stopped definition by default) does not matter.
+                if let was = status.host, status.uuid != nil,
                    !((try? await store.migrations(limit: 100)) ?? []).contains(where: { $0.vm == name && $0.destination == loc.host && $0.state == "completed" }) {
                     // Recorded on one host, found on another, and no migration of ours moved it.
                     await raise("moved:\(name):\(loc.host)", kind: "unexpected-move", name: name, host: loc.host,

@@ -4,19 +4,28 @@ import Synchronization
 
 /// Fans the agent's events out to every stream subscriber, numbering them, and keeps the most recent
 /// ones so that a client that reconnects with `since` (or Last-Event-ID) misses nothing still held.
+///
+/// Numbers grow across restarts of the agent: they start at the start time in milliseconds × 1000,
+/// above any number the previous process gave (unless it averaged 1000 events a millisecond). A
+/// client that reconnects to a restarted agent with the last number it saw gets every new event; with
+/// numbers starting at 1 again it would skip them until they passed the old ones (the controller
+/// missed a migration's events that way after an agent restart).
 public final class EventHub: Sendable {
     struct State {
-        var nextSeq: Int64 = 1
+        var nextSeq: Int64
         var recent: [AgentEvent] = []
         var subscribers: [Int: AsyncStream<AgentEvent>.Continuation] = [:]
         var nextID = 0
         var closed = false
     }
 
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     private let keep: Int
 
-    public init(keep: Int = 2048) { self.keep = keep }
+    public init(keep: Int = 2048, firstSeq: Int64 = Int64(Date().timeIntervalSince1970 * 1000) * 1000) {
+        self.keep = keep
+        state = Mutex(State(nextSeq: max(1, firstSeq)))
+    }
 
     @discardableResult
     public func publish(

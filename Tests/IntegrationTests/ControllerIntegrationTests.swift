@@ -352,8 +352,9 @@ struct AlarmsOnTestbed {
     /// A live migration with virsh, behind the controller's back: the source's "migrated" event raises
     /// an unexpected-migration alarm, the VM found on the other host an unexpected-move alarm; the
     /// controller follows it there rather than starting a second copy.
-    @Test(.disabled("passes alone (3 of 3 here) but timed out in two full make test runs: neither alarm appeared within 60 s; to be diagnosed (the controller logged agent HTTP pool timeouts then)"))
-    func migrationBehindTheControllersBack() throws {
+    /// (It failed in full runs only: earlier tests restart agents, and a restarted agent numbered its
+    /// events from 1 again, so the controller, reconnecting with the last number it had seen, got none.)
+    @Test func migrationBehindTheControllersBack() throws {
         try t.apply("sneaky", hosts: ["h1", "h2"])
         defer { try? t.delete("sneaky") }
         let from = try #require(try t.vm("sneaky").host)
@@ -364,11 +365,9 @@ struct AlarmsOnTestbed {
         // The reconciler's view: found on the other host without a migration of ours.
         let moved = try eventuallySync(timeout: 60) { try alarms().first { $0.id > before && $0.kind == "unexpected-move" && $0.name == "sneaky" } }
         #expect(moved.host == to)
-        // The source's "migrated" event (its alarm logic is unit-tested in EventAlarmTests): once seen in a
-        // full run it lagged behind a minute, so it is reported here but does not fail the run.
-        if (try? eventuallySync(timeout: 30) { try alarms().first { $0.id > before && $0.kind == "unexpected-migration" && $0.name == "sneaky" } }) == nil {
-            print("note: no unexpected-migration alarm for sneaky within 30 s of the move")
-        }
+        // The source's "migrated" event.
+        let away = try eventuallySync(timeout: 30) { try alarms().first { $0.id > before && $0.kind == "unexpected-migration" && $0.name == "sneaky" } }
+        #expect(away.host == from)
         #expect(try eventuallySync(timeout: 30) { try t.vm("sneaky").host == to ? true : nil })
         try Task.checkCancellation()
         #expect(try t.domains(to, running: true).contains("sneaky") && !(try t.domains(from).contains("sneaky")), "one copy, where it went")
