@@ -206,7 +206,8 @@ write_agent_config() {
   "dataDir": "$dir/agent",
   "consoleLogDir": "/var/log/libvirt/qemu",
   "shutdownTimeoutSeconds": 30,
-  "tlsSubjectAltNames": ["$addr", "$h"]$extra
+  "tlsSubjectAltNames": ["$addr", "$h"],
+  "templateDirs": ["$ROOT/guest/out"]$extra
 }
 EOF
 }

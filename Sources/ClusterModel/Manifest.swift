@@ -271,11 +271,40 @@ public struct ClusterManifest: Codable, Sendable, Equatable {
         public var type: String
         public var path: String?
         public var volumeGroup: String?
-        public init(name: String, type: String, path: String? = nil, volumeGroup: String? = nil) {
+        /// `shared`: the site whose hosts all mount `path` (default: every host).
+        public var site: String?
+        /// Only these hosts see the pool (default: every host, or the site's).
+        public var hosts: [String]?
+        /// `rbd`: the Ceph pool, its monitors, the cephx user and the libvirt secret holding its key.
+        public var rbd: RBD?
+        public init(name: String, type: String, path: String? = nil, volumeGroup: String? = nil, site: String? = nil, hosts: [String]? = nil, rbd: RBD? = nil) {
             self.name = name
             self.type = type
             self.path = path
             self.volumeGroup = volumeGroup
+            self.site = site
+            self.hosts = hosts
+            self.rbd = rbd
+        }
+
+        public struct RBD: Codable, Sendable, Equatable {
+            public var pool: String
+            public var monitors: [String]
+            public var user: String?
+            public var secretUUID: String?
+            public init(pool: String, monitors: [String], user: String? = nil, secretUUID: String? = nil) {
+                self.pool = pool
+                self.monitors = monitors
+                self.user = user
+                self.secretUUID = secretUUID
+            }
+        }
+
+        /// Whether a host of `site` named `host` sees this pool.
+        public func isSeen(by host: String, site: String?) -> Bool {
+            if let hosts, !hosts.contains(host) { return false }
+            if let s = self.site, s != site { return false }
+            return true
         }
     }
 

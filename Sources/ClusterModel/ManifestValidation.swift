@@ -153,8 +153,16 @@ extension ClusterManifest {
                 }
             case "logical":
                 if sp.volumeGroup == nil { out.append(.init("\(p).volumeGroup", "is required for a logical pool")) }
-            case "rbd": break
+            case "rbd":
+                if sp.rbd == nil { out.append(.init("\(p).rbd", "is required for an rbd pool (pool, monitors)")) }
             default: out.append(.init("\(p).type", "must be dir, shared, logical or rbd"))
+            }
+            if let site = sp.site, !(sites ?? []).contains(where: { $0.name == site }) {
+                out.append(.init("\(p).site", "unknown site \(site)"))
+            }
+            if sp.site != nil && sp.type != "shared" { out.append(.init("\(p).site", "only a shared pool belongs to a site")) }
+            for (j, h) in (sp.hosts ?? []).enumerated() where !(hosts ?? []).contains(where: { $0.name == h }) {
+                out.append(.init("\(p).hosts[\(j)]", "unknown host \(h)"))
             }
         }
 

@@ -86,7 +86,7 @@ indirect enum Shape: Sendable {
             "machine": .string, "cpuModel": .string,
             "boot": .object(["kernel": .string, "initrd": .string, "cmdline": .string], required: ["kernel"]),
             "disks": .array(.object([
-                "path": .string, "format": .string, "readonly": .boolean, "pool": .string, "sizeGiB": .integer, "from": .string,
+                "path": .string, "format": .string, "readonly": .boolean, "pool": .string, "sizeGiB": .integer, "from": .string, "clone": .string,
             ])),
             "nics": .array(.object(["network": .string, "bridge": .string, "mac": .string, "model": .string])),
             "resources": .object(["cpu": levelsCPU, "memory": levelsMemory]),
@@ -134,7 +134,8 @@ indirect enum Shape: Sendable {
                 ],
                 required: ["name"])),
             "storagePools": .array(.object(
-                ["name": .string, "type": .string, "path": .string, "volumeGroup": .string, "ceph": .object([:], open: true)],
+                ["name": .string, "type": .string, "path": .string, "volumeGroup": .string, "site": .string, "hosts": .array(.string),
+                 "rbd": .object(["pool": .string, "monitors": .array(.string), "user": .string, "secretUUID": .string], required: ["pool", "monitors"])],
                 required: ["name", "type"])),
             "networks": .array(.object(
                 ["name": .string, "type": .string, "vlan": .nullable(.integer), "vni": .nullable(.integer), "bridge": .string], required: ["name"])),

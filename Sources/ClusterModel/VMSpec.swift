@@ -141,11 +141,29 @@ public struct VMSpec: Codable, Sendable, Equatable {
         /// Manifest level: the storage pool, size and source image the controller resolves into `path`.
         public var pool: String?
         public var sizeGiB: Int?
+        /// A template image: a volume of the disk's pool (`VOLUME`), `POOL/VOLUME`, or an absolute path
+        /// on the hosts.
         public var from: String?
+        /// With `from`: `linked` (default: a qcow2 overlay on the template) or `full` (a copy).
+        public var clone: String?
+        /// `from` as an agent takes it (`POOL/VOLUME` or an absolute path); nil when malformed.
+        public static func templateReference(_ from: String, pool: String) -> String? {
+            if from.hasPrefix("/") { return VMSpec.isAbsolutePath(from) && !from.split(separator: "/").contains("..") ? from : nil }
+            func isVolume<S: StringProtocol>(_ v: S) -> Bool {
+                guard let f = v.first, f.isASCII, f.isLetter || f.isNumber, v.count <= 128 else { return false }
+                return v.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }
+            }
+            let parts = from.split(separator: "/", omittingEmptySubsequences: false)
+            if parts.count == 1, isVolume(parts[0]) { return "\(pool)/\(from)" }
+            if parts.count == 2, Names.isValid(String(parts[0])), isVolume(parts[1]) { return from }
+            return nil
+        }
+
         public init(
             path: String? = nil, format: String? = nil, readonly: Bool? = nil, pool: String? = nil,
-            sizeGiB: Int? = nil, from: String? = nil
+            sizeGiB: Int? = nil, from: String? = nil, clone: String? = nil
         ) {
+            self.clone = clone
             self.path = path
             self.format = format
             self.readonly = readonly

@@ -126,6 +126,15 @@ extension VMSpec {
             if let f = d.format, f != "qcow2" && f != "raw" { out.append(.init("\(dp).format", "must be qcow2 or raw")) }
             if let pool = d.pool, !Names.isValid(pool) { out.append(.init("\(dp).pool", "must match ^[a-z][a-z0-9-]{0,62}$")) }
             if let s = d.sizeGiB, s < 1 || s > 65536 { out.append(.init("\(dp).sizeGiB", "must be between 1 and 65536")) }
+            if let c = d.clone, c != "linked" && c != "full" { out.append(.init("\(dp).clone", "must be linked or full")) }
+            if d.clone != nil && d.from == nil { out.append(.init("\(dp).clone", "needs from")) }
+            if let from = d.from {
+                if Disk.templateReference(from, pool: d.pool ?? "x") == nil {
+                    out.append(.init("\(dp).from", "must be a volume of the disk's pool (VOLUME), POOL/VOLUME or an absolute image path"))
+                }
+                if d.pool == nil { out.append(.init("\(dp).from", "needs pool (the clone is made there)")) }
+            }
+            if d.pool != nil && d.path != nil { out.append(.init("\(dp).path", "give a pool (a volume is made) or a path, not both")) }
         }
         for (i, n) in nics.enumerated() {
             let np = p("nics[\(i)]")

@@ -85,6 +85,28 @@ public final class AgentClient: Sendable {
         try decode([PoolPartition].self, try await call(.PUT, agent + "/v1/resource-pools", body: try JSONEncoder().encode(PoolSettingsRequest(pools: pools)), timeout: .seconds(15)))
     }
 
+    public func applyStoragePools(_ agent: String, _ request: StoragePoolsRequest) async throws -> [StoragePoolStatus] {
+        try decode([StoragePoolStatus].self, try await call(.PUT, agent + "/v1/storage-pools", body: try JSONEncoder().encode(request), timeout: .seconds(60)))
+    }
+
+    /// Creates a volume (or finds it there); a clone may copy gigabytes, hence the long timeout.
+    public func createVolume(_ agent: String, pool: String, name: String, _ request: VolumeRequest) async throws -> VolumeStatus {
+        try decode(VolumeStatus.self, try await call(.PUT, agent + "/v1/storage-pools/\(pool)/volumes/\(name)", body: try JSONEncoder().encode(request), timeout: .seconds(1800)))
+    }
+
+    public func volumes(_ agent: String, pool: String) async throws -> [VolumeStatus] {
+        try decode([VolumeStatus].self, try await call(.GET, agent + "/v1/storage-pools/\(pool)/volumes", timeout: .seconds(30)))
+    }
+
+    public func deleteVolume(_ agent: String, pool: String, name: String) async throws {
+        let r = try await call(.DELETE, agent + "/v1/storage-pools/\(pool)/volumes/\(name)", timeout: .seconds(60))
+        if r.0 >= 300 { _ = try decode(VolumeStatus.self, r) }
+    }
+
+    public func resizeVolume(_ agent: String, pool: String, name: String, sizeGiB: Int) async throws -> VolumeStatus {
+        try decode(VolumeStatus.self, try await call(.POST, agent + "/v1/storage-pools/\(pool)/volumes/\(name)/resize", body: try JSONEncoder().encode(VolumeResize(sizeGiB: sizeGiB)), timeout: .seconds(60)))
+    }
+
     /// Replaces the agent's list of revoked certificate serial numbers.
     public func setRevoked(_ agent: String, _ list: RevokedCertificates) async throws {
         _ = try decode(RevokedCertificates.self, try await call(.PUT, agent + "/v1/revoked-certificates", body: try JSONEncoder().encode(list), timeout: .seconds(10)))

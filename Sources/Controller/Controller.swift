@@ -36,6 +36,8 @@ public final class Controller: Sendable {
 
     /// The current minute's budget of recorded anonymous refusals (see `auditAnonymous`).
     let anonymousAudit = Mutex<(start: ContinuousClock.Instant, written: Int, suppressed: Int)>((.now, 0, 0))
+    /// What each host last reported of its storage pools.
+    let storageState = Mutex<[String: HostStorage]>([:])
     /// The revocation list each agent was last given (host → serials).
     let revocationsPushed = Mutex<[String: [String]]>([:])
     /// The names the controller's own certificate carries: no host's certificate may carry them.
@@ -193,6 +195,11 @@ public final class Controller: Sendable {
         for s in try await store.vmStatuses() {
             guard let host = s.host, let i = index[host], let spec = specs[s.name] else { continue }
             state.commit(ClusterSnapshot.vm(spec), to: i)
+        }
+        // Storage after the VMs already placed: the hosts' free space already counts their volumes.
+        let free = storageFree()
+        for (name, i) in index where statuses[name] != nil {
+            state.hosts[i].storageFreeGiB = (free[name] ?? [:]).mapValues { Int($0 >> 30) }
         }
         return (state, index)
     }

@@ -109,7 +109,11 @@ extension Controller {
         return x == y
     }
 
-    /// Resolves a manifest VM into what an agent runs: networks become host bridges.
+    /// The volume of a VM's disk in its storage pool.
+    static func volumeName(vm: String, disk: Int) -> String { "\(vm)-disk\(disk)" }
+
+    /// Resolves a manifest VM into what an agent runs: networks become host bridges, disks in storage
+    /// pools the paths of their volumes (made by `ensureVolumes` before the VM is defined).
     func hostSpec(_ spec: VMSpec, manifest: ClusterManifest) throws -> VMSpec {
         var s = spec
         s.placement = nil
@@ -122,8 +126,25 @@ extension Controller {
             }
         }
         if let pool = s.resourcePool { s.resourcePoolPath = Self.poolPath(pool, pools: manifest.resourcePools ?? []) }
+        let storage = Dictionary((manifest.storagePools ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
         for (i, d) in s.disks.enumerated() where d.path == nil {
-            throw AgentClient.Failure(status: 0, message: "disks[\(i)]: volumes in storage pools arrive with the storage issue; give a path")
+            guard let name = d.pool, let pool = storage[name] else {
+                throw AgentClient.Failure(status: 0, message: "disks[\(i)]: no storage pool \(d.pool ?? "-")")
+            }
+            let volume = Self.volumeName(vm: spec.name, disk: i)
+            switch pool.type {
+            case "dir", "shared": s.disks[i].path = (pool.path ?? "") + "/" + volume
+            case "logical":
+                s.disks[i].path = "/dev/\(pool.volumeGroup ?? "")/\(volume)"
+                s.disks[i].format = "raw"
+            default:
+                throw AgentClient.Failure(status: 0, message: "disks[\(i)]: pool \(name) is \(pool.type); its volumes attach as network disks, which the domain XML does not build yet")
+            }
+            if d.format == nil && pool.type != "logical" { s.disks[i].format = "qcow2" }
+            s.disks[i].pool = nil
+            s.disks[i].sizeGiB = nil
+            s.disks[i].from = nil
+            s.disks[i].clone = nil
         }
         return s
     }
@@ -148,6 +169,8 @@ extension Controller {
         // Resource pools first: a VM's partition must exist on its host before it is defined or started.
         await enforcePools(manifest, observed: observed)
         await pushRevocations(manifest, observed: observed)
+        // Storage pools before defining: a VM's volumes are made in them.
+        await enforceStorage(manifest, observed: observed)
         let hostsByName = Dictionary(uniqueKeysWithValues: (manifest.hosts ?? []).map { ($0.name, $0) })
         var statuses = Dictionary(uniqueKeysWithValues: try await store.vmStatuses().map { ($0.name, $0) })
         var actions = 0
@@ -246,6 +269,7 @@ extension Controller {
                             message: "\(name) was undefined on \(loc.host) outside the controller (still running, now transient); " + (restore ? "defining it again" : "left so (driftRepair: alarm)"))
                 if restore {
                     _ = try await run("define", name, loc.host, "its definition was removed outside the controller") {
+                        try await ensureVolumes(spec, agent: agent)
                         _ = try await agents.define(agent, agentSpec)
                     }
                 }
@@ -288,6 +312,7 @@ extension Controller {
                 }
                 var defined: AgentAPI.VMStatus?
                 _ = try await run("define", name, host, "placed on \(host)") {
+                    try await ensureVolumes(spec, agent: agent)
                     defined = try await agents.define(agent, agentSpec)
                 }
                 guard let defined else {
@@ -307,6 +332,7 @@ extension Controller {
                             message: "\(name)'s definition on \(loc.host) was changed outside the controller (\(cpus) vCPUs, \(mib) MiB; desired \(agentSpec.cpus), \(agentSpec.memoryMiB)); " + (restore ? "defining it again (applies at its next boot)" : "left so (driftRepair: alarm)"))
                 if restore {
                     _ = try await run("define", name, loc.host, "its definition was changed outside the controller") {
+                        try await ensureVolumes(spec, agent: agent)
                         _ = try await agents.define(agent, agentSpec)
                     }
                 }
@@ -315,6 +341,7 @@ extension Controller {
                 var updated = true
                 if location?.status.spec != agentSpec {
                     updated = try await run("update", name, loc.host, "spec changed (generation \(generation))") {
+                        try await ensureVolumes(spec, agent: agent)
                         _ = try await agents.define(agent, agentSpec)
                     }
                 }

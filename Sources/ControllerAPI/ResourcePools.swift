@@ -54,3 +54,41 @@ public struct ResourcePoolView: Codable, Sendable, Equatable {
         }
     }
 }
+
+/// `GET /v1/pools`: a storage pool of the manifest and what each host that should see it reports.
+public struct StoragePoolView: Codable, Sendable, Equatable {
+    public var name: String
+    public var type: String
+    public var path: String?
+    public var volumeGroup: String?
+    public var site: String?
+    public var hosts: [OnHost]
+
+    public struct OnHost: Codable, Sendable, Equatable {
+        public var host: String
+        public var active: Bool
+        public var capacityBytes: UInt64
+        public var allocationBytes: UInt64
+        public var availableBytes: UInt64
+        public var volumes: Int
+        public var error: String?
+        public init(host: String, active: Bool, capacityBytes: UInt64, allocationBytes: UInt64, availableBytes: UInt64, volumes: Int, error: String?) {
+            self.host = host
+            self.active = active
+            self.capacityBytes = capacityBytes
+            self.allocationBytes = allocationBytes
+            self.availableBytes = availableBytes
+            self.volumes = volumes
+            self.error = error
+        }
+    }
+
+    public init(name: String, type: String, path: String?, volumeGroup: String?, site: String?, hosts: [OnHost]) {
+        self.name = name
+        self.type = type
+        self.path = path
+        self.volumeGroup = volumeGroup
+        self.site = site
+        self.hosts = hosts
+    }
+}

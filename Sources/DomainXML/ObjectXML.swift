@@ -1,3 +1,5 @@
+import Foundation
+
 /// libvirt storage pool, volume and network XML, built with libxml2 like domain XML.
 public enum StorageXML {
     /// A directory pool (`dir`): volumes are files under `path`.
@@ -7,6 +9,60 @@ public enum StorageXML {
         doc.root.add("name", text: name)
         doc.root.add("target").add("path", text: path)
         return doc.serialized()
+    }
+
+    /// An LVM pool (`logical`) on an existing volume group: volumes are logical volumes.
+    public static func logicalPool(name: String, volumeGroup: String) -> String {
+        let doc = XMLDocument(root: "pool")
+        doc.root.set("type", "logical")
+        doc.root.add("name", text: name)
+        let source = doc.root.add("source")
+        source.add("name", text: volumeGroup)
+        source.add("format", ["type": "lvm2"])
+        doc.root.add("target").add("path", text: "/dev/" + volumeGroup)
+        return doc.serialized()
+    }
+
+    /// A Ceph RBD pool: `monitors` as host or host:port; `user` and `secretUUID` (a libvirt secret
+    /// holding the key) for cephx.
+    public static func rbdPool(name: String, pool: String, monitors: [String], user: String?, secretUUID: String?) -> String {
+        let doc = XMLDocument(root: "pool")
+        doc.root.set("type", "rbd")
+        doc.root.add("name", text: name)
+        let source = doc.root.add("source")
+        source.add("name", text: pool)
+        for m in monitors {
+            // host:port, [v6]:port or a bare host.
+            var host = m, port: String?
+            if let r = m.range(of: "]:", options: .backwards) {
+                host = String(m[m.index(after: m.startIndex)..<r.lowerBound])
+                port = String(m[r.upperBound...])
+            } else if m.filter({ $0 == ":" }).count == 1, let i = m.lastIndex(of: ":") {
+                host = String(m[..<i])
+                port = String(m[m.index(after: i)...])
+            }
+            let h = source.add("host")
+            h.set("name", host)
+            if let port { h.set("port", port) }
+        }
+        if let user {
+            let auth = source.add("auth", ["type": "ceph"])
+            auth.set("username", user)
+            if let secretUUID { auth.add("secret", ["uuid": secretUUID]) }
+        }
+        return doc.serialized()
+    }
+
+    /// What a pool's XML says: its type and target path (nil for rbd).
+    public static func parsePool(_ xml: String) throws(DomainXMLError) -> (type: String, path: String?) {
+        let doc = try XMLDocument(parsing: xml)
+        return (doc.root.attribute("type") ?? "", doc.root.child("target")?.child("path")?.text)
+    }
+
+    /// What a volume's XML says: its format and backing image.
+    public static func parseVolume(_ xml: String) throws(DomainXMLError) -> (format: String?, backing: String?) {
+        let doc = try XMLDocument(parsing: xml)
+        return (doc.root.child("target")?.child("format")?.attribute("type"), doc.root.child("backingStore")?.child("path")?.text)
     }
 
     /// A volume of `capacityBytes`, optionally backed by `backingPath` (a linked clone).

@@ -28,6 +28,9 @@ public struct AgentConfig: Codable, Sendable, Equatable {
     public var revokedCertificates: String?
     /// Names and addresses the agent is reached by (documentation for the certificate it needs).
     public var tlsSubjectAltNames: [String] = []
+    /// Directories whose images may be templates of clones (besides every storage pool's directory):
+    /// a clone's backing file is opened, and labelled, by QEMU and libvirt, so not any host file may be one.
+    public var templateDirs: [String] = ["/var/lib/vsphere/templates"]
     /// Where QEMU's serial console is logged, one file per VM.
     public var consoleLogDir: String = "/var/log/libvirt/qemu"
     /// How long a graceful (ACPI) shutdown may take before the VM is powered off.
@@ -56,7 +59,7 @@ public struct AgentConfig: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listen, port, libvirtURI, accelerator, cpuModel, hostName, dataDir, tlsCertificate, tlsKey, clientCA, revokedCertificates
-        case tlsSubjectAltNames, consoleLogDir, shutdownTimeoutSeconds, hardLimitMode, hostReservedMemoryMiB, guestCPUs
+        case tlsSubjectAltNames, templateDirs, consoleLogDir, shutdownTimeoutSeconds, hardLimitMode, hostReservedMemoryMiB, guestCPUs
         case coreParking, coreParkingTargetUtilization, coreParkingIntervalSeconds, offlineParkedCPUs
     }
 
@@ -75,6 +78,7 @@ public struct AgentConfig: Codable, Sendable, Equatable {
         clientCA = try c.decodeIfPresent(String.self, forKey: .clientCA)
         revokedCertificates = try c.decodeIfPresent(String.self, forKey: .revokedCertificates)
         tlsSubjectAltNames = try c.decodeIfPresent([String].self, forKey: .tlsSubjectAltNames) ?? d.tlsSubjectAltNames
+        templateDirs = try c.decodeIfPresent([String].self, forKey: .templateDirs) ?? d.templateDirs
         consoleLogDir = try c.decodeIfPresent(String.self, forKey: .consoleLogDir) ?? d.consoleLogDir
         shutdownTimeoutSeconds = try c.decodeIfPresent(Int.self, forKey: .shutdownTimeoutSeconds) ?? d.shutdownTimeoutSeconds
         hardLimitMode = try c.decodeIfPresent(String.self, forKey: .hardLimitMode) ?? d.hardLimitMode

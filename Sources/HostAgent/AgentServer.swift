@@ -110,6 +110,29 @@ public enum AgentServer {
                 await respond { try gate.setRevoked(try await body(RevokedCertificates.self, request)) }
             }
         }
+        router.get("/v1/storage-pools") { _, _ in await respond { try await agent.storagePools() } }
+        router.put("/v1/storage-pools") { request, _ in
+            await respond { try await agent.applyStoragePools(try await body(StoragePoolsRequest.self, request)) }
+        }
+        router.get("/v1/storage-pools/:pool/volumes") { _, ctx in
+            await respond { try await agent.volumes(pool: ctx.parameters.get("pool") ?? "") }
+        }
+        router.put("/v1/storage-pools/:pool/volumes/:volume") { request, ctx in
+            await respond {
+                try await agent.createVolume(pool: ctx.parameters.get("pool") ?? "", name: ctx.parameters.get("volume") ?? "", try await body(VolumeRequest.self, request))
+            }
+        }
+        router.post("/v1/storage-pools/:pool/volumes/:volume/resize") { request, ctx in
+            await respond {
+                try await agent.resizeVolume(pool: ctx.parameters.get("pool") ?? "", name: ctx.parameters.get("volume") ?? "", try await body(VolumeResize.self, request))
+            }
+        }
+        router.delete("/v1/storage-pools/:pool/volumes/:volume") { _, ctx in
+            await respond {
+                try await agent.deleteVolume(pool: ctx.parameters.get("pool") ?? "", name: ctx.parameters.get("volume") ?? "")
+                return ["deleted": ctx.parameters.get("volume") ?? ""]
+            }
+        }
         router.get("/v1/resource-pools") { _, _ in await respond { agent.pools.read() } }
         router.put("/v1/resource-pools") { request, _ in
             await respond { try await agent.applyPools(try await body(PoolSettingsRequest.self, request)) }

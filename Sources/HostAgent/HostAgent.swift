@@ -21,6 +21,8 @@ public final class HostAgent: Sendable {
     let logger: Logger
     /// Resource pools' cgroup partitions on this host.
     public let pools = PoolPartitions()
+    /// Why each storage pool the controller asked for last could not be realized here.
+    let storageErrors = Mutex<[String: String]>([:])
     /// Prometheus metrics.
     public let metrics = AgentMetrics()
     /// Guest CPUs the core parker parked (empty until its first pass).

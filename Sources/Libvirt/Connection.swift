@@ -208,6 +208,11 @@ public final class Connection: @unchecked Sendable {
         return StoragePool(p)
     }
 
+    public func storageVolume(path: String) throws(LibvirtError) -> StorageVolume {
+        guard let v = virStorageVolLookupByPath(ptr, path) else { throw LibvirtError.last("no storage volume at \(path)") }
+        return StorageVolume(v)
+    }
+
     public func storagePool(named name: String) throws(LibvirtError) -> StoragePool {
         guard let p = virStoragePoolLookupByName(ptr, name) else { throw LibvirtError.last("storage pool \(name) not found") }
         return StoragePool(p)

@@ -49,6 +49,23 @@ public final class StoragePool: @unchecked Sendable {
             allocationBytes: UInt64(i.allocation), availableBytes: UInt64(i.available))
     }
 
+    public func xml() throws(LibvirtError) -> String {
+        guard let s = virStoragePoolGetXMLDesc(ptr, 0) else { throw LibvirtError.last("cannot get XML of pool \(name)") }
+        defer { free(s) }
+        return String(cString: s)
+    }
+
+    public var autostart: Bool {
+        var on: Int32 = 0
+        return virStoragePoolGetAutostart(ptr, &on) == 0 && on == 1
+    }
+
+    /// A full copy of `source` (any pool of the same connection) as a new volume (`virStorageVolCreateXMLFrom`).
+    public func createVolume(xml: String, copying source: StorageVolume) throws(LibvirtError) -> StorageVolume {
+        guard let v = virStorageVolCreateXMLFrom(ptr, xml, source.ptr, 0) else { throw LibvirtError.last("cannot copy \(source.name) into pool \(name)") }
+        return StorageVolume(v)
+    }
+
     public func createVolume(xml: String) throws(LibvirtError) -> StorageVolume {
         guard let v = virStorageVolCreateXML(ptr, xml, 0) else { throw LibvirtError.last("cannot create volume in pool \(name)") }
         return StorageVolume(v)
@@ -92,6 +109,17 @@ public final class StorageVolume: @unchecked Sendable {
 
     public func delete() throws(LibvirtError) {
         if virStorageVolDelete(ptr, 0) < 0 { throw LibvirtError.last("cannot delete volume \(name)") }
+    }
+
+    public func xml() throws(LibvirtError) -> String {
+        guard let s = virStorageVolGetXMLDesc(ptr, 0) else { throw LibvirtError.last("cannot get XML of volume \(name)") }
+        defer { free(s) }
+        return String(cString: s)
+    }
+
+    /// Grows the volume to `bytes` (never shrinks: VIR_STORAGE_VOL_RESIZE_SHRINK is not passed).
+    public func resize(bytes: UInt64) throws(LibvirtError) {
+        if virStorageVolResize(ptr, bytes, 0) < 0 { throw LibvirtError.last("cannot resize volume \(name)") }
     }
 }
 

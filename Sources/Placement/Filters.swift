@@ -55,6 +55,25 @@ public struct CapacityFilter: PlacementFilter {
     }
 }
 
+/// The VM's volumes fit in the storage pools of the host (where the host reports its pools).
+public struct StorageFilter: PlacementFilter {
+    public let name = "storage"
+    public init() {}
+    public func applies(to c: VMContext) -> Bool { !c.vm.storageGiB.isEmpty }
+    public func admits(_ c: VMContext, host: PlacementHost, index: Int) -> Bool {
+        guard let free = host.storageFreeGiB else { return true }
+        return c.vm.storageGiB.allSatisfy { pool, gib in free[pool].map { $0 >= gib } ?? false }
+    }
+    public func reason(_ c: VMContext, host: PlacementHost, index: Int) -> String {
+        let free = host.storageFreeGiB ?? [:]
+        for (pool, gib) in c.vm.storageGiB.sorted(by: { $0.key < $1.key }) {
+            guard let f = free[pool] else { return "storage: pool \(pool) is not usable on this host" }
+            if f < gib { return "storage: pool \(pool) needs \(gib) GiB, \(max(0, f)) GiB free" }
+        }
+        return "storage"
+    }
+}
+
 /// The VM's site, when it names one.
 public struct SiteFilter: PlacementFilter {
     public let name = "site"
@@ -103,6 +122,6 @@ public struct AffinityFilter: PlacementFilter {
 public enum Filters {
     /// The default chain, cheapest and most selective first.
     public static let all: [any PlacementFilter] = [
-        HostStateFilter(), CapacityFilter(), SiteFilter(), HostListFilter(), AntiAffinityFilter(), AffinityFilter(),
+        HostStateFilter(), CapacityFilter(), StorageFilter(), SiteFilter(), HostListFilter(), AntiAffinityFilter(), AffinityFilter(),
     ]
 }

@@ -19,11 +19,17 @@ public enum ClusterSnapshot {
     }
 
     public static func vm(_ spec: VMSpec) -> PlacementVM {
-        PlacementVM(
+        var v = PlacementVM(
             name: spec.name, cpus: spec.cpus, memoryMiB: spec.memoryMiB,
             reservationMHz: spec.resources?.cpu?.reservationMHz ?? 0, site: spec.placement?.site,
             hosts: spec.placement?.hosts.map(Set.init), antiAffinity: Set(spec.placement?.antiAffinity ?? []),
             affinity: Set(spec.placement?.affinity ?? []))
+        // A new volume needs its size; a clone at least 1 GiB (a linked clone starts small, a full one is
+        // the template's size, which only the host knows).
+        for d in spec.disks where d.path == nil {
+            if let pool = d.pool { v.storageGiB[pool, default: 0] += d.sizeGiB ?? 1 }
+        }
+        return v
     }
 
     /// The cluster with the VMs that name a host already on it; returns the state and the VMs left to place.

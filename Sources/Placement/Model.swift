@@ -15,6 +15,8 @@ public struct PlacementHost: Sendable, Equatable {
     public var usedMemoryMiB: Int = 0
     public var reservedMHz: Int = 0
     public var vms: Set<String> = []
+    /// Free space of each storage pool this host has (GiB); nil: not known, storage is not checked.
+    public var storageFreeGiB: [String: Int]?
 
     public init(name: String, site: String? = nil, state: State = .connected, vcpuCapacity: Int, memoryCapacityMiB: Int, cpuMHzCapacity: Int) {
         self.name = name
@@ -35,6 +37,9 @@ public struct PlacementHost: Sendable, Equatable {
         usedMemoryMiB += vm.memoryMiB
         reservedMHz += vm.reservationMHz
         vms.insert(vm.name)
+        if !vm.storageGiB.isEmpty, storageFreeGiB != nil {
+            for (pool, gib) in vm.storageGiB { storageFreeGiB![pool, default: 0] -= gib }
+        }
     }
 
     public mutating func remove(_ vm: PlacementVM) {
@@ -42,6 +47,9 @@ public struct PlacementHost: Sendable, Equatable {
         usedVCPUs -= vm.cpus
         usedMemoryMiB -= vm.memoryMiB
         reservedMHz -= vm.reservationMHz
+        if !vm.storageGiB.isEmpty, storageFreeGiB != nil {
+            for (pool, gib) in vm.storageGiB { storageFreeGiB![pool, default: 0] += gib }
+        }
     }
 }
 
@@ -59,6 +67,8 @@ public struct PlacementVM: Sendable, Equatable {
     public var antiAffinity: Set<String>
     /// VMs it must share a host with.
     public var affinity: Set<String>
+    /// Space its new volumes need in each storage pool (GiB).
+    public var storageGiB: [String: Int] = [:]
 
     public init(
         name: String, cpus: Int, memoryMiB: Int, reservationMHz: Int = 0, site: String? = nil, hosts: Set<String>? = nil,

@@ -119,9 +119,21 @@ struct Get: AsyncParsableCommand {
                 [$0.name, $0.host ?? "-", $0.state, String($0.cpus), "\($0.memoryMiB) MiB", $0.resourcePool ?? "-", $0.message ?? ""]
             })
         case "pools":
-            let pools: [ClusterManifest.StoragePool] = try await client.call(.GET, "/v1/pools")
+            let pools: [StoragePoolView] = try await client.call(.GET, "/v1/pools")
             if output == .json { return try printJSON(pools) }
-            table(["NAME", "TYPE", "PATH"], pools.map { [$0.name, $0.type, $0.path ?? $0.volumeGroup ?? "-"] })
+            func gib(_ b: UInt64) -> String { String(format: "%.1f GiB", Double(b) / 1_073_741_824) }
+            // One line per pool and host: each host has its own figures (a shared pool shows the same
+            // file system from every host).
+            var rows: [[String]] = []
+            for p in pools {
+                let place = p.path ?? p.volumeGroup ?? "-"
+                if p.hosts.isEmpty { rows.append([p.name, p.type, place, "-", "-", "-", "-", "-", "no host sees it"]) }
+                for h in p.hosts {
+                    let state = h.active ? "active" : "inactive"
+                    rows.append([p.name, p.type, place, h.host, state, gib(h.capacityBytes), gib(h.availableBytes), String(h.volumes), h.error ?? ""])
+                }
+            }
+            table(["NAME", "TYPE", "PATH", "HOST", "STATE", "CAPACITY", "FREE", "VOLUMES", "MESSAGE"], rows)
         case "networks":
             let nets: [ClusterManifest.Network] = try await client.call(.GET, "/v1/networks")
             if output == .json { return try printJSON(nets) }

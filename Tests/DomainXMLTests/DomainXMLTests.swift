@@ -176,3 +176,21 @@ import TestSupport
         #expect(cells == [.init(id: 0, memoryKiB: 1_048_576, cpus: [0, 1]), .init(id: 1, memoryKiB: 2_097_152, cpus: [2])])
     }
 }
+
+@Suite struct StorageXMLTests {
+    /// Pool and volume XML through libxml2: hostile names stay text, and what is built parses back.
+    @Test func poolsAndVolumes() throws {
+        let hostile = "vg<&'\"]]>x"
+        let logical = StorageXML.logicalPool(name: "fast", volumeGroup: hostile)
+        #expect(!logical.contains("<&") && logical.contains("type=\"logical\""))
+        let parsed = try StorageXML.parsePool(logical)
+        #expect(parsed.type == "logical" && parsed.path == "/dev/" + hostile)
+        let rbd = StorageXML.rbdPool(name: "ceph", pool: "vms", monitors: ["10.0.0.1:6789", "[fd00::1]:3300", "mon3"], user: "libvirt", secretUUID: "0b4b5d0e-8c1e-4a52-9f0e-5d3f3c6b1a00")
+        #expect(rbd.contains("name=\"10.0.0.1\" port=\"6789\"") && rbd.contains("name=\"fd00::1\" port=\"3300\"") && rbd.contains("name=\"mon3\""), "\(rbd)")
+        #expect(rbd.contains("username=\"libvirt\"") && rbd.contains("uuid=\"0b4b5d0e"))
+        #expect(try StorageXML.parsePool(rbd).path == nil)
+        let vol = StorageXML.volume(name: "v1-disk0", capacityBytes: 1 << 30, backingPath: "/t/a&b.qcow2")
+        let back = try StorageXML.parseVolume(vol)
+        #expect(back.format == "qcow2" && back.backing == "/t/a&b.qcow2")
+    }
+}

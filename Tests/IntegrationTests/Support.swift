@@ -122,6 +122,9 @@ final class AgentClient: Sendable {
 
     func get(_ path: String) async throws -> HTTPResult { try await request(.GET, path) }
     func post(_ path: String) async throws -> HTTPResult { try await request(.POST, path) }
+    func post<T: Encodable>(_ path: String, _ value: T) async throws -> HTTPResult {
+        try await request(.POST, path, body: try JSONEncoder().encode(value))
+    }
     func delete(_ path: String) async throws -> HTTPResult { try await request(.DELETE, path) }
     func put<T: Encodable>(_ path: String, _ value: T) async throws -> HTTPResult {
         try await request(.PUT, path, body: try JSONEncoder().encode(value))

@@ -132,4 +132,47 @@ func randomCluster(_ seed: Int) -> (ClusterState, [PlacementVM]) {
         #expect(pending.map(\.name) == ["b"])
         #expect(ClusterSnapshot.strategy(m) == .pack)
     }
+
+    /// Volumes go only where their pools have room: a host without the pool, or too little free space,
+    /// is filtered with the reason; placing commits the space, so the next VM sees less.
+    @Test func volumesMustFit() {
+        var hosts = [
+            PlacementHost(name: "h1", vcpuCapacity: 16, memoryCapacityMiB: 16384, cpuMHzCapacity: 16000),
+            PlacementHost(name: "h2", vcpuCapacity: 16, memoryCapacityMiB: 16384, cpuMHzCapacity: 16000),
+            PlacementHost(name: "h3", vcpuCapacity: 16, memoryCapacityMiB: 16384, cpuMHzCapacity: 16000),
+        ]
+        hosts[0].storageFreeGiB = ["local": 30]
+        hosts[1].storageFreeGiB = ["other": 500]
+        var state = ClusterState(hosts: hosts)
+        var vm = PlacementVM(name: "a", cpus: 1, memoryMiB: 512)
+        vm.storageGiB = ["local": 20]
+        let scheduler = Scheduler(strategy: .spread)
+        #expect(scheduler.choose(vm, state: state) != 1, "h2 has no such pool")
+        state.hosts[2].storageFreeGiB = [:]
+        #expect(scheduler.choose(vm, state: state) == 0)
+        state.commit(vm, to: 0)
+        #expect(state.hosts[0].storageFreeGiB?["local"] == 10)
+        var b = vm
+        b.name = "b"
+        #expect(scheduler.choose(b, state: state) == nil, "10 GiB left, 20 needed")
+        let why = scheduler.explain(b, state: state)
+        #expect(why.reasons.map(\.filter) == ["storage"] && why.reasons[0].hosts == 3, "\(why)")
+        #expect(why.summary.contains("needs 20 GiB, 10 GiB free"), "\(why.summary)")
+        // A VM without volumes is not held back by storage.
+        #expect(scheduler.choose(PlacementVM(name: "c", cpus: 1, memoryMiB: 512), state: state) != nil)
+        // Removing gives the space back.
+        state.hosts[0].remove(vm)
+        #expect(state.hosts[0].storageFreeGiB?["local"] == 30)
+    }
+
+    @Test func diskTemplatesResolve() {
+        #expect(VMSpec.Disk.templateReference("image.qcow2", pool: "local") == "local/image.qcow2")
+        #expect(VMSpec.Disk.templateReference("gold/base.img", pool: "local") == "gold/base.img")
+        #expect(VMSpec.Disk.templateReference("/var/lib/vsphere/templates/d.qcow2", pool: "local") == "/var/lib/vsphere/templates/d.qcow2")
+        for bad in ["../x", "a/b/c", "/x/../etc/shadow", "", "-x", "Bad Pool/x", "p/.hidden"] {
+            #expect(VMSpec.Disk.templateReference(bad, pool: "local") == nil, "\(bad)")
+        }
+        let spec = VMSpec(name: "v", cpus: 1, memoryMiB: 256, disks: [.init(pool: "local", sizeGiB: 20), .init(pool: "local", from: "t.qcow2"), .init(path: "/x.qcow2")])
+        #expect(ClusterSnapshot.vm(spec).storageGiB == ["local": 21])
+    }
 }

@@ -1,0 +1,97 @@
+import AgentAPI
+import ClusterModel
+import ControllerAPI
+import Foundation
+
+/// Storage pools declared once in the manifest and realized on every host that should see them; VM
+/// disks in pools become volumes on the VM's host before it is defined.
+extension Controller {
+    /// What a host is given: every pool it sees (by `hosts` and, for shared pools, `site`).
+    static func storageSettings(_ manifest: ClusterManifest, host: ClusterManifest.Host) -> [StoragePoolSetting] {
+        (manifest.storagePools ?? []).filter { $0.isSeen(by: host.name, site: host.site) }.map { p in
+            StoragePoolSetting(name: p.name, type: p.type, path: p.path, volumeGroup: p.volumeGroup,
+                               rbd: p.rbd.map { RBDSource(pool: $0.pool, monitors: $0.monitors, user: $0.user, secretUUID: $0.secretUUID) })
+        }
+    }
+
+    /// Gives every answering host its pools: when they changed, and every 30 s (a pool a host could not
+    /// realize, say a shared file system mounted late, is tried again); keeps what each host reports.
+    func enforceStorage(_ manifest: ClusterManifest, observed: Observed) async {
+        let now = Int64(Date().timeIntervalSince1970 * 1000)
+        let hosts = (manifest.hosts ?? []).filter { $0.agent != nil && observed.inventories[$0.name] != nil }
+        let due = hosts.filter { h in
+            let want = Self.storageSettings(manifest, host: h)
+            return storageState.withLock { s in
+                guard let last = s[h.name] else { return true }
+                return last.settings != want || now - last.atMs >= 30_000
+            }
+        }
+        guard !due.isEmpty else { return }
+        await withTaskGroup(of: Void.self) { group in
+            for h in due {
+                let want = Self.storageSettings(manifest, host: h)
+                group.addTask {
+                    var state = HostStorage(settings: want, pools: [], error: nil, atMs: now)
+                    do {
+                        state.pools = try await self.agents.applyStoragePools(h.agent!, StoragePoolsRequest(pools: want))
+                    } catch {
+                        state.error = "\(error)"
+                        self.logger.warning("storage pools not applied", metadata: ["host": "\(h.name)", "error": "\(error)"])
+                    }
+                    for p in state.pools where p.error != nil && want.contains(where: { $0.name == p.name }) {
+                        self.logger.warning("storage pool unusable", metadata: ["host": "\(h.name)", "pool": "\(p.name)", "error": "\(p.error!)"])
+                    }
+                    self.storageState.withLock { $0[h.name] = state }
+                }
+            }
+        }
+    }
+
+    /// Makes the volumes of a VM's pool disks on `agent` (idempotent: existing volumes are kept as
+    /// they are, with their data).
+    func ensureVolumes(_ spec: VMSpec, agent: String) async throws {
+        for (i, d) in spec.disks.enumerated() where d.path == nil {
+            guard let pool = d.pool else { continue }
+            _ = try await agents.createVolume(
+                agent, pool: pool, name: Self.volumeName(vm: spec.name, disk: i),
+                VolumeRequest(sizeGiB: d.sizeGiB, format: d.format, from: d.from.flatMap { VMSpec.Disk.templateReference($0, pool: pool) },
+                              clone: d.from == nil ? nil : (d.clone ?? "linked")))
+        }
+    }
+
+    /// Each pool with what every host that should see it reports.
+    public func storagePoolViews() async throws -> [StoragePoolView] {
+        let manifest = try await desired()
+        let state = storageState.withLock { $0 }
+        return (manifest.storagePools ?? []).map { p in
+            var hosts: [StoragePoolView.OnHost] = []
+            for h in manifest.hosts ?? [] where p.isSeen(by: h.name, site: h.site) {
+                let seen = state[h.name]
+                if let s = seen?.pools.first(where: { $0.name == p.name }) {
+                    hosts.append(.init(host: h.name, active: s.active, capacityBytes: s.capacityBytes, allocationBytes: s.allocationBytes,
+                                       availableBytes: s.availableBytes, volumes: s.volumes, error: s.error))
+                } else {
+                    hosts.append(.init(host: h.name, active: false, capacityBytes: 0, allocationBytes: 0, availableBytes: 0, volumes: 0,
+                                       error: seen?.error ?? "not reported yet"))
+                }
+            }
+            return StoragePoolView(name: p.name, type: p.type, path: p.path, volumeGroup: p.volumeGroup, site: p.site, hosts: hosts)
+        }
+    }
+
+    /// Free bytes of each pool on each host, for placement (a pool a host does not have, or cannot use,
+    /// is absent).
+    func storageFree() -> [String: [String: UInt64]] {
+        storageState.withLock { s in
+            s.mapValues { h in Dictionary(h.pools.filter { $0.active && $0.error == nil }.map { ($0.name, $0.availableBytes) }, uniquingKeysWith: { a, _ in a }) }
+        }
+    }
+}
+
+/// What a host last reported of its storage pools.
+struct HostStorage: Sendable {
+    var settings: [StoragePoolSetting]
+    var pools: [StoragePoolStatus]
+    var error: String?
+    var atMs: Int64
+}

@@ -1,0 +1,110 @@
+import AgentAPI
+import ControllerAPI
+import Foundation
+import Testing
+
+extension ClusterOnTestbed {
+/// Storage pools declared once and realized on every host; VM disks as volumes in them.
+@Suite(.serialized, .enabled(if: Testbed.available && !Testbed.ctlBinary.isEmpty, "needs the testbed and VSPHERE_CTL_BIN"))
+struct StorageOnTestbed {
+    let t = VMotionHelpers()
+
+    func pools() throws -> [StoragePoolView] {
+        let (rc, out) = try t.ctl("get", "pools", "-o", "json")
+        #expect(rc == 0, "\(out)")
+        return try JSONDecoder().decode([StoragePoolView].self, from: Data(out.utf8))
+    }
+
+    /// The testbed's shared pool is active on both hosts with its capacity and free bytes; libvirt has
+    /// it defined, started and autostarted in each host's own libvirtd.
+    @Test func sharedPoolIsOnEveryHost() throws {
+        let shared = try eventuallySync(timeout: 60) { () -> StoragePoolView? in
+            let p = try pools().first { $0.name == "shared" }
+            return p?.hosts.count == Testbed.hostCount && p?.hosts.allSatisfy({ $0.active && $0.error == nil }) == true ? p : nil
+        }
+        for h in shared.hosts {
+            #expect(h.capacityBytes > 0 && h.availableBytes > 0 && h.availableBytes <= h.capacityBytes, "\(h)")
+        }
+        let (_, info) = try Testbed.run(["bash", Testbed.script, "exec", "h2", "virsh", "-c", "qemu:///system", "pool-info", "shared"])
+        #expect(info.contains("running") && info.contains("Autostart:      yes"), "\(info)")
+        let (_, table) = try t.ctl("get", "pools")
+        #expect(table.contains("CAPACITY") && table.contains("h1") && table.contains("h2"), "\(table)")
+    }
+
+    /// A VM whose root disk is a linked clone of the guest image, made in the shared pool by the
+    /// controller: it boots from it, the volume's backing file is the template, and the volume outlives
+    /// the VM (data is never deleted by omission) while the agent refuses to delete a volume in use.
+    @Test func linkedCloneBootsFromItsTemplate() async throws {
+        let g = Testbed.guestDir
+        let name = "clone1"
+        let doc = #"{"apiVersion":"vsphere/v1","kind":"Cluster","vms":[{"name":"\#(name)","cpus":1,"memoryMiB":256,"boot":{"kernel":"\#(g)/vmlinuz","initrd":"\#(g)/initrd.img","cmdline":"console=ttyS0 vs.name=\#(name) vs.root=/dev/vda"},"disks":[{"pool":"shared","from":"\#(g)/disk.qcow2"}],"nics":[{"network":"lan"}]}]}"#
+        let path = "\(Testbed.dir)/\(name).json"
+        try doc.write(toFile: path, atomically: true, encoding: .utf8)
+        let volume = "\(Testbed.dir)/shared/\(name)-disk0"
+        defer {
+            try? t.delete(name)
+            try? FileManager.default.removeItem(atPath: volume)
+        }
+        let (rc, out) = try t.ctl("apply", "-f", path, "--wait", "--timeout", "180")
+        #expect(rc == 0, "\(out)")
+        let host = try #require(try t.vm(name).host)
+        let agent = try Testbed.agent(host)
+        let console = try await eventually("boot marker", timeout: .seconds(180)) { () -> String? in
+            let text = try await agent.get("/v1/vms/\(name)/console").text
+            return text.contains("VSPHERE-GUEST-READY") ? text : nil
+        }
+        #expect(console.contains("root=disk"), "booted from the cloned root disk")
+
+        let vols = try await agent.get("/v1/storage-pools/shared/volumes").decode([VolumeStatus].self)
+        let v = try #require(vols.first { $0.name == "\(name)-disk0" })
+        #expect(v.backing == g + "/disk.qcow2" && v.format == "qcow2" && v.usedBy == [name], "\(v)")
+        let (_, info) = try Testbed.run(["qemu-img", "info", "-U", volume])
+        #expect(info.contains("backing file: \(g)/disk.qcow2"), "\(info)")
+
+        let refused = try await agent.delete("/v1/storage-pools/shared/volumes/\(name)-disk0")
+        #expect(refused.status == 409 && refused.text.contains(name), "a volume in use stays: \(refused.text)")
+        try t.delete(name)
+        #expect(FileManager.default.fileExists(atPath: volume), "deleting the VM keeps its volume")
+        #expect(try await agent.delete("/v1/storage-pools/shared/volumes/\(name)-disk0").status == 200, "unused, it can go")
+        #expect(!FileManager.default.fileExists(atPath: volume))
+    }
+
+    /// Volumes straight on an agent: a new one, a full copy, growth only, names and sizes checked.
+    @Test func volumesOnAnAgent() async throws {
+        let agent = try Testbed.agent("h1")
+        let base = "/v1/storage-pools/shared/volumes"
+        defer {
+            Task {
+                for v in ["vol-new", "vol-copy"] { _ = try? await agent.delete("\(base)/\(v)") }
+            }
+        }
+        let made = try await agent.put("\(base)/vol-new", VolumeRequest(sizeGiB: 1))
+        #expect(made.status == 200, "\(made.text)")
+        let again = try await agent.put("\(base)/vol-new", VolumeRequest(sizeGiB: 1))
+        #expect(again.status == 200, "idempotent")
+        let grown = try await agent.post("\(base)/vol-new/resize", VolumeResize(sizeGiB: 2))
+        #expect(grown.status == 200, "\(grown.text)")
+        #expect(try grown.decode(VolumeStatus.self).capacityBytes == 2 << 30)
+        let shrunk = try await agent.post("\(base)/vol-new/resize", VolumeResize(sizeGiB: 1))
+        #expect(shrunk.status == 400 && shrunk.text.contains("only grow"), "\(shrunk.text)")
+        let copy = try await agent.put("\(base)/vol-copy", VolumeRequest(from: Testbed.guestDir + "/disk.qcow2", clone: "full"))
+        #expect(copy.status == 200, "\(copy.text)")
+        let c = try copy.decode(VolumeStatus.self)
+        #expect(c.backing == nil && c.capacityBytes > 0, "a full copy stands alone: \(c)")
+
+        for (path, body, field) in [
+            ("\(base)/..%2Fetc", VolumeRequest(sizeGiB: 1), "name"),
+            ("\(base)/ok", VolumeRequest(sizeGiB: 0), "sizeGiB"),
+            ("\(base)/ok", VolumeRequest(from: "relative/../x", clone: "linked"), "from"),
+            ("\(base)/ok", VolumeRequest(sizeGiB: 1, format: "vmdk"), "format"),
+        ] {
+            let r = try await agent.put(path, body)
+            #expect(r.status == 400 && r.text.contains(field), "\(path): \(r.text)")
+        }
+        let badPools = try await agent.put("/v1/storage-pools", StoragePoolsRequest(pools: [
+            StoragePoolSetting(name: "Bad", type: "nfs"), StoragePoolSetting(name: "rel", type: "dir", path: "tmp/x"),
+        ]))
+        #expect(badPools.status == 400 && badPools.text.contains("pools[0].type") && badPools.text.contains("pools[1].path"), "\(badPools.text)")
+    }
+}
+}
