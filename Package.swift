@@ -147,7 +147,7 @@ let package = Package(
         .executableTarget(
             name: "vsphere-ctl",
             dependencies: [
-                "ClusterModel", "Placement", "Planner", "ControllerAPI", "MigrationPolicy", "TLSSupport",
+                "AgentAPI", "ClusterModel", "Placement", "Planner", "ControllerAPI", "MigrationPolicy", "TLSSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),

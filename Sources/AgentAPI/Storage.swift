@@ -114,3 +114,48 @@ public struct VolumeStatus: Codable, Sendable, Equatable {
         self.usedBy = usedBy
     }
 }
+
+/// `POST /v1/vms/{name}/move-disk`: storage vMotion of one disk of a running VM into a pool of this
+/// host (libvirt block copy, then a pivot), without stopping the guest.
+public struct DiskMoveRequest: Codable, Sendable, Equatable {
+    /// The disk's target (`vda`...).
+    public var target: String
+    /// The pool the disk moves to, and the volume's name there.
+    public var pool: String
+    public var volume: String
+    /// Copy bandwidth limit (MiB/s); none by default.
+    public var bandwidthMiBps: Int?
+    public init(target: String, pool: String, volume: String, bandwidthMiBps: Int? = nil) {
+        self.target = target
+        self.pool = pool
+        self.volume = volume
+        self.bandwidthMiBps = bandwidthMiBps
+    }
+}
+
+/// A disk move as it goes: `copying` (bytes so far of the whole), `pivoting`, `completed`, `failed`.
+public struct DiskMoveStatus: Codable, Sendable, Equatable {
+    public var vm: String
+    public var target: String
+    public var source: String
+    public var destination: String
+    public var state: String
+    public var copiedBytes: UInt64
+    public var totalBytes: UInt64
+    public var error: String?
+    public var startedMs: Int64
+    public var endedMs: Int64?
+    public init(vm: String, target: String, source: String, destination: String, state: String, copiedBytes: UInt64, totalBytes: UInt64,
+                error: String?, startedMs: Int64, endedMs: Int64?) {
+        self.vm = vm
+        self.target = target
+        self.source = source
+        self.destination = destination
+        self.state = state
+        self.copiedBytes = copiedBytes
+        self.totalBytes = totalBytes
+        self.error = error
+        self.startedMs = startedMs
+        self.endedMs = endedMs
+    }
+}

@@ -107,6 +107,14 @@ public final class AgentClient: Sendable {
         try decode(VolumeStatus.self, try await call(.POST, agent + "/v1/storage-pools/\(pool)/volumes/\(name)/resize", body: try JSONEncoder().encode(VolumeResize(sizeGiB: sizeGiB)), timeout: .seconds(60)))
     }
 
+    public func moveDisk(_ agent: String, _ vm: String, _ request: DiskMoveRequest) async throws -> DiskMoveStatus {
+        try decode(DiskMoveStatus.self, try await call(.POST, agent + "/v1/vms/\(vm)/move-disk", body: try JSONEncoder().encode(request), timeout: .seconds(60)))
+    }
+
+    public func diskMoves(_ agent: String, _ vm: String) async throws -> [DiskMoveStatus] {
+        try decode([DiskMoveStatus].self, try await call(.GET, agent + "/v1/vms/\(vm)/move-disk", timeout: .seconds(10)))
+    }
+
     /// Replaces the agent's list of revoked certificate serial numbers.
     public func setRevoked(_ agent: String, _ list: RevokedCertificates) async throws {
         _ = try decode(RevokedCertificates.self, try await call(.PUT, agent + "/v1/revoked-certificates", body: try JSONEncoder().encode(list), timeout: .seconds(10)))

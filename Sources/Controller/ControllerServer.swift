@@ -110,6 +110,21 @@ public enum ControllerServer {
                 return ApplyResponse(changes: [Change(action: "delete", kind: "resourcePool", name: name, reason: "requested")])
             }
         }
+        router.post("/v1/vms/:name/move-storage") { request, ctx in
+            await respond {
+                let body = try await request.body.collect(upTo: 1 << 20)
+                let req: MoveStorageRequest
+                do {
+                    req = try JSONDecoder().decode(MoveStorageRequest.self, from: Data(buffer: body))
+                } catch {
+                    throw ValidationFailure([ValidationProblem("pool", "body must be {\"disk\": N, \"pool\": POOL, \"bandwidthMiBps\"?}")])
+                }
+                return try await controller.moveStorage(vm: ctx.parameters.get("name") ?? "", req)
+            }
+        }
+        router.get("/v1/vms/:name/move-storage") { _, ctx in
+            await respond { try await controller.storageMoves(vm: ctx.parameters.get("name") ?? "") }
+        }
         router.post("/v1/vms/:name/migrate") { request, ctx in
             await respond {
                 let name = ctx.parameters.get("name") ?? ""

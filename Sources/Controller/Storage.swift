@@ -95,3 +95,78 @@ struct HostStorage: Sendable {
     var error: String?
     var atMs: Int64
 }
+
+extension Controller {
+    /// Storage vMotion: moves disk `index` of a running VM into `pool` on its host while it runs. The
+    /// agent copies and pivots; once it has, the desired state names the new pool (so a redefinition
+    /// keeps the new path) and the old volume is deleted. Returns the agent's first status; follow it
+    /// with `diskMoves`.
+    public func moveStorage(vm: String, _ req: MoveStorageRequest) async throws -> DiskMoveStatus {
+        let manifest = try await desired()
+        guard var spec = (manifest.vms ?? []).first(where: { $0.name == vm }) else { throw ControllerServer.NotFound(what: "vm \(vm)") }
+        guard req.disk >= 0, req.disk < spec.disks.count else {
+            throw ValidationFailure([ValidationProblem("disk", "\(vm) has \(spec.disks.count) disks (0-based)")])
+        }
+        guard let from = spec.disks[req.disk].pool else {
+            throw ValidationFailure([ValidationProblem("disk", "disk \(req.disk) of \(vm) is a path, not a volume in a storage pool")])
+        }
+        guard from != req.pool else { throw ValidationFailure([ValidationProblem("pool", "disk \(req.disk) of \(vm) is in \(from) already")]) }
+        guard let pool = (manifest.storagePools ?? []).first(where: { $0.name == req.pool }) else {
+            throw ValidationFailure([ValidationProblem("pool", "unknown storage pool \(req.pool)")])
+        }
+        guard let status = try await store.vmStatuses().first(where: { $0.name == vm }), let host = status.host,
+            let h = (manifest.hosts ?? []).first(where: { $0.name == host }), let agent = h.agent
+        else { throw Conflict("\(vm) is not on a host") }
+        guard pool.isSeen(by: host, site: h.site) else { throw Conflict("host \(host) does not see pool \(req.pool)") }
+        if let b = req.bandwidthMiBps, !(1...100_000).contains(b) { throw ValidationFailure([ValidationProblem("bandwidthMiBps", "must be between 1 and 100000")]) }
+        let target = "vd" + String(UnicodeScalar(UInt8(97 + req.disk)))
+        let volume = Self.volumeName(vm: vm, disk: req.disk)
+        let started = try await agents.moveDisk(agent, vm, DiskMoveRequest(target: target, pool: req.pool, volume: volume, bandwidthMiBps: req.bandwidthMiBps))
+        try await store.addEvent(source: "controller", kind: "vm", name: vm, event: "move-storage", detail: host,
+                                 message: "disk \(req.disk) from \(from) to \(req.pool)")
+        Task {
+            while true {
+                try? await Task.sleep(for: .milliseconds(500))
+                guard let now = try? await self.agents.diskMoves(agent, vm).first(where: { $0.target == target }) else { continue }
+                if now.state == "completed" {
+                    do {
+                        var current = try await self.desired()
+                        if let i = current.vms?.firstIndex(where: { $0.name == vm }), current.vms![i].disks.indices.contains(req.disk) {
+                            current.vms![i].disks[req.disk].pool = req.pool
+                            spec = current.vms![i]
+                            _ = try await self.store.put(kind: "vm", name: vm, spec: Self.json(spec))
+                        }
+                        try await self.store.addEvent(source: "controller", kind: "vm", name: vm, event: "storage-moved", detail: host,
+                                                      message: "disk \(req.disk) now in \(req.pool) (\(now.destination))")
+                        // The old volume, once nothing uses it (the redefinition that follows names the new one).
+                        for _ in 0..<60 {
+                            do {
+                                try await self.agents.deleteVolume(agent, pool: from, name: volume)
+                                break
+                            } catch {
+                                try? await Task.sleep(for: .seconds(2))
+                            }
+                        }
+                    } catch {
+                        self.logger.error("recording a storage move failed", metadata: ["vm": "\(vm)", "error": "\(error)"])
+                    }
+                    return
+                }
+                if now.state == "failed" {
+                    try? await self.store.addEvent(source: "controller", kind: "vm", name: vm, event: "storage-move-failed", detail: host, message: now.error)
+                    return
+                }
+            }
+        }
+        return started
+    }
+
+    /// The storage moves of a VM on its host.
+    public func storageMoves(vm: String) async throws -> [DiskMoveStatus] {
+        let manifest = try await desired()
+        guard let status = try await store.vmStatuses().first(where: { $0.name == vm }), let host = status.host,
+            let agent = (manifest.hosts ?? []).first(where: { $0.name == host })?.agent
+        else { throw ControllerServer.NotFound(what: "vm \(vm) on a host") }
+        return try await agents.diskMoves(agent, vm)
+    }
+}

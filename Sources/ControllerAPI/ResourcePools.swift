@@ -92,3 +92,15 @@ public struct StoragePoolView: Codable, Sendable, Equatable {
         self.hosts = hosts
     }
 }
+
+/// `POST /v1/vms/{name}/move-storage`: storage vMotion of one disk (0-based) into another pool.
+public struct MoveStorageRequest: Codable, Sendable, Equatable {
+    public var disk: Int
+    public var pool: String
+    public var bandwidthMiBps: Int?
+    public init(disk: Int, pool: String, bandwidthMiBps: Int? = nil) {
+        self.disk = disk
+        self.pool = pool
+        self.bandwidthMiBps = bandwidthMiBps
+    }
+}

@@ -80,6 +80,17 @@ public enum StorageXML {
     }
 }
 
+public enum DiskXML {
+    /// The `<disk>` element a block copy writes into: a file image of `format`.
+    public static func copyDestination(path: String, format: String) -> String {
+        let doc = XMLDocument(root: "disk")
+        doc.root.set("type", "file")
+        doc.root.add("driver", ["type": format])
+        doc.root.add("source", ["file": path])
+        return doc.serialized()
+    }
+}
+
 public enum NetworkXML {
     /// A libvirt network on an existing host bridge (no NAT, no DHCP: the distributed switch owns L2).
     public static func hostBridge(name: String, bridge: String) -> String {

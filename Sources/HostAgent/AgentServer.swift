@@ -110,6 +110,10 @@ public enum AgentServer {
                 await respond { try gate.setRevoked(try await body(RevokedCertificates.self, request)) }
             }
         }
+        router.post("/v1/vms/:name/move-disk") { request, ctx in
+            await respond { try await agent.moveDisk(try name(ctx), try await body(DiskMoveRequest.self, request)) }
+        }
+        router.get("/v1/vms/:name/move-disk") { _, ctx in await respond { agent.diskMoves.get(try name(ctx)) } }
         router.get("/v1/storage-pools") { _, _ in await respond { try await agent.storagePools() } }
         router.put("/v1/storage-pools") { request, _ in
             await respond { try await agent.applyStoragePools(try await body(StoragePoolsRequest.self, request)) }

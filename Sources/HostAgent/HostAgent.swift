@@ -21,6 +21,8 @@ public final class HostAgent: Sendable {
     let logger: Logger
     /// Resource pools' cgroup partitions on this host.
     public let pools = PoolPartitions()
+    /// Storage vMotions of this host's running VMs.
+    public let diskMoves = DiskMoves()
     /// Why each storage pool the controller asked for last could not be realized here.
     let storageErrors = Mutex<[String: String]>([:])
     /// Prometheus metrics.

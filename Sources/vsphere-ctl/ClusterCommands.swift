@@ -1,3 +1,4 @@
+import AgentAPI
 import ArgumentParser
 import ClusterModel
 import ControllerAPI
@@ -292,23 +293,36 @@ struct Delete: AsyncParsableCommand {
 /// `vsphere-ctl vm start|stop|restart NAME [--wait]`.
 struct VMCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "vm", abstract: "Start, stop, restart or live-migrate a VM.",
-        discussion: "vm migrate NAME --to HOST [--wait] [--policy NAME] [--bandwidth MIBPS] [--budget SECONDS] [-o json]")
+        commandName: "vm", abstract: "Start, stop, restart, live-migrate a VM or move its storage.",
+        discussion: """
+            vm migrate NAME --to HOST [--wait] [--policy NAME] [--bandwidth MIBPS] [--budget SECONDS] [-o json]
+            vm move-storage NAME --disk N --pool POOL [--wait] [--bandwidth MIBPS] [-o json]: storage vMotion of a running VM's disk
+            """)
     @OptionGroup var server: ServerOptions
-    @Argument(help: "start, stop, restart or migrate") var action: String
+    @Argument(help: "start, stop, restart, migrate or move-storage") var action: String
     @Argument(help: "the VM") var name: String
     @Flag(help: "Wait until the VM is in the desired state (or the migration ended).") var wait = false
     @Option(help: "Seconds to wait at most.") var timeout: Int = 300
     @Option(help: "migrate: the destination host.") var to: String?
+    @Option(help: "move-storage: the disk (0-based).") var disk: Int?
+    @Option(help: "move-storage: the storage pool it moves to.") var pool: String?
     @Option(help: "migrate: minimal-downtime, auto-converge, post-copy or suspend-if-needed.") var policy: String?
     @Option(help: "migrate: cap in MiB/s.") var bandwidth: Int?
     @Option(help: "migrate: seconds before the policy gives up (or switches).") var budget: Int?
     @Option(name: .shortAndLong, help: "migrate: table or json (json waits and prints the finished migration).") var output: OutputFormat = .table
 
     func validate() throws {
-        if !["start", "stop", "restart", "migrate"].contains(action) {
-            throw ValidationError("\(action): use start, stop, restart or migrate")
+        if !["start", "stop", "restart", "migrate", "move-storage"].contains(action) {
+            throw ValidationError("\(action): use start, stop, restart, migrate or move-storage")
         }
+        if action == "move-storage" {
+            guard let disk, (0..<26).contains(disk) else { throw ValidationError("--disk: move-storage needs the disk, 0 to 25") }
+            guard let pool, Names.isValid(pool) else { throw ValidationError("--pool: move-storage needs a storage pool name") }
+            if let b = bandwidth, !(1...100_000).contains(b) { throw ValidationError("--bandwidth: must be between 1 and 100000") }
+            if to != nil || policy != nil || budget != nil { throw ValidationError("--to, --policy and --budget belong to vm migrate") }
+            return
+        }
+        if disk != nil || pool != nil { throw ValidationError("--disk and --pool belong to vm move-storage") }
         if !Names.isValid(name) { throw ValidationError("\(name): must match ^[a-z][a-z0-9-]{0,62}$") }
         if action == "migrate" {
             guard let to else { throw ValidationError("--to: migrate needs the destination host") }
@@ -326,6 +340,34 @@ struct VMCommand: AsyncParsableCommand {
     func run() async throws {
         let client = try server.client()
         defer { Task { await client.close() } }
+        if action == "move-storage" {
+            let started: DiskMoveStatus = try await client.call(.POST, "/v1/vms/\(name)/move-storage", body: try JSONEncoder().encode(MoveStorageRequest(disk: disk!, pool: pool!, bandwidthMiBps: bandwidth)))
+            if !(wait || output == .json) {
+                print("vm \(name): moving \(started.target) from \(started.source) to \(started.destination)")
+                return
+            }
+            let deadline = Date().addingTimeInterval(Double(timeout))
+            var last = started
+            while Date() < deadline {
+                let all: [DiskMoveStatus] = try await client.call(.GET, "/v1/vms/\(name)/move-storage")
+                if let now = all.first(where: { $0.target == started.target && $0.startedMs == started.startedMs }) ?? all.first(where: { $0.target == started.target }) {
+                    last = now
+                    if output != .json {
+                        let pct = now.totalBytes > 0 ? Int(Double(now.copiedBytes) / Double(now.totalBytes) * 100) : 0
+                        print("\(now.state) \(pct)% (\(now.copiedBytes >> 20) of \(now.totalBytes >> 20) MiB)")
+                    }
+                    if now.endedMs != nil { break }
+                }
+                try await Task.sleep(for: .seconds(1))
+            }
+            if output == .json { try printJSON(last) }
+            if last.state == "failed" { throw ExitCode(1) }
+            if last.endedMs == nil {
+                stderr("timed out after \(timeout) s; the move goes on")
+                throw ExitCode(Exit.failed)
+            }
+            return
+        }
         if action == "migrate" {
             return try await migrate(
                 client: client, vm: name, request: MigrateRequest(to: to!, policy: policy, bandwidthMiBps: bandwidth, budgetSeconds: budget),

@@ -108,3 +108,59 @@ struct StorageOnTestbed {
     }
 }
 }
+
+extension ClusterOnTestbed.StorageOnTestbed {
+    /// Storage vMotion: a running guest's root disk (a linked clone in the shared pool) moves into a
+    /// host-local pool while the guest keeps dirtying memory and writing its console; afterwards the
+    /// domain (live and persistent) uses the copy, the copy stands alone, and the old volume is gone.
+    @Test func storageVMotionKeepsTheGuestRunning() async throws {
+        let g = Testbed.guestDir
+        let name = "smove1"
+        let local = "/var/lib/libvirt/images/vs-local"
+        let doc = #"{"apiVersion":"vsphere/v1","kind":"Cluster","storagePools":[{"name":"shared","type":"shared","path":"\#(Testbed.dir)/shared"},{"name":"local","type":"dir","path":"\#(local)"}],"vms":[{"name":"\#(name)","cpus":1,"memoryMiB":256,"boot":{"kernel":"\#(g)/vmlinuz","initrd":"\#(g)/initrd.img","cmdline":"console=ttyS0 vs.name=\#(name) vs.root=/dev/vda vs.dirty=8:4"},"disks":[{"pool":"shared","from":"\#(g)/disk.qcow2"}],"nics":[{"network":"lan"}]}]}"#
+        let path = "\(Testbed.dir)/\(name).json"
+        try doc.write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? t.delete(name) }
+        let (rc, out) = try t.ctl("apply", "-f", path, "--wait", "--timeout", "180")
+        #expect(rc == 0, "\(out)")
+        let host = try #require(try t.vm(name).host)
+        let agent = try Testbed.agent(host)
+        try await t.dirtying(name, on: host)
+        func passes() async throws -> Int {
+            try await agent.get("/v1/vms/\(name)/console").text.components(separatedBy: "VSPHERE-GUEST-DIRTY passes=").count - 1
+        }
+        // The local pool is realized on the host first (the controller's next pass).
+        _ = try eventuallySync(timeout: 60) { () -> Bool? in
+            try pools().first { $0.name == "local" }?.hosts.first { $0.host == host }?.active == true ? true : nil
+        }
+        let before = try await passes()
+        let (mrc, mout) = try t.ctl("vm", "move-storage", name, "--disk", "0", "--pool", "local", "-o", "json", "--timeout", "300")
+        #expect(mrc == 0, "\(mout)")
+        let move = try JSONDecoder().decode(DiskMoveStatus.self, from: Data(mout.utf8))
+        #expect(move.state == "completed" && move.destination == "\(local)/\(name)-disk0" && move.copiedBytes > 0, "\(move)")
+        #expect(try t.vm(name).state == "running")
+        let after = try await eventually("the guest goes on dirtying", timeout: .seconds(120)) { () -> Int? in
+            let n = try await passes()
+            return n > before ? n : nil
+        }
+        #expect(after > before)
+        let virsh = ["bash", Testbed.script, "exec", host, "virsh", "-c", "qemu:///system"]
+        let live = try Testbed.run(virsh + ["domblklist", name]).1
+        #expect(live.contains("\(local)/\(name)-disk0"), "\(live)")
+        let persistent = try eventuallySync(timeout: 60) { () -> String? in
+            let x = try Testbed.run(virsh + ["dumpxml", "--inactive", name]).1
+            return x.contains("\(local)/\(name)-disk0") ? x : nil
+        }
+        #expect(!persistent.contains("/shared/\(name)-disk0"))
+        let (_, info) = try Testbed.run(virsh + ["vol-info", "--pool", "local", "\(name)-disk0"])
+        #expect(info.contains("Capacity"), "\(info)")
+        let (_, chain) = try Testbed.run(["bash", Testbed.script, "exec", host, "qemu-img", "info", "-U", "\(local)/\(name)-disk0"])
+        #expect(!chain.contains("backing file"), "the copy stands alone: \(chain)")
+        _ = try eventuallySync(timeout: 90) { () -> Bool? in
+            FileManager.default.fileExists(atPath: "\(Testbed.dir)/shared/\(name)-disk0") ? nil : true
+        }
+        // The new volume stays with the VM's data when the VM is deleted; clean it up by hand.
+        try t.delete(name)
+        _ = try Testbed.run(virsh + ["vol-delete", "--pool", "local", "\(name)-disk0"])
+    }
+}
