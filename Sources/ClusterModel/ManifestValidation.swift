@@ -148,6 +148,9 @@ extension ClusterManifest {
             case "dir", "shared":
                 if let path = sp.path {
                     if !VMSpec.isAbsolutePath(path) { out.append(.init("\(p).path", "must be an absolute path")) }
+                    else if (path.count > 1 && path.hasSuffix("/")) || path.contains("//") || path.split(separator: "/").contains("..") {
+                        out.append(.init("\(p).path", "must be a plain path: no trailing /, // or .."))
+                    }
                 } else {
                     out.append(.init("\(p).path", "is required for a \(sp.type) pool"))
                 }

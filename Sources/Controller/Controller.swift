@@ -39,7 +39,7 @@ public final class Controller: Sendable {
     /// What each host last reported of its storage pools.
     let storageState = Mutex<[String: HostStorage]>([:])
     /// The revocation list each agent was last given (host → serials).
-    let revocationsPushed = Mutex<[String: [String]]>([:])
+    let revocationsPushed = Mutex<[String: (serials: [String], at: ContinuousClock.Instant)]>([:])
     /// The names the controller's own certificate carries: no host's certificate may carry them.
     let controllerNames: [String]
 
@@ -238,9 +238,10 @@ public final class Controller: Sendable {
         if deleted {
             try await store.addEvent(source: "controller", kind: "vm", name: name, event: "deleted", detail: nil, message: nil)
             // Its conditions end with it (a VM of the same name applied later starts with none).
-            for prefix in ["drift:\(name):", "moved:\(name):", "migrated-away:\(name)"] {
+            for prefix in ["drift:\(name):", "moved:\(name):"] {
                 for key in (try? await store.openAlarmKeys(prefix: prefix)) ?? [] { await clear(key, note: "the VM was deleted") }
             }
+            await clear("migrated-away:\(name)", note: "the VM was deleted")
         }
         return deleted
     }

@@ -10,23 +10,28 @@ extension Controller {
         guard let ca, let text = try? String(contentsOfFile: ca.directory + "/revoked.txt", encoding: .utf8) else { return [] }
         return text.split(separator: "\n").compactMap { line -> String? in
             let s = ClientAuthorizer.normalize(String(line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""))
-            return s.isEmpty ? nil : s
+            // What no agent would take (not a serial number) is left out rather than spoiling the list.
+            return s.isEmpty || s.count > 40 ? nil : s
         }.sorted()
     }
 
-    /// Gives every answering agent the revocation list when it has not got this one yet (each agent once
-    /// after the controller starts, then on change): agents refuse those certificates in the handshake.
+    /// Gives every answering agent the revocation list when it has not got this one yet, and every 30 s
+    /// (an agent reinstalled with an empty list, or whose list was replaced by an operator, gets it
+    /// back): agents refuse those certificates in the handshake.
     func pushRevocations(_ manifest: ClusterManifest, observed: Observed) async {
         let serials = Array(Set(revokedSerials())).sorted()
+        let now = ContinuousClock.now
         let agents = (manifest.hosts ?? []).compactMap { h in h.agent.map { (h.name, $0) } }.filter { observed.inventories[$0.0] != nil }
-        let stale = revocationsPushed.withLock { pushed in agents.filter { pushed[$0.0] != serials } }
+        let stale = revocationsPushed.withLock { pushed in
+            agents.filter { pushed[$0.0].map { $0.serials != serials || now - $0.at > .seconds(30) } ?? true }
+        }
         guard !stale.isEmpty else { return }
         await withTaskGroup(of: Void.self) { group in
             for (host, url) in stale {
                 group.addTask {
                     do {
                         try await self.agents.setRevoked(url, RevokedCertificates(serials: serials))
-                        self.revocationsPushed.withLock { $0[host] = serials }
+                        self.revocationsPushed.withLock { $0[host] = (serials, now) }
                     } catch {
                         self.logger.warning("pushing the revocation list failed", metadata: ["host": "\(host)", "error": "\(error)"])
                     }

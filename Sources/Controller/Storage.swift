@@ -118,6 +118,7 @@ extension Controller {
             let h = (manifest.hosts ?? []).first(where: { $0.name == host }), let agent = h.agent
         else { throw Conflict("\(vm) is not on a host") }
         guard pool.isSeen(by: host, site: h.site) else { throw Conflict("host \(host) does not see pool \(req.pool)") }
+        guard pool.type != "rbd" else { throw Conflict("pool \(req.pool) is rbd: disks move into dir, shared or logical pools") }
         if let b = req.bandwidthMiBps, !(1...100_000).contains(b) { throw ValidationFailure([ValidationProblem("bandwidthMiBps", "must be between 1 and 100000")]) }
         let target = "vd" + String(UnicodeScalar(UInt8(97 + req.disk)))
         let volume = Self.volumeName(vm: vm, disk: req.disk)
@@ -125,9 +126,21 @@ extension Controller {
         try await store.addEvent(source: "controller", kind: "vm", name: vm, event: "move-storage", detail: host,
                                  message: "disk \(req.disk) from \(from) to \(req.pool)")
         Task {
+            // The agent's record is in its memory: an agent that restarts or stops answering for ten
+            // minutes ends the watch (the move is reported lost; the guest is on whichever disk libvirt has).
+            var misses = 0
             while true {
                 try? await Task.sleep(for: .milliseconds(500))
-                guard let now = try? await self.agents.diskMoves(agent, vm).first(where: { $0.target == target }) else { continue }
+                guard let now = try? await self.agents.diskMoves(agent, vm).first(where: { $0.target == target && $0.startedMs == started.startedMs }) else {
+                    misses += 1
+                    if misses > 1200 {
+                        try? await self.store.addEvent(source: "controller", kind: "vm", name: vm, event: "storage-move-lost", detail: host,
+                                                       message: "the agent no longer reports the move of disk \(req.disk)")
+                        return
+                    }
+                    continue
+                }
+                misses = 0
                 if now.state == "completed" {
                     do {
                         var current = try await self.desired()

@@ -156,9 +156,12 @@ public enum DomainXML {
         let devices = domain.add("devices")
         for (i, disk) in spec.disks.enumerated() {
             guard let path = disk.path else { continue }
-            let d = devices.add("disk", ["type": "file", "device": "disk"])
+            // A host block device (an LVM volume of a logical pool) is a block disk; QEMU refuses it
+            // through its file driver.
+            let block = path.hasPrefix("/dev/")
+            let d = devices.add("disk", ["type": block ? "block" : "file", "device": "disk"])
             d.add("driver", ["name": "qemu", "type": disk.format ?? "qcow2", "cache": "none", "discard": "unmap"])
-            d.add("source", ["file": path])
+            d.add("source", [block ? "dev" : "file": path])
             d.add("target", ["dev": diskTarget(i), "bus": "virtio"])
             if disk.readonly == true { d.add("readonly") }
         }
@@ -233,7 +236,7 @@ public enum DomainXML {
         def.partition = root.child("resource")?.child("partition")?.text
         if let devices = root.child("devices") {
             for d in devices.all("disk") where d.attribute("device") == "disk" {
-                guard let path = d.child("source")?.attribute("file") else { continue }
+                guard let path = d.child("source")?.attribute("file") ?? d.child("source")?.attribute("dev") else { continue }
                 def.disks.append(.init(
                     path: path, format: d.child("driver")?.attribute("type") ?? "raw",
                     target: d.child("target")?.attribute("dev") ?? "", readonly: d.child("readonly") != nil))

@@ -82,11 +82,11 @@ public enum StorageXML {
 
 public enum DiskXML {
     /// The `<disk>` element a block copy writes into: a file image of `format`.
-    public static func copyDestination(path: String, format: String) -> String {
+    public static func copyDestination(path: String, format: String, block: Bool = false) -> String {
         let doc = XMLDocument(root: "disk")
-        doc.root.set("type", "file")
+        doc.root.set("type", block ? "block" : "file")
         doc.root.add("driver", ["type": format])
-        doc.root.add("source", ["file": path])
+        doc.root.add("source", [block ? "dev" : "file": path])
         return doc.serialized()
     }
 }

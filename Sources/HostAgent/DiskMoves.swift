@@ -73,7 +73,10 @@ extension HostAgent {
                 throw AgentError.conflict("\(req.pool)/\(req.volume) exists already; not overwritten")
             }
             let (type, _) = try StorageXML.parsePool(try p.xml())
-            let fmt = type == "logical" || type == "rbd" ? "raw" : "qcow2"
+            guard type == "dir" || type == "logical" else {
+                throw AgentError.conflict("pool \(req.pool) is \(type): disks move into dir, shared or logical pools")
+            }
+            let fmt = type == "logical" ? "raw" : "qcow2"
             let v = try p.createVolume(xml: StorageXML.volume(name: req.volume, capacityBytes: bytes, format: fmt))
             let path = try v.path()
             guard path != source else { throw AgentError.conflict("\(req.target) is in \(req.pool)/\(req.volume) already") }
@@ -86,7 +89,7 @@ extension HostAgent {
         let bandwidth = req.bandwidthMiBps.map { UInt64($0) << 20 }
         do {
             try await withLibvirt { c in
-                try c.domain(named: vm).blockCopy(disk: req.target, destinationXML: DiskXML.copyDestination(path: destination, format: destFormat),
+                try c.domain(named: vm).blockCopy(disk: req.target, destinationXML: DiskXML.copyDestination(path: destination, format: destFormat, block: destination.hasPrefix("/dev/")),
                                                   bandwidthBytesPerSecond: bandwidth)
             }
         } catch {
@@ -102,13 +105,17 @@ extension HostAgent {
     /// Follows the copy until it has caught up, then pivots; a job that vanishes or fails leaves the
     /// guest on its source (the copy is deleted).
     func followDiskMove(_ vm: String, _ req: DiskMoveRequest, destination: String) async {
+        let deadline = ContinuousClock.now + .seconds(6 * 3600)
         while true {
             try? await Task.sleep(for: .milliseconds(200))
             do {
                 let job = try await withLibvirt { c in try c.domain(named: vm).blockJob(disk: req.target) }
                 guard let job else { throw AgentError.conflict("the copy job ended before it caught up (the guest stays on its source)") }
                 diskMoves.update(vm, req.target) { $0.copiedBytes = job.current; $0.totalBytes = max($0.totalBytes, job.end) }
-                guard job.ready else { continue }
+                guard job.ready else {
+                    if ContinuousClock.now > deadline { throw AgentError.conflict("the copy did not catch up within 6 hours (the guest writes faster than it copies); cancelled") }
+                    continue
+                }
                 diskMoves.update(vm, req.target) { $0.state = "pivoting" }
                 try await withLibvirt { c in try c.domain(named: vm).blockJobAbort(disk: req.target, pivot: true) }
                 let now = try await withLibvirt { c in
@@ -120,7 +127,19 @@ extension HostAgent {
                 return
             } catch {
                 _ = try? await withLibvirt { c in try c.domain(named: vm).blockJobAbort(disk: req.target, pivot: false) }
-                _ = try? await withLibvirt { c in try c.storagePool(named: req.pool).volume(named: req.volume).delete() }
+                // The copy goes only if the guest is not on it: a pivot that took effect before the
+                // error made it the live disk.
+                let live = try? await withLibvirt { c in
+                    try DomainXML.parse(try c.domain(named: vm).xml()).disks.first { $0.target == req.target }?.path
+                }
+                if live == destination {
+                    diskMoves.update(vm, req.target) { $0.state = "completed"; $0.endedMs = Self.now() }
+                    hub.publish(kind: "diskMove", domain: vm, event: "completed", detail: req.target, info: ["destination": destination])
+                    return
+                }
+                if live != nil {
+                    _ = try? await withLibvirt { c in try c.storagePool(named: req.pool).volume(named: req.volume).delete() }
+                }
                 diskMoves.update(vm, req.target) { $0.state = "failed"; $0.error = "\(error)"; $0.endedMs = Self.now() }
                 hub.publish(kind: "diskMove", domain: vm, event: "failed", detail: req.target, info: ["error": "\(error)"])
                 return

@@ -48,6 +48,7 @@ extension HostAgent {
 
     static func isCleanAbsolutePath(_ p: String) -> Bool {
         p.hasPrefix("/") && p.count <= 4096 && !p.split(separator: "/").contains("..") && !p.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7f }
+            && (p == "/" || !p.hasSuffix("/")) && !p.contains("//")
     }
 
     static func isLVMName(_ s: String) -> Bool {
@@ -147,8 +148,14 @@ extension HostAgent {
     static func diskUsers(_ c: Connection) throws -> [String: [String]] {
         var users: [String: [String]] = [:]
         for d in try c.domains() {
-            guard let def = try? DomainXML.parse(try d.xml()) else { continue }
-            for disk in def.disks { users[disk.path, default: []].append(d.name) }
+            // The live definition and the persistent one (after a storage move they differ until the
+            // domain is defined again).
+            var paths = Set<String>()
+            for inactive in [false, true] {
+                guard let def = try? DomainXML.parse(try d.xml(inactive: inactive)) else { continue }
+                for disk in def.disks { paths.insert(disk.path) }
+            }
+            for p in paths { users[p, default: []].append(d.name) }
         }
         return users
     }
@@ -214,13 +221,29 @@ extension HostAgent {
                 let parts = from.split(separator: "/").map(String.init)
                 path = try await withLibvirt { c in try c.storagePool(named: parts[0]).volume(named: parts[1]).path() }
             }
+            // A template a guest can write to could hold a forged image header (a backing file or an
+            // external data file naming a host file or device): in-use images are refused, and so are
+            // images that point at other files.
+            let users = try await withLibvirt { c in try Self.diskUsers(c) }
+            if let using = users[path], !using.isEmpty {
+                throw AgentError.conflict("\(path) is a disk of \(using.sorted().joined(separator: ", ")): a template must not change under its clones")
+            }
+            let obj: [String: Any]
             do {
                 let text = try await Subprocess.run("qemu-img", ["info", "-U", "--output=json", "--", path])
-                let obj = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] ?? [:]
-                template = (path, obj["format"] as? String ?? "raw", (obj["virtual-size"] as? NSNumber)?.uint64Value ?? 0)
+                obj = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] ?? [:]
             } catch {
                 throw AgentError.invalid([.init("from", "\(path) cannot be read as a disk image: \(error)")])
             }
+            let specific = ((obj["format-specific"] as? [String: Any])?["data"] as? [String: Any]) ?? [:]
+            if obj["backing-filename"] != nil || obj["full-backing-filename"] != nil || specific["data-file"] != nil {
+                throw AgentError.invalid([.init("from", "\(path) refers to other files (a backing or data file): flatten it into a standalone template first")])
+            }
+            let format = obj["format"] as? String ?? "raw"
+            guard format == "qcow2" || format == "raw" else {
+                throw AgentError.invalid([.init("from", "\(path) is \(format); templates are qcow2 or raw")])
+            }
+            template = (path, format, (obj["virtual-size"] as? NSNumber)?.uint64Value ?? 0)
         }
         let want = UInt64(req.sizeGiB ?? 0) << 30
         if let t = template, req.sizeGiB != nil, want < t.bytes {

@@ -102,7 +102,9 @@ struct Revoke: ParsableCommand {
 
     func validate() throws {
         if (serial == nil) == (certificate == nil) { throw ValidationError("--serial or --certificate: give exactly one") }
-        if let serial, ClientAuthorizer.normalize(serial).isEmpty { throw ValidationError("--serial: must be hexadecimal") }
+        if let serial, ClientAuthorizer.normalize(serial).isEmpty || ClientAuthorizer.normalize(serial).count > 40 {
+            throw ValidationError("--serial: must be a certificate serial number, hexadecimal (at most 20 bytes)")
+        }
         if let certificate, ClusterCA.leaf(ofPEMFile: certificate) == nil { throw ValidationError("--certificate: \(certificate) holds no PEM certificate") }
     }
 

@@ -189,6 +189,12 @@ import TestSupport
         #expect(rbd.contains("name=\"10.0.0.1\" port=\"6789\"") && rbd.contains("name=\"fd00::1\" port=\"3300\"") && rbd.contains("name=\"mon3\""), "\(rbd)")
         #expect(rbd.contains("username=\"libvirt\"") && rbd.contains("uuid=\"0b4b5d0e"))
         #expect(try StorageXML.parsePool(rbd).path == nil)
+        // A logical volume is a block disk, and parses back as one.
+        let lv = VMSpec(name: "lv1", cpus: 1, memoryMiB: 256, disks: [.init(path: "/dev/vg0/lv1-disk0", format: "raw")])
+        let lvXML = DomainXML.build(lv, options: .init(type: .qemu, hostCoreMHz: 2400))
+        #expect(lvXML.contains("type=\"block\"") && lvXML.contains("dev=\"/dev/vg0/lv1-disk0\""), "\(lvXML)")
+        #expect(try DomainXML.parse(lvXML).disks.first?.path == "/dev/vg0/lv1-disk0")
+        #expect(DiskXML.copyDestination(path: "/dev/vg0/x", format: "raw", block: true).contains("dev=\"/dev/vg0/x\""))
         let vol = StorageXML.volume(name: "v1-disk0", capacityBytes: 1 << 30, backingPath: "/t/a&b.qcow2")
         let back = try StorageXML.parseVolume(vol)
         #expect(back.format == "qcow2" && back.backing == "/t/a&b.qcow2")

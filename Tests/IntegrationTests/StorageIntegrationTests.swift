@@ -75,7 +75,7 @@ struct StorageOnTestbed {
         let base = "/v1/storage-pools/shared/volumes"
         defer {
             Task {
-                for v in ["vol-new", "vol-copy"] { _ = try? await agent.delete("\(base)/\(v)") }
+                for v in ["vol-new", "vol-copy", "vol-linked"] { _ = try? await agent.delete("\(base)/\(v)") }
             }
         }
         let made = try await agent.put("\(base)/vol-new", VolumeRequest(sizeGiB: 1))
@@ -91,6 +91,14 @@ struct StorageOnTestbed {
         #expect(copy.status == 200, "\(copy.text)")
         let c = try copy.decode(VolumeStatus.self)
         #expect(c.backing == nil && c.capacityBytes > 0, "a full copy stands alone: \(c)")
+        // A template that refers to other files (here a linked clone, whose backing file is named in its
+        // header) is refused: a forged header could name any host file.
+        let linked = try await agent.put("\(base)/vol-linked", VolumeRequest(from: Testbed.guestDir + "/disk.qcow2"))
+        #expect(linked.status == 200, "\(linked.text)")
+        let chained = try await agent.put("\(base)/vol-chained", VolumeRequest(from: "shared/vol-linked", clone: "full"))
+        #expect(chained.status == 400 && chained.text.contains("refers to other files"), "\(chained.text)")
+        let outside = try await agent.put("\(base)/vol-etc", VolumeRequest(from: "/etc/hostname", clone: "full"))
+        #expect(outside.status == 400 && outside.text.contains("template director"), "\(outside.text)")
 
         for (path, body, field) in [
             ("\(base)/..%2Fetc", VolumeRequest(sizeGiB: 1), "name"),
