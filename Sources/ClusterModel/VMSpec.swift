@@ -132,6 +132,11 @@ public struct VMSpec: Codable, Sendable, Equatable {
         }
     }
 
+    /// The guest's name of disk `index`: vda, vdb, ... vdz (the domain XML and storage moves agree on it).
+    public static func diskTarget(_ index: Int) -> String {
+        "vd" + String(UnicodeScalar(UInt8(97 + index)))
+    }
+
     public struct Disk: Codable, Sendable, Equatable {
         /// Host path of the image (agent level).
         public var path: String?
@@ -146,16 +151,19 @@ public struct VMSpec: Codable, Sendable, Equatable {
         public var from: String?
         /// With `from`: `linked` (default: a qcow2 overlay on the template) or `full` (a copy).
         public var clone: String?
+        /// A volume's name in a storage pool: 1 to 128 letters, digits, `.`, `_`, `-`, starting with a
+        /// letter or digit.
+        public static func isVolumeName<S: StringProtocol>(_ v: S) -> Bool {
+            guard let f = v.first, f.isASCII, f.isLetter || f.isNumber, v.count <= 128 else { return false }
+            return v.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }
+        }
+
         /// `from` as an agent takes it (`POOL/VOLUME` or an absolute path); nil when malformed.
         public static func templateReference(_ from: String, pool: String) -> String? {
             if from.hasPrefix("/") { return VMSpec.isAbsolutePath(from) && !from.split(separator: "/").contains("..") ? from : nil }
-            func isVolume<S: StringProtocol>(_ v: S) -> Bool {
-                guard let f = v.first, f.isASCII, f.isLetter || f.isNumber, v.count <= 128 else { return false }
-                return v.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }
-            }
             let parts = from.split(separator: "/", omittingEmptySubsequences: false)
-            if parts.count == 1, isVolume(parts[0]) { return "\(pool)/\(from)" }
-            if parts.count == 2, Names.isValid(String(parts[0])), isVolume(parts[1]) { return from }
+            if parts.count == 1, isVolumeName(parts[0]) { return "\(pool)/\(from)" }
+            if parts.count == 2, Names.isValid(String(parts[0])), isVolumeName(parts[1]) { return from }
             return nil
         }
 

@@ -8,18 +8,15 @@ extension Controller {
     /// to it), serial numbers in lowercase hexadecimal.
     func revokedSerials() -> [String] {
         guard let ca, let text = try? String(contentsOfFile: ca.directory + "/revoked.txt", encoding: .utf8) else { return [] }
-        return text.split(separator: "\n").compactMap { line -> String? in
-            let s = ClientAuthorizer.normalize(String(line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first ?? ""))
-            // What no agent would take (not a serial number) is left out rather than spoiling the list.
-            return s.isEmpty || s.count > 40 ? nil : s
-        }.sorted()
+        // What no agent would take (not a serial number) is left out rather than spoiling the list.
+        return ClientAuthorizer.parseRevoked(text).sorted()
     }
 
     /// Gives every answering agent the revocation list when it has not got this one yet, and every 30 s
     /// (an agent reinstalled with an empty list, or whose list was replaced by an operator, gets it
     /// back): agents refuse those certificates in the handshake.
     func pushRevocations(_ manifest: ClusterManifest, observed: Observed) async {
-        let serials = Array(Set(revokedSerials())).sorted()
+        let serials = revokedSerials()
         let now = ContinuousClock.now
         let agents = (manifest.hosts ?? []).compactMap { h in h.agent.map { (h.name, $0) } }.filter { observed.inventories[$0.0] != nil }
         let stale = revocationsPushed.withLock { pushed in

@@ -19,17 +19,15 @@ extension Controller {
     func enforceStorage(_ manifest: ClusterManifest, observed: Observed) async {
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         let hosts = (manifest.hosts ?? []).filter { $0.agent != nil && observed.inventories[$0.name] != nil }
-        let due = hosts.filter { h in
-            let want = Self.storageSettings(manifest, host: h)
-            return storageState.withLock { s in
+        let due = hosts.map { ($0, Self.storageSettings(manifest, host: $0)) }.filter { h, want in
+            storageState.withLock { s in
                 guard let last = s[h.name] else { return true }
                 return last.settings != want || now - last.atMs >= 30_000
             }
         }
         guard !due.isEmpty else { return }
         await withTaskGroup(of: Void.self) { group in
-            for h in due {
-                let want = Self.storageSettings(manifest, host: h)
+            for (h, want) in due {
                 group.addTask {
                     var state = HostStorage(settings: want, pools: [], error: nil, atMs: now)
                     do {
@@ -103,7 +101,7 @@ extension Controller {
     /// with `diskMoves`.
     public func moveStorage(vm: String, _ req: MoveStorageRequest) async throws -> DiskMoveStatus {
         let manifest = try await desired()
-        guard var spec = (manifest.vms ?? []).first(where: { $0.name == vm }) else { throw ControllerServer.NotFound(what: "vm \(vm)") }
+        guard let spec = (manifest.vms ?? []).first(where: { $0.name == vm }) else { throw ControllerServer.NotFound(what: "vm \(vm)") }
         guard req.disk >= 0, req.disk < spec.disks.count else {
             throw ValidationFailure([ValidationProblem("disk", "\(vm) has \(spec.disks.count) disks (0-based)")])
         }
@@ -114,13 +112,12 @@ extension Controller {
         guard let pool = (manifest.storagePools ?? []).first(where: { $0.name == req.pool }) else {
             throw ValidationFailure([ValidationProblem("pool", "unknown storage pool \(req.pool)")])
         }
-        guard let status = try await store.vmStatuses().first(where: { $0.name == vm }), let host = status.host,
-            let h = (manifest.hosts ?? []).first(where: { $0.name == host }), let agent = h.agent
-        else { throw Conflict("\(vm) is not on a host") }
+        guard let (h, agent) = try await hostOf(vm, manifest) else { throw Conflict("\(vm) is not on a host") }
+        let host = h.name
         guard pool.isSeen(by: host, site: h.site) else { throw Conflict("host \(host) does not see pool \(req.pool)") }
         guard pool.type != "rbd" else { throw Conflict("pool \(req.pool) is rbd: disks move into dir, shared or logical pools") }
         if let b = req.bandwidthMiBps, !(1...100_000).contains(b) { throw ValidationFailure([ValidationProblem("bandwidthMiBps", "must be between 1 and 100000")]) }
-        let target = "vd" + String(UnicodeScalar(UInt8(97 + req.disk)))
+        let target = VMSpec.diskTarget(req.disk)
         let volume = Self.volumeName(vm: vm, disk: req.disk)
         let started = try await agents.moveDisk(agent, vm, DiskMoveRequest(target: target, pool: req.pool, volume: volume, bandwidthMiBps: req.bandwidthMiBps))
         try await store.addEvent(source: "controller", kind: "vm", name: vm, event: "move-storage", detail: host,
@@ -146,8 +143,7 @@ extension Controller {
                         var current = try await self.desired()
                         if let i = current.vms?.firstIndex(where: { $0.name == vm }), current.vms![i].disks.indices.contains(req.disk) {
                             current.vms![i].disks[req.disk].pool = req.pool
-                            spec = current.vms![i]
-                            _ = try await self.store.put(kind: "vm", name: vm, spec: Self.json(spec))
+                            _ = try await self.store.put(kind: "vm", name: vm, spec: Self.json(current.vms![i]))
                         }
                         try await self.store.addEvent(source: "controller", kind: "vm", name: vm, event: "storage-moved", detail: host,
                                                       message: "disk \(req.disk) now in \(req.pool) (\(now.destination))")
@@ -176,10 +172,15 @@ extension Controller {
 
     /// The storage moves of a VM on its host.
     public func storageMoves(vm: String) async throws -> [DiskMoveStatus] {
-        let manifest = try await desired()
-        guard let status = try await store.vmStatuses().first(where: { $0.name == vm }), let host = status.host,
-            let agent = (manifest.hosts ?? []).first(where: { $0.name == host })?.agent
-        else { throw ControllerServer.NotFound(what: "vm \(vm) on a host") }
+        guard let (_, agent) = try await hostOf(vm, try await desired()) else { throw ControllerServer.NotFound(what: "vm \(vm) on a host") }
         return try await agents.diskMoves(agent, vm)
+    }
+
+    /// The host a VM is recorded on and its agent's URL.
+    func hostOf(_ vm: String, _ manifest: ClusterManifest) async throws -> (ClusterManifest.Host, String)? {
+        guard let host = try await store.vmStatuses().first(where: { $0.name == vm })?.host,
+            let h = (manifest.hosts ?? []).first(where: { $0.name == host }), let agent = h.agent
+        else { return nil }
+        return (h, agent)
     }
 }

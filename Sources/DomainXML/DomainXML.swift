@@ -256,9 +256,7 @@ public enum DomainXML {
     }
 
     /// vda, vdb, ... vdz.
-    public static func diskTarget(_ index: Int) -> String {
-        "vd" + String(UnicodeScalar(UInt8(97 + index)))
-    }
+    public static func diskTarget(_ index: Int) -> String { VMSpec.diskTarget(index) }
 
     static func specJSON(_ spec: VMSpec) -> String {
         let encoder = JSONEncoder()

@@ -62,8 +62,7 @@ public final class ClientGate: Sendable {
     public func setRevoked(_ list: RevokedCertificates) throws -> RevokedCertificates {
         var serials: [String] = []
         for (i, s) in list.serials.enumerated() {
-            let n = ClientAuthorizer.normalize(s)
-            guard !n.isEmpty, n.count <= 40 else {
+            guard let n = ClientAuthorizer.serialNumber(s) else {
                 throw AgentError.invalid([ValidationProblem("serials[\(i)]", "must be a certificate serial number in hexadecimal")])
             }
             serials.append(n)
@@ -71,11 +70,8 @@ public final class ClientGate: Sendable {
         guard serials.count <= 10_000 else { throw AgentError.invalid([ValidationProblem("serials", "at most 10000")]) }
         let text = "# serial numbers of revoked cluster certificates, written by the controller\n"
             + Set(serials).sorted().map { $0 + "\n" }.joined()
-        let tmp = revokedPath + ".new"
         try? FileManager.default.createDirectory(atPath: (revokedPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        guard FileManager.default.createFile(atPath: tmp, contents: Data(text.utf8), attributes: [.posixPermissions: 0o644]),
-            rename(tmp, revokedPath) == 0
-        else { throw AgentError.internalError("cannot write \(revokedPath)") }
+        do { try ClusterCA.replace(revokedPath, text, mode: 0o644) } catch { throw AgentError.internalError("cannot write \(revokedPath)") }
         return revoked()
     }
 }

@@ -48,7 +48,7 @@ extension HostAgent {
             throw AgentError.conflict("\(vm)'s \(req.target) is already moving to \(running.destination)")
         }
         // The disk as the running domain has it.
-        let (source, format) = try await withLibvirt { c -> (String, String) in
+        let source = try await withLibvirt { c -> String in
             let d = try c.domain(named: vm)
             guard try d.state().0 == .running || d.state().0 == .paused else {
                 throw AgentError.conflict("\(vm) is not running: move a stopped VM's disk by copying its volume")
@@ -56,13 +56,11 @@ extension HostAgent {
             guard let disk = try DomainXML.parse(try d.xml()).disks.first(where: { $0.target == req.target }) else {
                 throw AgentError.notFound("disk \(req.target) of \(vm)")
             }
-            return (disk.path, disk.format)
+            return disk.path
         }
         let bytes: UInt64
         do {
-            let text = try await Subprocess.run("qemu-img", ["info", "-U", "--output=json", "--", source])
-            let obj = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] ?? [:]
-            bytes = (obj["virtual-size"] as? NSNumber)?.uint64Value ?? 0
+            bytes = (try await Self.imageInfo(source)?["virtual-size"] as? NSNumber)?.uint64Value ?? 0
         } catch {
             throw AgentError.conflict("\(vm)'s \(req.target) (\(source)) cannot be read: \(error)")
         }
@@ -82,7 +80,6 @@ extension HostAgent {
             guard path != source else { throw AgentError.conflict("\(req.target) is in \(req.pool)/\(req.volume) already") }
             return (path, fmt)
         }
-        _ = format
         let status = DiskMoveStatus(vm: vm, target: req.target, source: source, destination: destination, state: "copying",
                                     copiedBytes: 0, totalBytes: bytes, error: nil, startedMs: Self.now(), endedMs: nil)
         diskMoves.moves.withLock { $0[key] = status }
@@ -102,6 +99,11 @@ extension HostAgent {
         return status
     }
 
+    /// The image the running domain has for disk `target`.
+    func livePath(_ vm: String, _ target: String) async throws(AgentError) -> String? {
+        try await withLibvirt { c in try DomainXML.parse(try c.domain(named: vm).xml()).disks.first { $0.target == target }?.path }
+    }
+
     /// Follows the copy until it has caught up, then pivots; a job that vanishes or fails leaves the
     /// guest on its source (the copy is deleted).
     func followDiskMove(_ vm: String, _ req: DiskMoveRequest, destination: String) async {
@@ -118,9 +120,7 @@ extension HostAgent {
                 }
                 diskMoves.update(vm, req.target) { $0.state = "pivoting" }
                 try await withLibvirt { c in try c.domain(named: vm).blockJobAbort(disk: req.target, pivot: true) }
-                let now = try await withLibvirt { c in
-                    try DomainXML.parse(try c.domain(named: vm).xml()).disks.first { $0.target == req.target }?.path
-                }
+                let now = try await livePath(vm, req.target)
                 guard now == destination else { throw AgentError.conflict("after the pivot \(req.target) is \(now ?? "gone"), not \(destination)") }
                 diskMoves.update(vm, req.target) { $0.state = "completed"; $0.endedMs = Self.now() }
                 hub.publish(kind: "diskMove", domain: vm, event: "completed", detail: req.target, info: ["destination": destination])
@@ -129,9 +129,7 @@ extension HostAgent {
                 _ = try? await withLibvirt { c in try c.domain(named: vm).blockJobAbort(disk: req.target, pivot: false) }
                 // The copy goes only if the guest is not on it: a pivot that took effect before the
                 // error made it the live disk.
-                let live = try? await withLibvirt { c in
-                    try DomainXML.parse(try c.domain(named: vm).xml()).disks.first { $0.target == req.target }?.path
-                }
+                let live = try? await livePath(vm, req.target)
                 if live == destination {
                     diskMoves.update(vm, req.target) { $0.state = "completed"; $0.endedMs = Self.now() }
                     hub.publish(kind: "diskMove", domain: vm, event: "completed", detail: req.target, info: ["destination": destination])

@@ -299,9 +299,7 @@ extension HostAgent {
         for d in disks {
             let path = d.path
             do {
-                // -U: the image is in use by the running guest; reading its header is safe.
-                let text = try await Subprocess.run("qemu-img", ["info", "-U", "--output=json", "--", path])
-                guard let obj = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
+                guard let obj = try await Self.imageInfo(path) else {
                     throw AgentError.internalError("qemu-img info \(path): not a JSON object")
                 }
                 out.append(DiskImage(

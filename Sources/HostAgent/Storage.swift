@@ -55,10 +55,7 @@ extension HostAgent {
         !s.isEmpty && s.count <= 127 && !s.hasPrefix("-") && s.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "+_.-".contains($0)) } && s != "." && s != ".."
     }
 
-    static func isVolumeName(_ s: String) -> Bool {
-        guard let f = s.first, f.isASCII, f.isLetter || f.isNumber, s.count <= 128 else { return false }
-        return s.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }
-    }
+    static func isVolumeName(_ s: String) -> Bool { VMSpec.Disk.isVolumeName(s) }
 
     static func poolXML(_ p: StoragePoolSetting) -> String {
         switch p.type {
@@ -144,6 +141,21 @@ extension HostAgent {
         return out.sorted { $0.name < $1.name }
     }
 
+    /// `qemu-img info` of an image as JSON (nil when qemu-img prints something else). `-U`: the image
+    /// may be in use by a running guest; reading its header is safe.
+    static func imageInfo(_ path: String) async throws -> [String: Any]? {
+        let text = try await Subprocess.run("qemu-img", ["info", "-U", "--output=json", "--", path])
+        return try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+    }
+
+    /// A path with its symbolic links resolved; nil when it does not exist.
+    static func realPath(_ path: String) -> String? {
+        realpath(path, nil).map { p in
+            defer { free(p) }
+            return String(cString: p)
+        }
+    }
+
     /// Paths of every disk of every domain on this host → the domains using them.
     static func diskUsers(_ c: Connection) throws -> [String: [String]] {
         var users: [String: [String]] = [:]
@@ -204,15 +216,13 @@ extension HostAgent {
             let path: String
             if from.hasPrefix("/") {
                 // Symlinks resolved: the template must really lie in a template directory or a pool.
-                guard let real = realpath(from, nil).map({ p -> String in defer { free(p) }; return String(cString: p) }) else {
+                guard let real = Self.realPath(from) else {
                     throw AgentError.invalid([.init("from", "\(from) does not exist on this host")])
                 }
                 let poolDirs = try await withLibvirt { c in
                     try c.storagePools().compactMap { p -> String? in (try? StorageXML.parsePool(try p.xml()))?.path }
                 }
-                let roots = (config.templateDirs + poolDirs).compactMap { d -> String? in
-                    realpath(d, nil).map { p in defer { free(p) }; return String(cString: p) }
-                }
+                let roots = (config.templateDirs + poolDirs).compactMap(Self.realPath)
                 guard roots.contains(where: { real.hasPrefix($0.hasSuffix("/") ? $0 : $0 + "/") }) else {
                     throw AgentError.invalid([.init("from", "\(from) is in no template directory (templateDirs: \(config.templateDirs.joined(separator: ", "))) or storage pool")])
                 }
@@ -230,8 +240,7 @@ extension HostAgent {
             }
             let obj: [String: Any]
             do {
-                let text = try await Subprocess.run("qemu-img", ["info", "-U", "--output=json", "--", path])
-                obj = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] ?? [:]
+                obj = try await Self.imageInfo(path) ?? [:]
             } catch {
                 throw AgentError.invalid([.init("from", "\(path) cannot be read as a disk image: \(error)")])
             }

@@ -94,7 +94,8 @@ public struct ClusterCA: Sendable {
         return TLSIdentity(certificatePath: dir + "/\(prefix).crt", keyPath: dir + "/\(prefix).key", caPath: dir + "/cluster-ca.crt")
     }
 
-    static func replace(_ path: String, _ text: String, mode: Int) throws {
+    /// Replaces a file atomically (a new file renamed over it): readers see the old text or the new.
+    public static func replace(_ path: String, _ text: String, mode: Int) throws {
         let tmp = path + ".new"
         let fm = FileManager.default
         try? fm.removeItem(atPath: tmp)

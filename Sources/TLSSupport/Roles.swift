@@ -100,14 +100,21 @@ public struct ClientAuthorizer: Sendable {
         self.init(roots: roots, allowed: allowed, revoked: revoked)
     }
 
-    static func parseRevoked(_ text: String) -> Set<String> {
+    /// The serial numbers of a revocation list's text: one per line, `#` comments; what is not a
+    /// serial number is left out.
+    public static func parseRevoked(_ text: String) -> Set<String> {
         var out: Set<String> = []
         for line in text.split(separator: "\n") {
             let s = line.split(separator: "#", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
-            let serial = Self.normalize(s)
-            if !serial.isEmpty { out.insert(serial) }
+            if let serial = serialNumber(s) { out.insert(serial) }
         }
         return out
+    }
+
+    /// `s` normalized when it is a certificate serial number (hexadecimal, at most 20 bytes).
+    public static func serialNumber(_ s: String) -> String? {
+        let n = normalize(s)
+        return n.isEmpty || n.count > 40 ? nil : n
     }
 
     /// Serial numbers as written by openssl (`serial=0A1B…`) or with colons, to lowercase hex without

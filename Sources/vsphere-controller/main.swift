@@ -102,7 +102,7 @@ struct Revoke: ParsableCommand {
 
     func validate() throws {
         if (serial == nil) == (certificate == nil) { throw ValidationError("--serial or --certificate: give exactly one") }
-        if let serial, ClientAuthorizer.normalize(serial).isEmpty || ClientAuthorizer.normalize(serial).count > 40 {
+        if let serial, ClientAuthorizer.serialNumber(serial) == nil {
             throw ValidationError("--serial: must be a certificate serial number, hexadecimal (at most 20 bytes)")
         }
         if let certificate, ClusterCA.leaf(ofPEMFile: certificate) == nil { throw ValidationError("--certificate: \(certificate) holds no PEM certificate") }
@@ -116,14 +116,13 @@ struct Revoke: ParsableCommand {
             guard leaf.issuer == ca.certificate.subject else { throw ValidationError("--certificate: not issued by this cluster CA") }
             s = ClientAuthorizer.serial(of: leaf)
         } else {
-            s = ClientAuthorizer.normalize(serial!)
+            s = ClientAuthorizer.serialNumber(serial!)!
         }
         let path = pki.pkiDir + "/revoked.txt"
         var text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? "# serial numbers of revoked cluster certificates\n"
-        if !text.split(separator: "\n").contains(where: { ClientAuthorizer.normalize(String($0)) == s }) {
+        if !ClientAuthorizer.parseRevoked(text).contains(s) {
             text += s + "\n"
-            try text.write(toFile: path + ".new", atomically: false, encoding: .utf8)
-            guard rename(path + ".new", path) == 0 else { throw ValidationError("cannot replace \(path)") }
+            do { try ClusterCA.replace(path, text, mode: 0o644) } catch { throw ValidationError("cannot replace \(path)") }
         }
         print("revoked \(s) (\(path))")
     }

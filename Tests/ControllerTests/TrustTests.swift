@@ -153,36 +153,52 @@ import X509
     }
 }
 
+/// A controller on a fresh SQLite store in a scratch directory (with a cluster CA in it when `withCA`),
+/// shut down and removed after `body`.
+func withScratchController(
+    _ label: String, withCA: Bool = false, controllerNames: [String] = [], _ body: (Controller, Store) async throws -> Void
+) async throws {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vs-\(label)-\(UUID().uuidString)").path
+    defer { try? FileManager.default.removeItem(atPath: dir) }
+    let ca = withCA ? try ClusterCA.loadOrCreate(directory: dir + "/pki") : nil
+    let store = try await Store.open(dir + "/state.db", logger: Logger(label: "test"))
+    let agents = try AgentClient(tls: .makeClientConfiguration())
+    let controller = Controller(store: store, agents: agents, logger: Logger(label: "test"), ca: ca, controllerNames: controllerNames)
+    do {
+        try await body(controller, store)
+    } catch {
+        try? await agents.shutdown()
+        try? await store.close()
+        throw error
+    }
+    try await agents.shutdown()
+    try await store.close()
+}
+
 @Suite struct JoinTests {
     /// A join token fixes its certificate's names when it is made (a later change of the host's agent
     /// URL does not move them), refuses a name of the controller's own certificate, and the certificate
     /// is a host's (it cannot drive agents).
     @Test func namesAreFixedWithTheToken() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vs-join-\(UUID().uuidString)").path
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let ca = try ClusterCA.loadOrCreate(directory: dir + "/pki")
-        let store = try await Store.open(dir + "/state.db", logger: Logger(label: "test"))
-        let agents = try AgentClient(tls: .makeClientConfiguration())
-        let controller = Controller(store: store, agents: agents, logger: Logger(label: "test"), ca: ca, controllerNames: ["localhost", "10.0.0.9"])
-        func apply(_ h2: String) async throws {
-            let doc = #"{"apiVersion":"vsphere/v1","kind":"Cluster","metadata":{"name":"t"},"hosts":[{"name":"h1","agent":"https://10.0.0.9:7443"},{"name":"h2","agent":"https://\#(h2):7443"}]}"#
-            _ = try await controller.apply(try JSONDecoder().decode(ClusterManifest.self, from: Data(doc.utf8)), prune: false, dryRun: false)
+        try await withScratchController("join", withCA: true, controllerNames: ["localhost", "10.0.0.9"]) { controller, _ in
+            func apply(_ h2: String) async throws {
+                let doc = #"{"apiVersion":"vsphere/v1","kind":"Cluster","metadata":{"name":"t"},"hosts":[{"name":"h1","agent":"https://10.0.0.9:7443"},{"name":"h2","agent":"https://\#(h2):7443"}]}"#
+                _ = try await controller.apply(try JSONDecoder().decode(ClusterManifest.self, from: Data(doc.utf8)), prune: false, dryRun: false)
+            }
+            try await apply("10.0.0.2")
+            await #expect(throws: Conflict.self, "h1's address is the controller's") { _ = try await controller.joinToken(host: "h1", ttlSeconds: nil) }
+            let token = try await controller.joinToken(host: "h2", ttlSeconds: nil)
+            try await apply("10.0.0.3")
+            let req = try HostJoin.request(commonName: "h2")
+            let answer = try await controller.join(JoinRequest(host: "h2", token: token.token, csr: req.csr))
+            let leaf = try Certificate(derEncoded: try #require(try PEMDocument.parseMultiple(pemString: answer.certificate).first).derBytes)
+            let san = try #require(try leaf.extensions.subjectAlternativeNames)
+            #expect(san.contains(.dnsName("h2")))
+            #expect(san.contains(.ipAddress(ASN1OctetString(contentBytes: [10, 0, 0, 2]))), "the address when the token was made")
+            #expect(!san.contains(.ipAddress(ASN1OctetString(contentBytes: [10, 0, 0, 3]))))
+            #expect(IdentityRole(of: leaf) == .host)
+            await #expect(throws: (any Error).self, "once") { _ = try await controller.join(JoinRequest(host: "h2", token: token.token, csr: req.csr)) }
         }
-        try await apply("10.0.0.2")
-        await #expect(throws: Conflict.self, "h1's address is the controller's") { _ = try await controller.joinToken(host: "h1", ttlSeconds: nil) }
-        let token = try await controller.joinToken(host: "h2", ttlSeconds: nil)
-        try await apply("10.0.0.3")
-        let req = try HostJoin.request(commonName: "h2")
-        let answer = try await controller.join(JoinRequest(host: "h2", token: token.token, csr: req.csr))
-        let leaf = try Certificate(derEncoded: try #require(try PEMDocument.parseMultiple(pemString: answer.certificate).first).derBytes)
-        let san = try #require(try leaf.extensions.subjectAlternativeNames)
-        #expect(san.contains(.dnsName("h2")))
-        #expect(san.contains(.ipAddress(ASN1OctetString(contentBytes: [10, 0, 0, 2]))), "the address when the token was made")
-        #expect(!san.contains(.ipAddress(ASN1OctetString(contentBytes: [10, 0, 0, 3]))))
-        #expect(IdentityRole(of: leaf) == .host)
-        await #expect(throws: (any Error).self, "once") { _ = try await controller.join(JoinRequest(host: "h2", token: token.token, csr: req.csr)) }
-        try await agents.shutdown()
-        try await store.close()
     }
 }
 
@@ -190,19 +206,14 @@ import X509
     /// Unknown tokens are not cached, and refused anonymous calls are recorded within a budget per
     /// minute: a flood of them grows neither the cache nor the audit log without bound.
     @Test func floodsAreBounded() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vs-flood-\(UUID().uuidString)").path
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let store = try await Store.open(dir + "/state.db", logger: Logger(label: "test"))
-        let agents = try AgentClient(tls: .makeClientConfiguration())
-        let controller = Controller(store: store, agents: agents, logger: Logger(label: "test"))
-        for i in 0..<300 { #expect(try await controller.authenticate("guess-\(i)") == nil) }
-        #expect(controller.authCache.withLock { $0.count } == 0)
-        for i in 0..<200 { await controller.auditAnonymous(method: "POST", path: "/v1/apply?\(i)") }
-        let records = try await controller.auditRecords(after: 0)
-        #expect(records.count == Controller.anonymousAuditPerMinute)
-        #expect(AuditChain.verify(records).ok)
-        try await agents.shutdown()
-        try await store.close()
+        try await withScratchController("flood") { controller, _ in
+            for i in 0..<300 { #expect(try await controller.authenticate("guess-\(i)") == nil) }
+            #expect(controller.authCache.withLock { $0.count } == 0)
+            for i in 0..<200 { await controller.auditAnonymous(method: "POST", path: "/v1/apply?\(i)") }
+            let records = try await controller.auditRecords(after: 0)
+            #expect(records.count == Controller.anonymousAuditPerMinute)
+            #expect(AuditChain.verify(records).ok)
+        }
     }
 }
 
@@ -219,43 +230,38 @@ import X509
     /// Watchdogs, panics, I/O errors and console connections in the hosts' events become alarms, each
     /// condition once; a migration of the controller's own raises nothing.
     @Test func hostEventsRaiseAlarms() async throws {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("vs-alarms-\(UUID().uuidString)").path
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let store = try await Store.open(dir + "/state.db", logger: Logger(label: "test"))
-        let agents = try AgentClient(tls: .makeClientConfiguration())
-        let controller = Controller(store: store, agents: agents, logger: Logger(label: "test"))
-        func event(_ seq: Int64, _ kind: String, _ event: String? = nil, _ detail: String? = nil, _ info: [String: String] = [:]) -> AgentEvent {
-            AgentEvent(seq: seq, timeMs: 0, kind: kind, domain: "vm1", event: event, detail: detail, info: info)
+        try await withScratchController("alarms") { controller, store in
+            func event(_ seq: Int64, _ kind: String, _ event: String? = nil, _ detail: String? = nil, _ info: [String: String] = [:]) -> AgentEvent {
+                AgentEvent(seq: seq, timeMs: 0, kind: kind, domain: "vm1", event: event, detail: detail, info: info)
+            }
+            await controller.alarmFromEvent(event(1, "watchdog", nil, "reset"), host: "h1")
+            await controller.alarmFromEvent(event(2, "lifecycle", "crashed", "panicked"), host: "h1")
+            await controller.alarmFromEvent(event(3, "ioError", nil, "pause", ["device": "vda"]), host: "h1")
+            await controller.alarmFromEvent(event(4, "ioError", nil, "pause", ["device": "vda"]), host: "h1")
+            await controller.alarmFromEvent(event(5, "graphics", "connect", "10.0.0.9:5544", ["remote": "10.0.0.9:5544"]), host: "h1")
+            await controller.alarmFromEvent(event(6, "lifecycle", "started", "booted"), host: "h1")
+            await controller.alarmFromEvent(event(7, "lifecycle", "stopped", "migrated"), host: "h1")
+            let id = try await store.addMigration(vm: "vm2", source: "h1", destination: "h2", state: "running") { _ in "{}" }
+            #expect(id > 0)
+            await controller.alarmFromEvent(AgentEvent(seq: 8, timeMs: 0, kind: "lifecycle", domain: "vm2", event: "stopped", detail: "migrated"), host: "h1")
+            let alarms = try await store.alarms()
+            #expect(Set(alarms.map(\.kind)) == ["watchdog", "guest-panic", "io-error", "console-connection", "unexpected-migration"])
+            #expect(alarms.filter { $0.kind == "io-error" }.count == 1, "one condition, one alarm")
+            #expect(alarms.first { $0.kind == "guest-panic" }?.message.contains("panicked") == true)
+            #expect(!alarms.contains { $0.name == "vm2" }, "the controller's own migration")
+            // A second console connection folds into the open alarm; once acknowledged, that alarm is closed
+            // (a one-time event) and the next connection raises a new one. Conditions stay open when acknowledged.
+            await controller.alarmFromEvent(event(9, "graphics", "connect", "10.0.0.9:5545", ["remote": "10.0.0.9:5545"]), host: "h1")
+            let consoles = try await store.alarms().filter { $0.kind == "console-connection" }
+            #expect(consoles.count == 1)
+            #expect(try await controller.acknowledgeAlarm(consoles[0].id, by: "alice"))
+            #expect(try await store.alarms().first { $0.id == consoles[0].id }?.state == "cleared")
+            await controller.alarmFromEvent(event(10, "graphics", "connect", "10.0.0.9:5546", ["remote": "10.0.0.9:5546"]), host: "h1")
+            #expect(try await store.alarms().filter { $0.kind == "console-connection" && $0.state == "active" }.count == 1)
+            let io = try #require(try await store.alarms().first { $0.kind == "io-error" })
+            #expect(try await controller.acknowledgeAlarm(io.id, by: "alice"))
+            #expect(try await store.alarms().first { $0.id == io.id }?.state == "acknowledged")
+            #expect(try await store.openAlarmKeys(prefix: "io-error:") == ["io-error:h1:vm1:vda"])
         }
-        await controller.alarmFromEvent(event(1, "watchdog", nil, "reset"), host: "h1")
-        await controller.alarmFromEvent(event(2, "lifecycle", "crashed", "panicked"), host: "h1")
-        await controller.alarmFromEvent(event(3, "ioError", nil, "pause", ["device": "vda"]), host: "h1")
-        await controller.alarmFromEvent(event(4, "ioError", nil, "pause", ["device": "vda"]), host: "h1")
-        await controller.alarmFromEvent(event(5, "graphics", "connect", "10.0.0.9:5544", ["remote": "10.0.0.9:5544"]), host: "h1")
-        await controller.alarmFromEvent(event(6, "lifecycle", "started", "booted"), host: "h1")
-        await controller.alarmFromEvent(event(7, "lifecycle", "stopped", "migrated"), host: "h1")
-        let id = try await store.addMigration(vm: "vm2", source: "h1", destination: "h2", state: "running") { _ in "{}" }
-        #expect(id > 0)
-        await controller.alarmFromEvent(AgentEvent(seq: 8, timeMs: 0, kind: "lifecycle", domain: "vm2", event: "stopped", detail: "migrated"), host: "h1")
-        let alarms = try await store.alarms()
-        #expect(Set(alarms.map(\.kind)) == ["watchdog", "guest-panic", "io-error", "console-connection", "unexpected-migration"])
-        #expect(alarms.filter { $0.kind == "io-error" }.count == 1, "one condition, one alarm")
-        #expect(alarms.first { $0.kind == "guest-panic" }?.message.contains("panicked") == true)
-        #expect(!alarms.contains { $0.name == "vm2" }, "the controller's own migration")
-        // A second console connection folds into the open alarm; once acknowledged, that alarm is closed
-        // (a one-time event) and the next connection raises a new one. Conditions stay open when acknowledged.
-        await controller.alarmFromEvent(event(9, "graphics", "connect", "10.0.0.9:5545", ["remote": "10.0.0.9:5545"]), host: "h1")
-        let consoles = try await store.alarms().filter { $0.kind == "console-connection" }
-        #expect(consoles.count == 1)
-        #expect(try await controller.acknowledgeAlarm(consoles[0].id, by: "alice"))
-        #expect(try await store.alarms().first { $0.id == consoles[0].id }?.state == "cleared")
-        await controller.alarmFromEvent(event(10, "graphics", "connect", "10.0.0.9:5546", ["remote": "10.0.0.9:5546"]), host: "h1")
-        #expect(try await store.alarms().filter { $0.kind == "console-connection" && $0.state == "active" }.count == 1)
-        let io = try #require(try await store.alarms().first { $0.kind == "io-error" })
-        #expect(try await controller.acknowledgeAlarm(io.id, by: "alice"))
-        #expect(try await store.alarms().first { $0.id == io.id }?.state == "acknowledged")
-        #expect(try await store.openAlarmKeys(prefix: "io-error:") == ["io-error:h1:vm1:vda"])
-        try await agents.shutdown()
-        try await store.close()
     }
 }
