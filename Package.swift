@@ -85,13 +85,15 @@ let package = Package(
                 .product(name: "SwiftASN1", package: "swift-asn1"),
             ],
             swiftSettings: strict),
+        // The host side of the distributed switch as a plan of ip/bridge commands (pure).
+        .target(name: "HostNetwork", dependencies: ["AgentAPI"], swiftSettings: strict),
         // Wire types of the agent's HTTP API (Schemas/agent-api.json).
         .target(name: "AgentAPI", dependencies: ["ClusterModel", "MigrationPolicy"], swiftSettings: strict),
         // The host agent service.
         .target(
             name: "HostAgent",
             dependencies: [
-                "AgentAPI", "ClusterModel", "DomainXML", "Libvirt", "MigrationPolicy", "ServerSupport", "Spawn", "TLSSupport",
+                "AgentAPI", "ClusterModel", "DomainXML", "HostNetwork", "Libvirt", "MigrationPolicy", "ServerSupport", "Spawn", "TLSSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -165,6 +167,7 @@ let package = Package(
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "ClusterModel"]),
         .testTarget(name: "HostAgentTests", dependencies: ["HostAgent", "DomainXML"]),
+        .testTarget(name: "HostNetworkTests", dependencies: ["HostNetwork", "AgentAPI", "TestSupport"]),
         .testTarget(name: "ControllerTests", dependencies: ["Controller", "ClusterModel", "AgentAPI", "ControllerAPI", "Store", .product(name: "Logging", package: "swift-log"), "Planner", "Spawn", "TLSSupport", .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1")]),
         .testTarget(name: "DomainXMLTests", dependencies: ["DomainXML", "ClusterModel", "TestSupport"]),
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt", "DomainXML", "ClusterModel"]),

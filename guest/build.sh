@@ -5,7 +5,8 @@
 #   OUT/disk.qcow2     the same user space on an ext4 root disk (boot with vs.root=/dev/vda)
 # The guest prints "VSPHERE-GUEST-READY" on its serial console once up, configures its NIC from
 # vs.ip=ADDR/PREFIX (vs.gw=GW), answers ping, powers off on the ACPI power button, and with
-# vs.dirty=MIB[:MIBPS] rewrites MIB MiB of non-zero data in tmpfs in a loop (at MIBPS MiB/s, 0 = flat out).
+# vs.dirty=MIB[:MIBPS] rewrites MIB MiB of non-zero data in tmpfs in a loop (at MIBPS MiB/s, 0 = flat out);
+# vs.ping=ADDR[,ADDR] pings each 5 times a second (replies on the console), vs.mac=MAC sends from a forged MAC.
 set -euo pipefail
 
 OUT=${1:-$(dirname "$0")/out}

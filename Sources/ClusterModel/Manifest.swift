@@ -308,21 +308,74 @@ public struct ClusterManifest: Codable, Sendable, Equatable {
         }
     }
 
+    /// A network of the distributed switch: one segment, present on every host as a Linux bridge.
+    /// `bridge` networks use a bridge the operator made on each host, or, with `vlan`, a bridge the agent
+    /// makes over that VLAN of the host's uplink; `vxlan` networks a bridge the agent makes over a VXLAN
+    /// tunnel (one VNI per network) to every other host, across sites too.
     public struct Network: Codable, Sendable, Equatable {
         public var name: String
         /// `bridge` (default) or `vxlan`.
         public var type: String?
         public var vlan: Int?
         public var vni: Int?
-        /// The Linux bridge on each host that carries this network (default: the network's name).
+        /// The Linux bridge on each host that carries this network (default: the network's name for a
+        /// plain bridge, `vsv<VLAN>` for a VLAN, `vsx<VNI>` for a VXLAN network).
         public var bridge: String?
-        public init(name: String, type: String? = nil, vlan: Int? = nil, vni: Int? = nil, bridge: String? = nil) {
+        /// The host interface VLAN-tagged frames (or the VXLAN tunnel) ride on (default: the agent's
+        /// `uplink` setting; a VXLAN tunnel otherwise follows the route to each peer).
+        public var uplink: String?
+        /// The segment's MTU (default 1450 for VXLAN: 50 bytes of encapsulation under a 1500-byte uplink).
+        public var mtu: Int?
+        /// Anti-spoofing (libvirt nwfilter `clean-traffic`: a guest sends only from its own MAC and IP
+        /// addresses) on every NIC of the network unless a port group says otherwise. Default true.
+        public var antiSpoofing: Bool?
+        /// Default traffic shaping of the network's NICs.
+        public var bandwidth: VMSpec.Bandwidth?
+        /// Named NIC policies within the network (vSphere's port groups).
+        public var portGroups: [PortGroup]?
+        public init(name: String, type: String? = nil, vlan: Int? = nil, vni: Int? = nil, bridge: String? = nil, uplink: String? = nil,
+                    mtu: Int? = nil, antiSpoofing: Bool? = nil, bandwidth: VMSpec.Bandwidth? = nil, portGroups: [PortGroup]? = nil) {
             self.name = name
             self.type = type
             self.vlan = vlan
             self.vni = vni
             self.bridge = bridge
+            self.uplink = uplink
+            self.mtu = mtu
+            self.antiSpoofing = antiSpoofing
+            self.bandwidth = bandwidth
+            self.portGroups = portGroups
         }
+
+        public struct PortGroup: Codable, Sendable, Equatable {
+            public var name: String
+            public var antiSpoofing: Bool?
+            public var bandwidth: VMSpec.Bandwidth?
+            public init(name: String, antiSpoofing: Bool? = nil, bandwidth: VMSpec.Bandwidth? = nil) {
+                self.name = name
+                self.antiSpoofing = antiSpoofing
+                self.bandwidth = bandwidth
+            }
+        }
+
+        /// `bridge`, `vlan` (a bridge network with a VLAN) or `vxlan`: how a host carries the segment.
+        public var mode: String {
+            if type == "vxlan" { return "vxlan" }
+            return vlan == nil ? "bridge" : "vlan"
+        }
+
+        /// The bridge each host plugs this network's NICs into.
+        public var hostBridge: String {
+            if let bridge { return bridge }
+            switch mode {
+            case "vxlan": return "vsx\(vni ?? 0)"
+            case "vlan": return "vsv\(vlan ?? 0)"
+            default: return name
+            }
+        }
+
+        /// The segment's MTU as NICs see it (nil: the bridge's own).
+        public var segmentMTU: Int? { mtu ?? (mode == "vxlan" ? 1450 : nil) }
     }
 
     public struct ResourcePool: Codable, Sendable, Equatable {

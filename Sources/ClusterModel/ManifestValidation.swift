@@ -171,9 +171,28 @@ extension ClusterManifest {
 
         var vlans: [Int: Int] = [:]
         var vnis: [Int: Int] = [:]
+        var bridges: [String: Int] = [:]
         for (i, n) in (networks ?? []).enumerated() {
             let p = "networks[\(i)]"
             if let t = n.type, t != "bridge" && t != "vxlan" { out.append(.init("\(p).type", "must be bridge or vxlan")) }
+            if n.type == "vxlan" && n.vni == nil { out.append(.init("\(p).vni", "a vxlan network needs its VNI")) }
+            if n.type == "vxlan" && n.vlan != nil { out.append(.init("\(p).vlan", "a vxlan network carries no VLAN tag (give each segment its own VNI)")) }
+            if n.type != "vxlan" && n.vni != nil { out.append(.init("\(p).vni", "only a vxlan network has a VNI")) }
+            if let u = n.uplink, !VMSpec.isInterfaceName(u) { out.append(.init("\(p).uplink", "must be a Linux interface name")) }
+            if n.uplink != nil && n.mode == "bridge" { out.append(.init("\(p).uplink", "a plain bridge network uses the operator's bridge as it is; uplink is for VLAN and VXLAN networks")) }
+            if let m = n.mtu, !(576...9_000).contains(m) { out.append(.init("\(p).mtu", "must be between 576 and 9000")) }
+            if n.mtu != nil && n.mode == "bridge" { out.append(.init("\(p).mtu", "a plain bridge network keeps the operator's bridge MTU")) }
+            if let b = n.bandwidth { out += b.validate("\(p).bandwidth") }
+            if let other = bridges[n.hostBridge] {
+                out.append(.init("\(p).bridge", "bridge \(n.hostBridge) also carries networks[\(other)]: each network needs its own bridge"))
+            } else { bridges[n.hostBridge] = i }
+            var groups: Set<String> = []
+            for (j, g) in (n.portGroups ?? []).enumerated() {
+                let gp = "\(p).portGroups[\(j)]"
+                if !Names.isValid(g.name) { out.append(.init("\(gp).name", "must match ^[a-z][a-z0-9-]{0,62}$")) }
+                if !groups.insert(g.name).inserted { out.append(.init("\(gp).name", "port group \(g.name) is given twice")) }
+                if let b = g.bandwidth { out += b.validate("\(gp).bandwidth") }
+            }
             if let b = n.bridge, !VMSpec.isInterfaceName(b) { out.append(.init("\(p).bridge", "must be a Linux interface name")) }
             if let v = n.vlan {
                 if v < 1 || v > 4094 { out.append(.init("\(p).vlan", "must be between 1 and 4094")) }
@@ -187,6 +206,7 @@ extension ClusterManifest {
 
         out += validateResourcePools(known: rpNames)
 
+        var macs: [String: String] = [:]
         for (i, vm) in (vms ?? []).enumerated() {
             let p = "vms[\(i)]"
             out += vm.validate(prefix: p)
@@ -198,7 +218,17 @@ extension ClusterManifest {
                 out.append(.init("\(p).resources.cpu.limitMHz", "\(limit) MHz is above the CPU limit of resource pool \(pool) (\(poolLimit) MHz), which caps it anyway"))
             }
             for (j, n) in vm.nics.enumerated() {
-                if let net = n.network { ref("\(p).nics[\(j)].network", net, in: networkNames, "network") }
+                let np = "\(p).nics[\(j)]"
+                if let net = n.network { ref("\(np).network", net, in: networkNames, "network") }
+                if let net = n.network, let pg = n.portGroup, let network = (networks ?? []).first(where: { $0.name == net }),
+                   !(network.portGroups ?? []).contains(where: { $0.name == pg }) {
+                    out.append(.init("\(np).portGroup", "network \(net) has no port group \(pg)"))
+                }
+                if n.filter != nil { out.append(.init("\(np).filter", "is set from the network's antiSpoofing (or its port group's)")) }
+                if n.mtu != nil { out.append(.init("\(np).mtu", "is set from the network's mtu")) }
+                if let mac = n.mac?.lowercased(), VMSpec.isMAC(mac) {
+                    if let other = macs[mac] { out.append(.init("\(np).mac", "\(mac) is also used by \(other)")) } else { macs[mac] = np }
+                }
             }
             for (j, d) in vm.disks.enumerated() {
                 if let pool = d.pool {

@@ -79,6 +79,9 @@ indirect enum Shape: Sendable {
         "reservationMiB": .nullable(.integer), "shares": .shares, "limitMiB": .nullable(.integer), "expandable": .boolean,
     ])
 
+    static let rate: Shape = .object(["averageKBps": .integer, "peakKBps": .integer, "burstKiB": .integer], required: ["averageKBps"])
+    static let bandwidth: Shape = .object(["inbound": rate, "outbound": rate])
+
     static let vmSpec: Shape = .object(
         [
             "name": .string, "uuid": .string, "cpus": .integer, "memoryMiB": .integer,
@@ -88,7 +91,10 @@ indirect enum Shape: Sendable {
             "disks": .array(.object([
                 "path": .string, "format": .string, "readonly": .boolean, "pool": .string, "sizeGiB": .integer, "from": .string, "clone": .string,
             ])),
-            "nics": .array(.object(["network": .string, "bridge": .string, "mac": .string, "model": .string])),
+            "nics": .array(.object([
+                "network": .string, "portGroup": .string, "bridge": .string, "mac": .string, "model": .string, "bandwidth": bandwidth,
+                "filter": .string, "mtu": .integer,
+            ])),
             "resources": .object(["cpu": levelsCPU, "memory": levelsMemory]),
             "resourcePool": .nullable(.string),
             "resourcePoolPath": .array(.string),
@@ -138,7 +144,10 @@ indirect enum Shape: Sendable {
                  "rbd": .object(["pool": .string, "monitors": .array(.string), "user": .string, "secretUUID": .string], required: ["pool", "monitors"])],
                 required: ["name", "type"])),
             "networks": .array(.object(
-                ["name": .string, "type": .string, "vlan": .nullable(.integer), "vni": .nullable(.integer), "bridge": .string], required: ["name"])),
+                ["name": .string, "type": .string, "vlan": .nullable(.integer), "vni": .nullable(.integer), "bridge": .string, "uplink": .string,
+                 "mtu": .integer, "antiSpoofing": .boolean, "bandwidth": bandwidth,
+                 "portGroups": .array(.object(["name": .string, "antiSpoofing": .boolean, "bandwidth": bandwidth], required: ["name"]))],
+                required: ["name"])),
             "resourcePools": .array(.object(
                 ["name": .string, "parent": .nullable(.string), "cpu": levelsCPU, "memory": levelsMemory], required: ["name"])),
             "vms": .array(vmSpec),

@@ -184,16 +184,68 @@ public struct VMSpec: Codable, Sendable, Equatable {
     public struct NIC: Codable, Sendable, Equatable {
         /// Manifest level: the cluster network's name.
         public var network: String?
+        /// Manifest level: a port group of that network (its NIC policy applies).
+        public var portGroup: String?
         /// Host level: the Linux bridge the NIC plugs into.
         public var bridge: String?
+        /// Given, or allocated by the controller (unique in the cluster) and kept in the desired state.
         public var mac: String?
         /// `virtio` (default), `e1000`, `rtl8139`.
         public var model: String?
-        public init(network: String? = nil, bridge: String? = nil, mac: String? = nil, model: String? = nil) {
+        /// Traffic shaping of this NIC (overrides its port group's and network's).
+        public var bandwidth: Bandwidth?
+        /// Host level: the libvirt nwfilter on the NIC (`clean-traffic` from the network's anti-spoofing).
+        public var filter: String?
+        /// Host level: the segment's MTU.
+        public var mtu: Int?
+        public init(network: String? = nil, portGroup: String? = nil, bridge: String? = nil, mac: String? = nil, model: String? = nil,
+                    bandwidth: Bandwidth? = nil, filter: String? = nil, mtu: Int? = nil) {
             self.network = network
+            self.portGroup = portGroup
             self.bridge = bridge
             self.mac = mac
             self.model = model
+            self.bandwidth = bandwidth
+            self.filter = filter
+            self.mtu = mtu
+        }
+    }
+
+    /// libvirt `<bandwidth>`: per direction an average and optional peak rate in kilobytes per second and
+    /// a burst in KiB. Inbound is traffic to the guest.
+    public struct Bandwidth: Codable, Sendable, Equatable {
+        public var inbound: Rate?
+        public var outbound: Rate?
+        public init(inbound: Rate? = nil, outbound: Rate? = nil) {
+            self.inbound = inbound
+            self.outbound = outbound
+        }
+
+        public struct Rate: Codable, Sendable, Equatable {
+            public var averageKBps: Int
+            public var peakKBps: Int?
+            public var burstKiB: Int?
+            public init(averageKBps: Int, peakKBps: Int? = nil, burstKiB: Int? = nil) {
+                self.averageKBps = averageKBps
+                self.peakKBps = peakKBps
+                self.burstKiB = burstKiB
+            }
+        }
+
+        func validate(_ path: String) -> [ValidationProblem] {
+            var out: [ValidationProblem] = []
+            for (dir, r) in [("inbound", inbound), ("outbound", outbound)] {
+                guard let r else { continue }
+                let p = "\(path).\(dir)"
+                if !(1...100_000_000).contains(r.averageKBps) { out.append(.init("\(p).averageKBps", "must be between 1 and 100000000")) }
+                if let v = r.peakKBps {
+                    if !(1...100_000_000).contains(v) { out.append(.init("\(p).peakKBps", "must be between 1 and 100000000")) }
+                    else if v < r.averageKBps { out.append(.init("\(p).peakKBps", "must not be below averageKBps (\(r.averageKBps))")) }
+                }
+                if let v = r.burstKiB, !(1...100_000_000).contains(v) { out.append(.init("\(p).burstKiB", "must be between 1 and 100000000")) }
+            }
+            if inbound == nil && outbound == nil { out.append(.init(path, "needs inbound, outbound or both")) }
+            return out
         }
     }
 }

@@ -147,6 +147,11 @@ extension VMSpec {
             if let m = n.model, !["virtio", "e1000", "rtl8139"].contains(m) {
                 out.append(.init("\(np).model", "must be virtio, e1000 or rtl8139"))
             }
+            if let pg = n.portGroup, !Names.isValid(pg) { out.append(.init("\(np).portGroup", "must match ^[a-z][a-z0-9-]{0,62}$")) }
+            if n.portGroup != nil && n.network == nil { out.append(.init("\(np).portGroup", "belongs to a network: give network too")) }
+            if let b = n.bandwidth { out += b.validate("\(np).bandwidth") }
+            if let f = n.filter, !Self.isToken(f) { out.append(.init("\(np).filter", "must be a libvirt nwfilter name")) }
+            if let m = n.mtu, !(576...65_535).contains(m) { out.append(.init("\(np).mtu", "must be between 576 and 65535")) }
         }
         if let r = resources {
             if let c = r.cpu {
@@ -202,12 +207,12 @@ extension VMSpec {
         return s.contains(":") && s.count <= 45 && s.allSatisfy { $0.isASCII && ($0.isHexDigit || $0 == ":" || $0 == ".") }
     }
 
-    static func isInterfaceName(_ s: String) -> Bool {
+    public static func isInterfaceName(_ s: String) -> Bool {
         !s.isEmpty && s.utf8.count <= 15 && s != "." && s != ".."
             && s.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f && $0 != 0x2f && $0 != 0x3a }
     }
 
-    static func isMAC(_ s: String) -> Bool {
+    public static func isMAC(_ s: String) -> Bool {
         let parts = s.split(separator: ":", omittingEmptySubsequences: false)
         guard parts.count == 6, parts.allSatisfy({ $0.count == 2 && UInt8($0, radix: 16) != nil }) else { return false }
         return (UInt8(parts[0], radix: 16)! & 1) == 0

@@ -85,6 +85,10 @@ public final class AgentClient: Sendable {
         try decode([PoolPartition].self, try await call(.PUT, agent + "/v1/resource-pools", body: try JSONEncoder().encode(PoolSettingsRequest(pools: pools)), timeout: .seconds(15)))
     }
 
+    public func applyNetworks(_ agent: String, _ request: NetworksRequest) async throws -> [NetworkStatus] {
+        try decode([NetworkStatus].self, try await call(.PUT, agent + "/v1/networks", body: try JSONEncoder().encode(request), timeout: .seconds(60)))
+    }
+
     public func applyStoragePools(_ agent: String, _ request: StoragePoolsRequest) async throws -> [StoragePoolStatus] {
         try decode([StoragePoolStatus].self, try await call(.PUT, agent + "/v1/storage-pools", body: try JSONEncoder().encode(request), timeout: .seconds(60)))
     }

@@ -4,6 +4,7 @@ import ControllerAPI
 import Foundation
 import Logging
 import Placement
+import ServerSupport
 import Store
 import Synchronization
 import TLSSupport
@@ -40,6 +41,10 @@ public final class Controller: Sendable {
     let storageState = Mutex<[String: HostStorage]>([:])
     /// The revocation list each agent was last given (host → serials).
     let revocationsPushed = Mutex<[String: (serials: [String], at: ContinuousClock.Instant)]>([:])
+    /// Serializes applies.
+    let applies = Serial()
+    /// What each host last reported of its networks.
+    let networkState = Mutex<[String: HostNetworks]>([:])
     /// The names the controller's own certificate carries: no host's certificate may carry them.
     let controllerNames: [String]
 
@@ -91,6 +96,12 @@ public final class Controller: Sendable {
     /// `prune`). The merged state must validate as a whole; nothing is written otherwise, nor when
     /// `dryRun`. Returns every change with its reason.
     public func apply(_ doc: ClusterManifest, prune: Bool, dryRun: Bool) async throws -> [Change] {
+        // One apply at a time: each merges into the desired state the one before it wrote (MAC
+        // addresses allocated by two at once could otherwise meet).
+        try await applies.run { try await self.applyNow(doc, prune: prune, dryRun: dryRun) }
+    }
+
+    func applyNow(_ doc: ClusterManifest, prune: Bool, dryRun: Bool) async throws -> [Change] {
         let docProblems = doc.validate()
         if !docProblems.isEmpty { throw ValidationFailure(docProblems) }
         var merged = try await desired()
@@ -121,7 +132,10 @@ public final class Controller: Sendable {
         merge("storagePool", doc.storagePools, &merged.storagePools, \.name)
         merge("network", doc.networks, &merged.networks, \.name)
         merge("resourcePool", doc.resourcePools, &merged.resourcePools, \.name)
-        merge("vm", doc.vms, &merged.vms, \.name)
+        // Every NIC gets a MAC unique in the cluster (kept across re-applies) before it is compared.
+        var docVMs = doc.vms
+        if docVMs != nil { MACAllocation.assign(&docVMs!, existing: merged.vms ?? []) }
+        merge("vm", docVMs, &merged.vms, \.name)
         if let s = doc.settings, s != merged.settings {
             merged.settings = s
             changes.append(Change(action: "update", kind: "settings", name: "cluster", reason: "settings changed"))

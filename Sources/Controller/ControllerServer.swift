@@ -208,7 +208,7 @@ public enum ControllerServer {
         }
         router.get("/v1/dpm") { _, _ in await respond { try await controller.dpmStatus() } }
         router.get("/v1/pools") { _, _ in await respond { try await controller.storagePoolViews() } }
-        router.get("/v1/networks") { _, _ in await respond { try await controller.desired().networks ?? [] } }
+        router.get("/v1/networks") { _, _ in await respond { try await controller.networkViews() } }
         router.get("/v1/resource-pools") { _, _ in await respond { try await controller.resourcePoolViews() } }
         router.get("/v1/tasks") { _, _ in
             await respond {

@@ -121,9 +121,8 @@ extension Controller {
         s.powerState = nil
         let networks = Dictionary(uniqueKeysWithValues: (manifest.networks ?? []).map { ($0.name, $0) })
         for i in s.nics.indices {
-            if s.nics[i].bridge == nil, let net = s.nics[i].network {
-                s.nics[i].bridge = networks[net]?.bridge ?? net
-            }
+            guard s.nics[i].bridge == nil, let net = s.nics[i].network else { continue }
+            s.nics[i] = Self.hostNIC(s.nics[i], network: networks[net])
         }
         if let pool = s.resourcePool { s.resourcePoolPath = Self.poolPath(pool, pools: manifest.resourcePools ?? []) }
         let storage = Dictionary((manifest.storagePools ?? []).map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
@@ -171,6 +170,8 @@ extension Controller {
         await pushRevocations(manifest, observed: observed)
         // Storage pools before defining: a VM's volumes are made in them.
         await enforceStorage(manifest, observed: observed)
+        // Networks before defining: a VM's NICs plug into their bridges.
+        await enforceNetworks(manifest, observed: observed)
         let hostsByName = Dictionary(uniqueKeysWithValues: (manifest.hosts ?? []).map { ($0.name, $0) })
         var statuses = Dictionary(uniqueKeysWithValues: try await store.vmStatuses().map { ($0.name, $0) })
         var actions = 0

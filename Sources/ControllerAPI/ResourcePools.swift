@@ -104,3 +104,46 @@ public struct MoveStorageRequest: Codable, Sendable, Equatable {
         self.bandwidthMiBps = bandwidthMiBps
     }
 }
+
+/// `GET /v1/networks`: each network of the distributed switch with what every host reports of it.
+public struct NetworkView: Codable, Sendable, Equatable {
+    public var name: String
+    /// `bridge`, `vlan` or `vxlan`.
+    public var mode: String
+    public var bridge: String
+    public var vlan: Int?
+    public var vni: Int?
+    public var mtu: Int?
+    public var antiSpoofing: Bool
+    public var portGroups: [String]
+    public var hosts: [OnHost]
+
+    public struct OnHost: Codable, Sendable, Equatable {
+        public var host: String
+        public var up: Bool
+        public var mtu: Int?
+        public var ports: [String]
+        public var peers: [String]
+        public var error: String?
+        public init(host: String, up: Bool, mtu: Int?, ports: [String], peers: [String], error: String?) {
+            self.host = host
+            self.up = up
+            self.mtu = mtu
+            self.ports = ports
+            self.peers = peers
+            self.error = error
+        }
+    }
+
+    public init(name: String, mode: String, bridge: String, vlan: Int?, vni: Int?, mtu: Int?, antiSpoofing: Bool, portGroups: [String], hosts: [OnHost]) {
+        self.name = name
+        self.mode = mode
+        self.bridge = bridge
+        self.vlan = vlan
+        self.vni = vni
+        self.mtu = mtu
+        self.antiSpoofing = antiSpoofing
+        self.portGroups = portGroups
+        self.hosts = hosts
+    }
+}

@@ -73,6 +73,9 @@ public struct DomainDefinition: Sendable, Equatable {
         public var network: String?
         public var mac: String?
         public var model: String?
+        public var filter: String? = nil
+        public var mtu: Int? = nil
+        public var bandwidth: VMSpec.Bandwidth? = nil
     }
 }
 
@@ -176,6 +179,19 @@ public enum DomainXML {
             }
             if let mac = nic.mac { iface.add("mac", ["address": mac.lowercased()]) }
             iface.add("model", ["type": nic.model ?? "virtio"])
+            if let m = nic.mtu { iface.add("mtu", ["size": String(m)]) }
+            if let b = nic.bandwidth {
+                let bw = iface.add("bandwidth")
+                for (dir, r) in [("inbound", b.inbound), ("outbound", b.outbound)] {
+                    guard let r else { continue }
+                    let e = bw.add(dir, ["average": String(r.averageKBps)])
+                    if let p = r.peakKBps { e.set("peak", String(p)) }
+                    if let v = r.burstKiB { e.set("burst", String(v)) }
+                }
+            }
+            // Anti-spoofing: libvirt learns the guest's IP address from its first packets (the
+            // filter's default) and then drops frames from any other MAC or IP address.
+            if let f = nic.filter { iface.add("filterref", ["filter": f]) }
         }
         if let g = spec.graphics {
             let listen = g.listen ?? "127.0.0.1"
@@ -243,9 +259,16 @@ public enum DomainXML {
             }
             for i in devices.all("interface") {
                 let source = i.child("source")
+                func rate(_ e: XMLElement?) -> VMSpec.Bandwidth.Rate? {
+                    guard let e, let avg = e.attribute("average").flatMap({ Int($0) }) else { return nil }
+                    return .init(averageKBps: avg, peakKBps: e.attribute("peak").flatMap { Int($0) }, burstKiB: e.attribute("burst").flatMap { Int($0) })
+                }
+                let bw = i.child("bandwidth").map { VMSpec.Bandwidth(inbound: rate($0.child("inbound")), outbound: rate($0.child("outbound"))) }
                 def.nics.append(.init(
                     bridge: source?.attribute("bridge"), network: source?.attribute("network"),
-                    mac: i.child("mac")?.attribute("address"), model: i.child("model")?.attribute("type")))
+                    mac: i.child("mac")?.attribute("address"), model: i.child("model")?.attribute("type"),
+                    filter: i.child("filterref")?.attribute("filter"), mtu: i.child("mtu")?.attribute("size").flatMap { Int($0) },
+                    bandwidth: bw))
             }
             def.consoleLogPath = devices.child("serial")?.child("log")?.attribute("file")
         }

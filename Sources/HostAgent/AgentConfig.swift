@@ -1,3 +1,4 @@
+import ClusterModel
 import DomainXML
 import Foundation
 
@@ -48,6 +49,9 @@ public struct AgentConfig: Codable, Sendable, Equatable {
     public var coreParkingTargetUtilization: Double = 0.5
     public var coreParkingIntervalSeconds: Int = 10
     public var offlineParkedCPUs: Bool = false
+    /// The host interface VLAN networks tag their frames on (and VXLAN tunnels are bound to) when the
+    /// manifest's network names none.
+    public var uplink: String?
 
     public init() {}
 
@@ -60,7 +64,7 @@ public struct AgentConfig: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listen, port, libvirtURI, accelerator, cpuModel, hostName, dataDir, tlsCertificate, tlsKey, clientCA, revokedCertificates
         case tlsSubjectAltNames, templateDirs, consoleLogDir, shutdownTimeoutSeconds, hardLimitMode, hostReservedMemoryMiB, guestCPUs
-        case coreParking, coreParkingTargetUtilization, coreParkingIntervalSeconds, offlineParkedCPUs
+        case coreParking, coreParkingTargetUtilization, coreParkingIntervalSeconds, offlineParkedCPUs, uplink
     }
 
     public init(from decoder: any Decoder) throws {
@@ -88,6 +92,7 @@ public struct AgentConfig: Codable, Sendable, Equatable {
         coreParkingTargetUtilization = try c.decodeIfPresent(Double.self, forKey: .coreParkingTargetUtilization) ?? d.coreParkingTargetUtilization
         coreParkingIntervalSeconds = try c.decodeIfPresent(Int.self, forKey: .coreParkingIntervalSeconds) ?? d.coreParkingIntervalSeconds
         offlineParkedCPUs = try c.decodeIfPresent(Bool.self, forKey: .offlineParkedCPUs) ?? d.offlineParkedCPUs
+        uplink = try c.decodeIfPresent(String.self, forKey: .uplink)
     }
 
     /// Loads a config file; unknown fields and bad values are reported with their names.
@@ -124,6 +129,7 @@ public struct AgentConfig: Codable, Sendable, Equatable {
         if !(1...3600).contains(coreParkingIntervalSeconds) { throw ConfigError("coreParkingIntervalSeconds: must be between 1 and 3600") }
         if offlineParkedCPUs && !coreParking { throw ConfigError("offlineParkedCPUs: needs coreParking") }
         if let g = guestCPUs, CPUList.parse(g) == nil { throw ConfigError("guestCPUs: must be a CPU list such as 0-3,6") }
+        if let u = uplink, !VMSpec.isInterfaceName(u) { throw ConfigError("uplink: must be a Linux interface name") }
     }
 }
 

@@ -114,6 +114,10 @@ public enum AgentServer {
             await respond { try await agent.moveDisk(try name(ctx), try await body(DiskMoveRequest.self, request)) }
         }
         router.get("/v1/vms/:name/move-disk") { _, ctx in await respond { agent.diskMoves.get(try name(ctx)) } }
+        router.get("/v1/networks") { _, _ in await respond { try await agent.networks() } }
+        router.put("/v1/networks") { request, _ in
+            await respond { try await agent.applyNetworks(try await body(NetworksRequest.self, request)) }
+        }
         router.get("/v1/storage-pools") { _, _ in await respond { try await agent.storagePools() } }
         router.put("/v1/storage-pools") { request, _ in
             await respond { try await agent.applyStoragePools(try await body(StoragePoolsRequest.self, request)) }

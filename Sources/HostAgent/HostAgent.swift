@@ -4,6 +4,7 @@ import DomainXML
 import Foundation
 import Libvirt
 import Logging
+import ServerSupport
 import Synchronization
 
 /// The agent's operations on its host's libvirtd. Every libvirt call runs on the libvirt thread pool;
@@ -25,6 +26,10 @@ public final class HostAgent: Sendable {
     public let diskMoves = DiskMoves()
     /// Why each storage pool the controller asked for last could not be realized here.
     let storageErrors = Mutex<[String: String]>([:])
+    /// The networks last given (with peers resolved) and why any of them is unusable.
+    let networkState = Mutex<(want: [NetworkSetting], errors: [String: String])>(([], [:]))
+    /// One network change at a time.
+    let networkApplies = Serial()
     /// Prometheus metrics.
     public let metrics = AgentMetrics()
     /// Guest CPUs the core parker parked (empty until its first pass).

@@ -136,11 +136,20 @@ struct Get: AsyncParsableCommand {
             }
             table(["NAME", "TYPE", "PATH", "HOST", "STATE", "CAPACITY", "FREE", "VOLUMES", "MESSAGE"], rows)
         case "networks":
-            let nets: [ClusterManifest.Network] = try await client.call(.GET, "/v1/networks")
+            let nets: [NetworkView] = try await client.call(.GET, "/v1/networks")
             if output == .json { return try printJSON(nets) }
-            table(["NAME", "TYPE", "VLAN", "VNI", "BRIDGE"], nets.map {
-                [$0.name, $0.type ?? "bridge", $0.vlan.map(String.init) ?? "-", $0.vni.map(String.init) ?? "-", $0.bridge ?? $0.name]
-            })
+            // One line per network and host: each host carries the segment on its own bridge.
+            var rows: [[String]] = []
+            for n in nets {
+                let segment = n.vni.map { "vni \($0)" } ?? n.vlan.map { "vlan \($0)" } ?? "-"
+                let policy = (n.antiSpoofing ? "anti-spoofing" : "open") + (n.portGroups.isEmpty ? "" : "; port groups " + n.portGroups.joined(separator: ","))
+                if n.hosts.isEmpty { rows.append([n.name, n.mode, segment, n.bridge, "-", "-", "-", "-", "no hosts"]) }
+                for h in n.hosts {
+                    rows.append([n.name, n.mode, segment, n.bridge, h.host, h.up ? "up" : "down", h.mtu.map(String.init) ?? "-",
+                                 String(h.ports.count), n.mode == "vxlan" ? String(h.peers.count) : "-", h.error ?? policy])
+                }
+            }
+            table(["NAME", "MODE", "SEGMENT", "BRIDGE", "HOST", "STATE", "MTU", "PORTS", "PEERS", "MESSAGE"], rows)
         case "resource-pools":
             let rps: [ResourcePoolView] = try await client.call(.GET, "/v1/resource-pools")
             if output == .json { return try printJSON(rps) }

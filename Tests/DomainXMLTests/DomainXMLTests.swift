@@ -200,3 +200,23 @@ import TestSupport
         #expect(back.format == "qcow2" && back.backing == "/t/a&b.qcow2")
     }
 }
+
+@Suite struct NICXMLTests {
+    /// A distributed-switch NIC: bridge, MAC, MTU, both directions of shaping and the anti-spoofing
+    /// filter, and it parses back.
+    @Test func shapedFilteredNIC() throws {
+        let nic = VMSpec.NIC(network: "prod", bridge: "vsx1001", mac: "52:54:00:AB:00:01", bandwidth: .init(
+            inbound: .init(averageKBps: 1000, peakKBps: 2000, burstKiB: 256), outbound: .init(averageKBps: 500)),
+            filter: "clean-traffic", mtu: 1450)
+        let spec = VMSpec(name: "n1", cpus: 1, memoryMiB: 64, nics: [nic])
+        let xml = DomainXML.build(spec, options: .init(type: .qemu, hostCoreMHz: 2400))
+        #expect(xml.contains("<source bridge=\"vsx1001\"/>") && xml.contains("<mtu size=\"1450\"/>"), "\(xml)")
+        #expect(xml.contains("<inbound average=\"1000\" peak=\"2000\" burst=\"256\"/>") && xml.contains("<outbound average=\"500\"/>"), "\(xml)")
+        #expect(xml.contains("<filterref filter=\"clean-traffic\"/>") && xml.contains("52:54:00:ab:00:01"))
+        let back = try DomainXML.parse(xml).nics[0]
+        #expect(back.bridge == "vsx1001" && back.filter == "clean-traffic" && back.mtu == 1450 && back.bandwidth == nic.bandwidth)
+        // Without policy: none of the elements.
+        let plain = DomainXML.build(VMSpec(name: "n2", cpus: 1, memoryMiB: 64, nics: [.init(bridge: "br0")]), options: .init(type: .qemu, hostCoreMHz: 2400))
+        #expect(!plain.contains("filterref") && !plain.contains("bandwidth") && !plain.contains("<mtu"))
+    }
+}

@@ -1,0 +1,267 @@
+import AgentAPI
+import Foundation
+
+/// A host's links as `ip -json -details link show` reports them, and the flood entries of its tunnels
+/// as `bridge -json fdb show` does.
+public struct HostLinks: Sendable, Equatable {
+    public struct Link: Sendable, Equatable {
+        public var name: String
+        /// `bridge`, `vxlan`, `vlan`, `veth`, `tun`, ... (nil: a physical device).
+        public var kind: String?
+        public var master: String?
+        public var up: Bool
+        public var mtu: Int
+        public var alias: String?
+        /// vxlan: VNI; vlan: VLAN id.
+        public var id: Int?
+        /// vxlan: UDP port.
+        public var port: Int?
+        /// vlan: the device it tags frames on; vxlan: the device it is bound to.
+        public var parent: String?
+        public init(name: String, kind: String? = nil, master: String? = nil, up: Bool = true, mtu: Int = 1500, alias: String? = nil,
+                    id: Int? = nil, port: Int? = nil, parent: String? = nil) {
+            self.name = name
+            self.kind = kind
+            self.master = master
+            self.up = up
+            self.mtu = mtu
+            self.alias = alias
+            self.id = id
+            self.port = port
+            self.parent = parent
+        }
+    }
+
+    public var links: [Link]
+    /// Tunnel → destinations of its all-zero (flood) entries.
+    public var flood: [String: [String]]
+    public init(links: [Link], flood: [String: [String]] = [:]) {
+        self.links = links
+        self.flood = flood
+    }
+
+    public func link(_ name: String) -> Link? { links.first { $0.name == name } }
+    public func ports(of bridge: String) -> [String] { links.filter { $0.master == bridge }.map(\.name).sorted() }
+
+    /// Parses `ip -json -details link show`.
+    public static func parseLinks(_ json: Data) throws -> [Link] {
+        guard let items = try JSONSerialization.jsonObject(with: json) as? [[String: Any]] else { return [] }
+        let byIndex = Dictionary(items.compactMap { i -> (Int, String)? in
+            guard let idx = i["ifindex"] as? Int, let n = i["ifname"] as? String else { return nil }
+            return (idx, n)
+        }, uniquingKeysWith: { a, _ in a })
+        return items.compactMap { i in
+            guard let name = i["ifname"] as? String else { return nil }
+            let info = i["linkinfo"] as? [String: Any]
+            let data = info?["info_data"] as? [String: Any]
+            let flags = i["flags"] as? [String] ?? []
+            // A VLAN names its device at the top level, a VXLAN tunnel in its data.
+            var parent = i["link"] as? String ?? data?["link"] as? String
+            if parent == nil, i["link_netnsid"] == nil, let idx = i["link_index"] as? Int { parent = byIndex[idx] }
+            if info?["info_kind"] as? String == "veth" { parent = nil }
+            return Link(name: name, kind: info?["info_kind"] as? String, master: i["master"] as? String, up: flags.contains("UP"),
+                        mtu: i["mtu"] as? Int ?? 1500, alias: i["ifalias"] as? String, id: data?["id"] as? Int,
+                        port: data?["port"] as? Int, parent: parent)
+        }
+    }
+
+    /// Parses `bridge -json fdb show`: the all-zero entries with a destination, by device.
+    public static func parseFlood(_ json: Data) throws -> [String: [String]] {
+        guard let items = try JSONSerialization.jsonObject(with: json) as? [[String: Any]] else { return [:] }
+        var out: [String: [String]] = [:]
+        for i in items {
+            guard i["mac"] as? String == "00:00:00:00:00:00", let dev = i["ifname"] as? String ?? i["dev"] as? String,
+                  let dst = i["dst"] as? String else { continue }
+            out[dev, default: []].append(dst)
+        }
+        return out.mapValues { $0.sorted() }
+    }
+}
+
+/// What the agent runs to make a host carry its networks: a pure plan from the wanted settings and the
+/// links the host has, so the host configuration (the VLAN path too, whose kernel support this machine
+/// lacks) is tested without a kernel. Every device the agent makes carries the alias `vsphere:NETWORK`,
+/// by which it knows what it may change or remove.
+public enum NetworkPlan {
+    public static let aliasPrefix = "vsphere:"
+
+    public struct Command: Sendable, Equatable, CustomStringConvertible {
+        /// `ip` or `bridge`.
+        public var program: String
+        public var arguments: [String]
+        /// The network it serves (nil: removal of one no longer given).
+        public var network: String?
+        public init(_ program: String, _ arguments: [String], network: String?) {
+            self.program = program
+            self.arguments = arguments
+            self.network = network
+        }
+        public var description: String { ([program] + arguments).joined(separator: " ") }
+    }
+
+    public struct Result: Sendable, Equatable {
+        public var commands: [Command]
+        /// Networks that cannot be realized, with the reason (nothing is run for them).
+        public var errors: [String: String]
+    }
+
+    /// The VLAN or VXLAN device under a network's bridge (nil for a plain bridge network).
+    public static func tunnel(_ s: NetworkSetting) -> String? {
+        switch s.mode {
+        case "vxlan": return "vsvxlan\(s.vni ?? 0)"
+        case "vlan": return "vsvlan\(s.vlan ?? 0)"
+        default: return nil
+        }
+    }
+
+    public static let defaultVXLANPort = 4789
+
+    /// Why a setting is unusable before looking at the host (names, ranges, addresses).
+    public static func problem(_ s: NetworkSetting) -> String? {
+        func isName(_ n: String) -> Bool {
+            !n.isEmpty && n.utf8.count <= 15 && n != "." && n != ".."
+                && n.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f && $0 != 0x2f && $0 != 0x3a }
+        }
+        if !isName(s.bridge) { return "bridge \(s.bridge) is not a Linux interface name" }
+        if let u = s.uplink, !isName(u) { return "uplink \(u) is not a Linux interface name" }
+        if let m = s.mtu, !(576...9_000).contains(m) { return "mtu \(m) is not between 576 and 9000" }
+        switch s.mode {
+        case "bridge": return nil
+        case "vlan":
+            guard let v = s.vlan, (1...4094).contains(v) else { return "a VLAN network needs a VLAN between 1 and 4094" }
+            if s.uplink == nil { return "a VLAN network needs an uplink (the manifest's network uplink or the agent's uplink setting)" }
+        case "vxlan":
+            guard let v = s.vni, (1...16_777_215).contains(v) else { return "a VXLAN network needs a VNI between 1 and 16777215" }
+            if let p = s.port, !(1...65_535).contains(p) { return "port \(p) is not a UDP port" }
+            for p in s.peers where !isAddress(p) { return "peer \(p) is not an IP address" }
+        default: return "mode \(s.mode) is not bridge, vlan or vxlan"
+        }
+        return nil
+    }
+
+    /// A literal IPv4 or IPv6 address (peers reach `bridge fdb` only as addresses).
+    public static func isAddress(_ s: String) -> Bool {
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        return inet_pton(AF_INET, s, &v4) == 1 || inet_pton(AF_INET6, s, &v6) == 1
+    }
+
+    /// The commands that take the host from `have` to `want`. Peers must be addresses already.
+    public static func plan(want: [NetworkSetting], have: HostLinks) -> Result {
+        var commands: [Command] = []
+        var errors: [String: String] = [:]
+        var keep: Set<String> = []
+        func ip(_ args: String..., for net: String?) { commands.append(Command("ip", args, network: net)) }
+
+        for s in want {
+            if let p = problem(s) {
+                errors[s.name] = p
+                continue
+            }
+            let alias = aliasPrefix + s.name
+            let bridge = have.link(s.bridge)
+            if s.mode == "bridge" {
+                // The operator's bridge, as it is.
+                if bridge == nil { errors[s.name] = "bridge \(s.bridge) does not exist on this host" }
+                else if bridge?.kind != "bridge" { errors[s.name] = "\(s.bridge) is not a bridge" }
+                else if bridge?.up == false { ip("link", "set", s.bridge, "up", for: s.name) }
+                keep.insert(s.bridge)
+                continue
+            }
+            let t = tunnel(s)!
+            if s.mode == "vlan", let u = s.uplink, have.link(u) == nil {
+                errors[s.name] = "uplink \(u) does not exist on this host"
+                continue
+            }
+            if let u = s.uplink, s.mode == "vxlan", have.link(u) == nil {
+                errors[s.name] = "uplink \(u) does not exist on this host"
+                continue
+            }
+            if let b = bridge, b.kind != "bridge" {
+                errors[s.name] = "\(s.bridge) exists and is not a bridge"
+                continue
+            }
+            if let other = have.link(t), other.alias != alias {
+                errors[s.name] = "\(t) exists and was not made for network \(s.name)"
+                continue
+            }
+            keep.insert(s.bridge)
+            keep.insert(t)
+            let mtu = s.mtu ?? (s.mode == "vxlan" ? 1450 : nil)
+
+            if bridge == nil {
+                ip("link", "add", "name", s.bridge, "type", "bridge", for: s.name)
+                ip("link", "set", "dev", s.bridge, "alias", alias, for: s.name)
+            }
+            // The tunnel: made again when what it is differs from what is wanted.
+            var existing = have.link(t)
+            if let e = existing {
+                let port = s.port ?? defaultVXLANPort
+                let same = s.mode == "vxlan"
+                    ? e.kind == "vxlan" && e.id == s.vni && (e.port ?? port) == port && e.parent == s.uplink
+                    : e.kind == "vlan" && e.id == s.vlan && e.parent == s.uplink
+                if !same {
+                    ip("link", "del", "dev", t, for: s.name)
+                    existing = nil
+                }
+            }
+            if existing == nil {
+                if s.mode == "vxlan" {
+                    var args = ["link", "add", "name", t, "type", "vxlan", "id", String(s.vni!), "dstport", String(s.port ?? defaultVXLANPort)]
+                    if let u = s.uplink { args += ["dev", u] }
+                    commands.append(Command("ip", args, network: s.name))
+                } else {
+                    ip("link", "add", "link", s.uplink!, "name", t, "type", "vlan", "id", String(s.vlan!), for: s.name)
+                }
+                ip("link", "set", "dev", t, "alias", alias, for: s.name)
+            }
+            if let m = mtu {
+                if existing == nil || existing?.mtu != m { ip("link", "set", "dev", t, "mtu", String(m), for: s.name) }
+                if bridge == nil || bridge?.mtu != m { ip("link", "set", "dev", s.bridge, "mtu", String(m), for: s.name) }
+            }
+            if existing == nil || existing?.master != s.bridge { ip("link", "set", "dev", t, "master", s.bridge, for: s.name) }
+            if existing == nil || existing?.up == false { ip("link", "set", "dev", t, "up", for: s.name) }
+            if bridge == nil || bridge?.up == false { ip("link", "set", "dev", s.bridge, "up", for: s.name) }
+
+            if s.mode == "vxlan" {
+                // Head-end replication: one flood entry per peer, exactly.
+                let haveFlood = Set(existing == nil ? [] : have.flood[t] ?? [])
+                let wantFlood = Set(s.peers)
+                for p in wantFlood.subtracting(haveFlood).sorted() {
+                    commands.append(Command("bridge", ["fdb", "append", "00:00:00:00:00:00", "dev", t, "dst", p], network: s.name))
+                }
+                for p in haveFlood.subtracting(wantFlood).sorted() {
+                    commands.append(Command("bridge", ["fdb", "del", "00:00:00:00:00:00", "dev", t, "dst", p], network: s.name))
+                }
+            }
+        }
+
+        // What the agent made for networks no longer given: tunnels go; bridges go once nothing but
+        // the agent's own tunnels is plugged into them (a VM's NIC keeps its bridge).
+        let owned = have.links.filter { ($0.alias ?? "").hasPrefix(aliasPrefix) && !keep.contains($0.name) }
+        let goingTunnels = Set(owned.filter { $0.kind != "bridge" }.map(\.name))
+        for l in owned where l.kind != "bridge" { ip("link", "del", "dev", l.name, for: nil) }
+        for b in owned where b.kind == "bridge" {
+            if have.ports(of: b.name).allSatisfy({ goingTunnels.contains($0) }) { ip("link", "del", "dev", b.name, for: nil) }
+        }
+        return Result(commands: commands, errors: errors)
+    }
+
+    /// The status of each wanted network on a host (read after the plan ran).
+    public static func status(want: [NetworkSetting], have: HostLinks, errors: [String: String]) -> [NetworkStatus] {
+        want.map { s in
+            let t = tunnel(s)
+            let b = have.link(s.bridge)
+            let tl = t.flatMap { have.link($0) }
+            var error = errors[s.name]
+            if error == nil {
+                if b == nil { error = "bridge \(s.bridge) is missing" }
+                else if let t, tl == nil { error = "\(t) is missing" }
+                else if let t, tl?.master != s.bridge { error = "\(t) is not in bridge \(s.bridge)" }
+            }
+            let up = error == nil && b?.up == true && (t == nil || tl?.up == true)
+            return NetworkStatus(name: s.name, bridge: s.bridge, mode: s.mode, up: up, mtu: b?.mtu, tunnel: t,
+                                 ports: have.ports(of: s.bridge), peers: t.flatMap { have.flood[$0] } ?? [], error: error)
+        }
+    }
+}
