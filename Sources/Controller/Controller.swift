@@ -227,7 +227,8 @@ public final class Controller: Sendable {
             let s = statuses[spec.name]
             return VMView(
                 name: spec.name, host: s?.host, state: migrating.contains(spec.name) ? "migrating" : s?.state ?? "pending", desiredPower: spec.powerState ?? "running",
-                cpus: spec.cpus, memoryMiB: spec.memoryMiB, resourcePool: spec.resourcePool, message: s?.message)
+                cpus: spec.cpus, memoryMiB: spec.memoryMiB, resourcePool: spec.resourcePool, message: s?.message,
+                nics: spec.nics.map { .init(network: $0.network ?? $0.bridge, portGroup: $0.portGroup, mac: $0.mac) })
         }
     }
 

@@ -41,7 +41,23 @@ public struct VMView: Codable, Sendable, Equatable {
     public var memoryMiB: Int
     public var resourcePool: String?
     public var message: String?
-    public init(name: String, host: String?, state: String, desiredPower: String, cpus: Int, memoryMiB: Int, resourcePool: String?, message: String?) {
+    /// Each NIC's network and MAC address (allocated cluster-wide where the manifest gives none).
+    public var nics: [NICView]?
+
+    public struct NICView: Codable, Sendable, Equatable {
+        public var network: String?
+        public var portGroup: String?
+        public var mac: String?
+        public init(network: String?, portGroup: String?, mac: String?) {
+            self.network = network
+            self.portGroup = portGroup
+            self.mac = mac
+        }
+    }
+
+    public init(name: String, host: String?, state: String, desiredPower: String, cpus: Int, memoryMiB: Int, resourcePool: String?, message: String?,
+                nics: [NICView]? = nil) {
+        self.nics = nics
         self.name = name
         self.host = host
         self.state = state

@@ -21,6 +21,28 @@ struct TwoSites {
         #expect(route.contains("dev vsbr2"), "\(route)")
     }
 
+    /// A VXLAN network spans both sites: guests in dc1 and dc2 ping each other through the overlay,
+    /// whose tunnels ride the routed WAN between the sites.
+    @Test func overlayNetworkAcrossSites() async throws {
+        let t = VMotionHelpers()
+        defer { for v in ["wan-a", "wan-b"] { try? t.delete(v) } }
+        try PingLog.apply(t, file: "net-wan", networks: #"{"name":"stretched","type":"vxlan","vni":5301}"#, vms: [
+            PingLog.vm("wan-a", network: "stretched", ip: "10.79.0.1", hosts: ["h1"], ping: ["10.79.0.2"]),
+            PingLog.vm("wan-b", network: "stretched", ip: "10.79.0.2", hosts: ["h2"], ping: ["10.79.0.1"]),
+        ])
+        for (vm, host, peer) in [("wan-a", "h1", "10.79.0.2"), ("wan-b", "h2", "10.79.0.1")] {
+            let line = try await eventually("\(vm) hears \(peer) across the WAN", timeout: .seconds(120)) { () -> String? in
+                let console = try await PingLog.console(vm, on: host)
+                return PingLog.replies(console, from: peer).count >= 5 ? console.split(whereSeparator: \.isNewline).last { $0.contains("bytes from") }.map(String.init) : nil
+            }
+            // Through the WAN relay: the overlay's round trip carries the sites' delay.
+            let ms = line.split(separator: "time=").last.flatMap { Double($0.prefix { $0.isNumber || $0 == "." }) } ?? 0
+            #expect(ms >= 20, "\(line)")
+        }
+        let (_, fdb) = try Testbed.run(["bash", Testbed.script, "exec", "h1", "bridge", "fdb", "show", "dev", "vsvxlan5301"])
+        #expect(fdb.contains("00:00:00:00:00:00 dst 10.250.2.2"), "h1 floods the segment to h2 in the other site: \(fdb)")
+    }
+
     @Test func controllerSeesBothSites() throws {
         let (rc, out) = try Testbed.run([Testbed.ctlBinary, "get", "hosts", "-o", "json"])
         #expect(rc == 0, "\(out)")
