@@ -8,7 +8,7 @@ packages=(
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev libxml2-dev
     qemu-system-x86 qemu-utils
     busybox-static cpio e2fsprogs
-    iproute2 iputils-ping util-linux procps curl openssl python3 python3-jsonschema pkg-config
+    iproute2 ebtables iptables libvirt-daemon-config-nwfilter iputils-ping util-linux procps curl openssl python3 python3-jsonschema pkg-config
     systemd python3-venv
     postgresql
 )
