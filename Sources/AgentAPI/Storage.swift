@@ -159,3 +159,26 @@ public struct DiskMoveStatus: Codable, Sendable, Equatable {
         self.endedMs = endedMs
     }
 }
+
+/// `POST /v1/storage-pools/{pool}/volumes/{volume}/snapshots`: an internal qcow2 snapshot of a volume
+/// no running guest has open (a stopped VM's disk, a template, a loose volume).
+public struct VolumeSnapshotRequest: Codable, Sendable, Equatable {
+    public var name: String
+    public init(name: String) { self.name = name }
+}
+
+/// A snapshot inside a qcow2 volume, as `qemu-img info` lists it.
+public struct VolumeSnapshot: Codable, Sendable, Equatable {
+    public var name: String
+    public var id: String?
+    /// When it was taken (seconds since 1970).
+    public var dateSeconds: Int64?
+    /// Bytes of guest memory saved with it (0 for a disk snapshot).
+    public var vmStateBytes: UInt64?
+    public init(name: String, id: String?, dateSeconds: Int64?, vmStateBytes: UInt64?) {
+        self.name = name
+        self.id = id
+        self.dateSeconds = dateSeconds
+        self.vmStateBytes = vmStateBytes
+    }
+}

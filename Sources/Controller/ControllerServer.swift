@@ -1,3 +1,4 @@
+import AgentAPI
 import ClusterModel
 import ControllerAPI
 import Foundation
@@ -209,6 +210,57 @@ public enum ControllerServer {
         router.get("/v1/dpm") { _, _ in await respond { try await controller.dpmStatus() } }
         router.get("/v1/pools") { _, _ in await respond { try await controller.storagePoolViews() } }
         router.get("/v1/networks") { _, _ in await respond { try await controller.networkViews() } }
+        // Volumes, through the agent that serves the pool (`?host=` picks one).
+        @Sendable func volumeBody<T: Codable>(_ type: T.Type, _ request: Request, _ shape: String) async throws -> Data {
+            let body = try await request.body.collect(upTo: 1 << 16)
+            do {
+                return try JSONEncoder().encode(try JSONDecoder().decode(T.self, from: Data(buffer: body)))
+            } catch {
+                throw ValidationFailure([ValidationProblem("body", "must be \(shape)")])
+            }
+        }
+        @Sendable func pool(_ ctx: some RequestContext) -> String { ctx.parameters.get("pool") ?? "" }
+        @Sendable func vol(_ ctx: some RequestContext) -> String { Controller.segment(ctx.parameters.get("volume") ?? "") }
+        @Sendable func host(_ request: Request) -> String? { request.uri.queryParameters.get("host") }
+        router.get("/v1/storage-pools/:pool/volumes") { request, ctx in
+            await respond { try await controller.volumeCall([VolumeStatus].self, .GET, pool: pool(ctx), host: host(request), path: "") }
+        }
+        router.put("/v1/storage-pools/:pool/volumes/:volume") { request, ctx in
+            await respond {
+                let body = try await volumeBody(VolumeRequest.self, request, #"{"sizeGiB"?, "format"?, "from"?, "clone"?}"#)
+                return try await controller.volumeCall(VolumeStatus.self, .PUT, pool: pool(ctx), host: host(request), path: vol(ctx), body: body)
+            }
+        }
+        router.post("/v1/storage-pools/:pool/volumes/:volume/resize") { request, ctx in
+            await respond {
+                let body = try await volumeBody(VolumeResize.self, request, #"{"sizeGiB": N}"#)
+                return try await controller.volumeCall(VolumeStatus.self, .POST, pool: pool(ctx), host: host(request), path: vol(ctx) + "/resize", body: body)
+            }
+        }
+        router.delete("/v1/storage-pools/:pool/volumes/:volume") { request, ctx in
+            await respond { try await controller.volumeCall([String: String].self, .DELETE, pool: pool(ctx), host: host(request), path: vol(ctx)) }
+        }
+        router.get("/v1/storage-pools/:pool/volumes/:volume/snapshots") { request, ctx in
+            await respond { try await controller.volumeCall([VolumeSnapshot].self, .GET, pool: pool(ctx), host: host(request), path: vol(ctx) + "/snapshots") }
+        }
+        router.post("/v1/storage-pools/:pool/volumes/:volume/snapshots") { request, ctx in
+            await respond {
+                let body = try await volumeBody(VolumeSnapshotRequest.self, request, #"{"name": SNAPSHOT}"#)
+                return try await controller.volumeCall([VolumeSnapshot].self, .POST, pool: pool(ctx), host: host(request), path: vol(ctx) + "/snapshots", body: body)
+            }
+        }
+        router.post("/v1/storage-pools/:pool/volumes/:volume/snapshots/:snapshot/revert") { request, ctx in
+            await respond {
+                try await controller.volumeCall([VolumeSnapshot].self, .POST, pool: pool(ctx), host: host(request),
+                                                path: vol(ctx) + "/snapshots" + Controller.segment(ctx.parameters.get("snapshot") ?? "") + "/revert")
+            }
+        }
+        router.delete("/v1/storage-pools/:pool/volumes/:volume/snapshots/:snapshot") { request, ctx in
+            await respond {
+                try await controller.volumeCall([VolumeSnapshot].self, .DELETE, pool: pool(ctx), host: host(request),
+                                                path: vol(ctx) + "/snapshots" + Controller.segment(ctx.parameters.get("snapshot") ?? ""))
+            }
+        }
         router.get("/v1/resource-pools") { _, _ in await respond { try await controller.resourcePoolViews() } }
         router.get("/v1/tasks") { _, _ in
             await respond {

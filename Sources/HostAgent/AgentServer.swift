@@ -135,6 +135,27 @@ public enum AgentServer {
                 try await agent.resizeVolume(pool: ctx.parameters.get("pool") ?? "", name: ctx.parameters.get("volume") ?? "", try await body(VolumeResize.self, request))
             }
         }
+        router.get("/v1/storage-pools/:pool/volumes/:volume/snapshots") { _, ctx in
+            await respond { try await agent.volumeSnapshots(pool: ctx.parameters.get("pool") ?? "", volume: ctx.parameters.get("volume") ?? "") }
+        }
+        router.post("/v1/storage-pools/:pool/volumes/:volume/snapshots") { request, ctx in
+            await respond {
+                let req = try await body(VolumeSnapshotRequest.self, request)
+                return try await agent.changeSnapshot(pool: ctx.parameters.get("pool") ?? "", volume: ctx.parameters.get("volume") ?? "", snapshot: req.name, "create")
+            }
+        }
+        router.post("/v1/storage-pools/:pool/volumes/:volume/snapshots/:snapshot/revert") { _, ctx in
+            await respond {
+                try await agent.changeSnapshot(pool: ctx.parameters.get("pool") ?? "", volume: ctx.parameters.get("volume") ?? "",
+                                               snapshot: ctx.parameters.get("snapshot") ?? "", "apply")
+            }
+        }
+        router.delete("/v1/storage-pools/:pool/volumes/:volume/snapshots/:snapshot") { _, ctx in
+            await respond {
+                try await agent.changeSnapshot(pool: ctx.parameters.get("pool") ?? "", volume: ctx.parameters.get("volume") ?? "",
+                                               snapshot: ctx.parameters.get("snapshot") ?? "", "delete")
+            }
+        }
         router.delete("/v1/storage-pools/:pool/volumes/:volume") { _, ctx in
             await respond {
                 try await agent.deleteVolume(pool: ctx.parameters.get("pool") ?? "", name: ctx.parameters.get("volume") ?? "")

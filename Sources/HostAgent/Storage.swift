@@ -345,3 +345,64 @@ extension HostAgent {
         }
     }
 }
+
+/// Disk snapshots: internal qcow2 snapshots made, listed, reverted to and deleted with qemu-img, on
+/// volumes no running domain has open (qemu-img would corrupt an image a guest writes; the image lock
+/// refuses it anyway).
+extension HostAgent {
+    /// The volume's path after checking it is a qcow2 image no running domain uses.
+    func snapshotTarget(pool: String, volume: String, forChange: Bool) async throws(AgentError) -> String {
+        guard Names.isValid(pool), Self.isVolumeName(volume) else { throw AgentError.notFound("volume \(pool)/\(volume)") }
+        let (path, format, running) = try await withLibvirt { c -> (String, String?, [String]) in
+            let v = try c.storagePool(named: pool).volume(named: volume)
+            let path = try v.path()
+            let format = (try? StorageXML.parseVolume(try v.xml()))?.format
+            let users = try Self.diskUsers(c)[path] ?? []
+            let running = users.filter { name in (try? c.domain(named: name).info().state.isActive) == true }
+            return (path, format, running)
+        }
+        guard format == "qcow2" else { throw AgentError.conflict("\(pool)/\(volume) is \(format ?? "not qcow2"): snapshots live inside qcow2 images") }
+        if forChange && !running.isEmpty {
+            throw AgentError.conflict("\(pool)/\(volume) is open in running \(running.sorted().joined(separator: ", ")): stop the VM to snapshot or revert its disk")
+        }
+        return path
+    }
+
+    public func volumeSnapshots(pool: String, volume: String) async throws(AgentError) -> [VolumeSnapshot] {
+        let path = try await snapshotTarget(pool: pool, volume: volume, forChange: false)
+        do {
+            let info = try await Self.imageInfo(path)
+            let list = info?["snapshots"] as? [[String: Any]] ?? []
+            return list.compactMap { s in
+                guard let name = s["name"] as? String else { return nil }
+                return VolumeSnapshot(name: name, id: s["id"] as? String, dateSeconds: (s["date-sec"] as? NSNumber)?.int64Value,
+                                      vmStateBytes: (s["vm-state-size"] as? NSNumber)?.uint64Value)
+            }
+        } catch {
+            throw AgentError.internalError("qemu-img info \(path): \(error)")
+        }
+    }
+
+    /// `create`, `apply` (revert) or `delete` one snapshot.
+    public func changeSnapshot(pool: String, volume: String, snapshot: String, _ action: String) async throws(AgentError) -> [VolumeSnapshot] {
+        guard Self.isVolumeName(snapshot) else {
+            throw AgentError.invalid([.init("name", "1 to 128 letters, digits, . _ -, starting with a letter or digit")])
+        }
+        let path = try await snapshotTarget(pool: pool, volume: volume, forChange: true)
+        let existing = try await volumeSnapshots(pool: pool, volume: volume)
+        let has = existing.contains { $0.name == snapshot }
+        switch action {
+        case "create" where has: throw AgentError.conflict("\(pool)/\(volume) has a snapshot \(snapshot) already")
+        case "apply" where !has, "delete" where !has: throw AgentError.notFound("snapshot \(snapshot) of \(pool)/\(volume)")
+        default: break
+        }
+        let flag = ["create": "-c", "apply": "-a", "delete": "-d"][action]!
+        do {
+            _ = try await Subprocess.run("qemu-img", ["snapshot", flag, snapshot, "--", path])
+        } catch {
+            throw AgentError.internalError("qemu-img snapshot \(flag) \(snapshot): \(error)")
+        }
+        logger.info("volume snapshot", metadata: ["volume": "\(pool)/\(volume)", "snapshot": "\(snapshot)", "action": "\(action)"])
+        return try await volumeSnapshots(pool: pool, volume: volume)
+    }
+}

@@ -7,7 +7,7 @@ struct Ctl: ParsableCommand {
         abstract: "The vsphere CLI. validate and simulate work offline; the rest talks to the controller.",
         version: "0.1.0",
         subcommands: [
-            Validate.self, Plan.self, Apply.self, Get.self, Describe.self, Delete.self, VMCommand.self, MigrationCommand.self, Events.self,
+            Validate.self, Plan.self, Apply.self, Get.self, Describe.self, Delete.self, VMCommand.self, VolumeCommand.self, MigrationCommand.self, Events.self,
             DRSCommand.self, DPMCommand.self, HostCommand.self, Simulate.self, ValidateVM.self, TokenCommand.self, AuditCommand.self, AlarmCommand.self, ComplianceCommand.self,
         ])
 }

@@ -61,12 +61,50 @@ struct StorageOnTestbed {
         let (_, info) = try Testbed.run(["qemu-img", "info", "-U", volume])
         #expect(info.contains("backing file: \(g)/disk.qcow2"), "\(info)")
 
+        let (snapRC, snapOut) = try t.ctl("volume", "snapshot", "shared", "\(name)-disk0", "s1")
+        #expect(snapRC != 0 && snapOut.contains("running \(name)"), "no qemu-img snapshot under a running guest: \(snapOut)")
         let refused = try await agent.delete("/v1/storage-pools/shared/volumes/\(name)-disk0")
         #expect(refused.status == 409 && refused.text.contains(name), "a volume in use stays: \(refused.text)")
         try t.delete(name)
         #expect(FileManager.default.fileExists(atPath: volume), "deleting the VM keeps its volume")
         #expect(try await agent.delete("/v1/storage-pools/shared/volumes/\(name)-disk0").status == 200, "unused, it can go")
         #expect(!FileManager.default.fileExists(atPath: volume))
+    }
+
+    /// The volume commands of the CLI, through the controller to the agent serving the pool: create,
+    /// snapshot, change, revert (the data comes back), resize, delete; bad names exit 2.
+    @Test func volumeCommandsAndSnapshots() throws {
+        let v = "cli-vol"
+        let path = "\(Testbed.dir)/shared/\(v)"
+        defer { _ = try? t.ctl("volume", "delete", "shared", v) }
+        var (rc, out) = try t.ctl("volume", "create", "shared", v, "--size-gib", "1", "-o", "json")
+        #expect(rc == 0, "\(out)")
+        let made = try JSONDecoder().decode(VolumeStatus.self, from: Data(out.utf8))
+        #expect(made.path == path && made.capacityBytes == 1 << 30 && made.format == "qcow2")
+        func io(_ cmd: String) throws -> (Int32, String) { try Testbed.run(["qemu-io", "-f", "qcow2", "-c", cmd, path]) }
+        #expect(try io("write -P 0xab 0 64k").0 == 0)
+        (rc, out) = try t.ctl("volume", "snapshot", "shared", v, "before")
+        #expect(rc == 0 && out.contains("before") && out.contains("disk only"), "\(out)")
+        #expect(try io("write -P 0xcd 0 64k").0 == 0)
+        #expect(try io("read -P 0xab 0 64k").1.contains("Pattern verification failed"), "the image changed after the snapshot")
+        (rc, out) = try t.ctl("volume", "revert", "shared", v, "before")
+        #expect(rc == 0, "\(out)")
+        let (readRC, read) = try io("read -P 0xab 0 64k")
+        #expect(readRC == 0 && !read.contains("failed"), "reverted: the snapshot's data is back: \(read)")
+        (rc, out) = try t.ctl("volume", "snapshot", "shared", v, "before")
+        #expect(rc != 0 && out.contains("already"), "\(out)")
+        (rc, out) = try t.ctl("volume", "delete-snapshot", "shared", v, "before")
+        #expect(rc == 0 && !out.contains("before"), "\(out)")
+        (rc, out) = try t.ctl("volume", "resize", "shared", v, "--size-gib", "2")
+        #expect(rc == 0 && out.contains("2.0 GiB"), "\(out)")
+        (rc, out) = try t.ctl("volume", "list", "shared", "-o", "json")
+        #expect(try JSONDecoder().decode([VolumeStatus].self, from: Data(out.utf8)).contains { $0.name == v && $0.capacityBytes == 2 << 30 })
+        (rc, out) = try t.ctl("volume", "create", "shared", "bad/name", "--size-gib", "1")
+        #expect(rc == 2, "\(out)")
+        (rc, out) = try t.ctl("volume", "list", "nosuchpool")
+        #expect(rc == 3, "\(out)")
+        (rc, out) = try t.ctl("volume", "delete", "shared", v)
+        #expect(rc == 0 && !FileManager.default.fileExists(atPath: path), "\(out)")
     }
 
     /// Volumes straight on an agent: a new one, a full copy, growth only, names and sizes checked.
