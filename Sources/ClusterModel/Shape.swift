@@ -90,6 +90,7 @@ indirect enum Shape: Sendable {
             "boot": .object(["kernel": .string, "initrd": .string, "cmdline": .string], required: ["kernel"]),
             "disks": .array(.object([
                 "path": .string, "format": .string, "readonly": .boolean, "pool": .string, "sizeGiB": .integer, "from": .string, "clone": .string,
+                "rbd": .object(["image": .string, "monitors": .array(.string), "user": .string, "secretUUID": .string], required: ["image", "monitors"]),
             ])),
             "nics": .array(.object([
                 "network": .string, "portGroup": .string, "bridge": .string, "mac": .string, "model": .string, "bandwidth": bandwidth,

@@ -151,6 +151,24 @@ public struct VMSpec: Codable, Sendable, Equatable {
         public var from: String?
         /// With `from`: `linked` (default: a qcow2 overlay on the template) or `full` (a copy).
         public var clone: String?
+        /// Host level: a Ceph RBD image the disk attaches as a network disk (a volume of an rbd pool).
+        public var rbd: RBDImage?
+
+        public struct RBDImage: Codable, Sendable, Equatable {
+            /// `CEPHPOOL/IMAGE`.
+            public var image: String
+            /// `host`, `host:port` or `[v6]:port`.
+            public var monitors: [String]
+            public var user: String?
+            /// The libvirt secret holding the user's key.
+            public var secretUUID: String?
+            public init(image: String, monitors: [String], user: String? = nil, secretUUID: String? = nil) {
+                self.image = image
+                self.monitors = monitors
+                self.user = user
+                self.secretUUID = secretUUID
+            }
+        }
         /// A volume's name in a storage pool: 1 to 128 letters, digits, `.`, `_`, `-`, starting with a
         /// letter or digit.
         public static func isVolumeName<S: StringProtocol>(_ v: S) -> Bool {
@@ -169,8 +187,9 @@ public struct VMSpec: Codable, Sendable, Equatable {
 
         public init(
             path: String? = nil, format: String? = nil, readonly: Bool? = nil, pool: String? = nil,
-            sizeGiB: Int? = nil, from: String? = nil, clone: String? = nil
+            sizeGiB: Int? = nil, from: String? = nil, clone: String? = nil, rbd: RBDImage? = nil
         ) {
+            self.rbd = rbd
             self.clone = clone
             self.path = path
             self.format = format

@@ -119,8 +119,19 @@ extension VMSpec {
         if disks.count > 26 { out.append(.init(p("disks"), "at most 26 disks")) }
         for (i, d) in disks.enumerated() {
             let dp = p("disks[\(i)]")
-            if d.path == nil && d.pool == nil {
+            if d.path == nil && d.pool == nil && d.rbd == nil {
                 out.append(.init(dp, "needs a path (host level) or a pool (manifest level)"))
+            }
+            if let r = d.rbd {
+                let parts = r.image.split(separator: "/", omittingEmptySubsequences: false)
+                if parts.count != 2 || !parts.allSatisfy({ Disk.isVolumeName($0) }) { out.append(.init("\(dp).rbd.image", "must be CEPHPOOL/IMAGE")) }
+                if r.monitors.isEmpty || r.monitors.count > 16 { out.append(.init("\(dp).rbd.monitors", "must list 1 to 16 monitors")) }
+                for (j, m) in r.monitors.enumerated() where m.isEmpty || m.count > 255 || !m.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-:[]".contains($0)) }) {
+                    out.append(.init("\(dp).rbd.monitors[\(j)]", "must be a host, host:port or [v6]:port"))
+                }
+                if let u = r.user, !Self.isToken(u) { out.append(.init("\(dp).rbd.user", "must be a Ceph user name")) }
+                if let u = r.secretUUID, UUID(uuidString: u) == nil { out.append(.init("\(dp).rbd.secretUUID", "must be a UUID")) }
+                if d.path != nil || d.pool != nil { out.append(.init("\(dp).rbd", "an RBD disk has no path or pool of its own")) }
             }
             if let path = d.path, !Self.isAbsolutePath(path) { out.append(.init("\(dp).path", "must be an absolute path")) }
             if let f = d.format, f != "qcow2" && f != "raw" { out.append(.init("\(dp).format", "must be qcow2 or raw")) }

@@ -136,10 +136,14 @@ extension Controller {
             case "logical":
                 s.disks[i].path = "/dev/\(pool.volumeGroup ?? "")/\(volume)"
                 s.disks[i].format = "raw"
+            case "rbd":
+                guard let r = pool.rbd else { throw AgentClient.Failure(status: 0, message: "disks[\(i)]: pool \(name) names no Ceph pool") }
+                s.disks[i].rbd = .init(image: "\(r.pool)/\(volume)", monitors: r.monitors, user: r.user, secretUUID: r.secretUUID)
+                s.disks[i].format = "raw"
             default:
-                throw AgentClient.Failure(status: 0, message: "disks[\(i)]: pool \(name) is \(pool.type); its volumes attach as network disks, which the domain XML does not build yet")
+                throw AgentClient.Failure(status: 0, message: "disks[\(i)]: pool \(name) is \(pool.type), which no host attaches")
             }
-            if d.format == nil && pool.type != "logical" { s.disks[i].format = "qcow2" }
+            if d.format == nil && pool.type != "logical" && pool.type != "rbd" { s.disks[i].format = "qcow2" }
             s.disks[i].pool = nil
             s.disks[i].sizeGiB = nil
             s.disks[i].from = nil

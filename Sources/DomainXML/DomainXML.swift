@@ -62,10 +62,13 @@ public struct DomainDefinition: Sendable, Equatable {
     public var partition: String? = nil
 
     public struct Disk: Sendable, Equatable {
+        /// A file or block device; `rbd:CEPHPOOL/IMAGE` for a network disk.
         public var path: String
         public var format: String
         public var target: String
         public var readonly: Bool
+        /// A network (RBD) disk: shared by every host that reaches the Ceph cluster, nothing to copy.
+        public var network: Bool = false
     }
 
     public struct NIC: Sendable, Equatable {
@@ -158,6 +161,24 @@ public enum DomainXML {
 
         let devices = domain.add("devices")
         for (i, disk) in spec.disks.enumerated() {
+            if let r = disk.rbd {
+                // Ceph RBD through QEMU's librbd: a network disk, raw, the key in a libvirt secret.
+                let d = devices.add("disk", ["type": "network", "device": "disk"])
+                d.add("driver", ["name": "qemu", "type": "raw", "cache": "none", "discard": "unmap"])
+                if let user = r.user {
+                    let auth = d.add("auth", ["username": user])
+                    if let uuid = r.secretUUID { auth.add("secret", ["type": "ceph", "uuid": uuid]) }
+                }
+                let source = d.add("source", ["protocol": "rbd", "name": r.image])
+                for m in r.monitors {
+                    let (host, port) = StorageXML.monitor(m)
+                    let h = source.add("host", ["name": host])
+                    if let port { h.set("port", port) }
+                }
+                d.add("target", ["dev": diskTarget(i), "bus": "virtio"])
+                if disk.readonly == true { d.add("readonly") }
+                continue
+            }
             guard let path = disk.path else { continue }
             // A host block device (an LVM volume of a logical pool) is a block disk; QEMU refuses it
             // through its file driver.
@@ -252,10 +273,13 @@ public enum DomainXML {
         def.partition = root.child("resource")?.child("partition")?.text
         if let devices = root.child("devices") {
             for d in devices.all("disk") where d.attribute("device") == "disk" {
-                guard let path = d.child("source")?.attribute("file") ?? d.child("source")?.attribute("dev") else { continue }
+                let source = d.child("source")
+                let network = d.attribute("type") == "network"
+                guard let path = network ? source?.attribute("name").map({ "\(source?.attribute("protocol") ?? "network"):\($0)" })
+                        : source?.attribute("file") ?? source?.attribute("dev") else { continue }
                 def.disks.append(.init(
                     path: path, format: d.child("driver")?.attribute("type") ?? "raw",
-                    target: d.child("target")?.attribute("dev") ?? "", readonly: d.child("readonly") != nil))
+                    target: d.child("target")?.attribute("dev") ?? "", readonly: d.child("readonly") != nil, network: network))
             }
             for i in devices.all("interface") {
                 let source = i.child("source")

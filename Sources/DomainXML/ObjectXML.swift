@@ -32,15 +32,7 @@ public enum StorageXML {
         let source = doc.root.add("source")
         source.add("name", text: pool)
         for m in monitors {
-            // host:port, [v6]:port or a bare host.
-            var host = m, port: String?
-            if let r = m.range(of: "]:", options: .backwards) {
-                host = String(m[m.index(after: m.startIndex)..<r.lowerBound])
-                port = String(m[r.upperBound...])
-            } else if m.filter({ $0 == ":" }).count == 1, let i = m.lastIndex(of: ":") {
-                host = String(m[..<i])
-                port = String(m[m.index(after: i)...])
-            }
+            let (host, port) = monitor(m)
             let h = source.add("host")
             h.set("name", host)
             if let port { h.set("port", port) }
@@ -51,6 +43,17 @@ public enum StorageXML {
             if let secretUUID { auth.add("secret", ["uuid": secretUUID]) }
         }
         return doc.serialized()
+    }
+
+    /// A Ceph monitor as host and port: `host:port`, `[v6]:port` or a bare host.
+    public static func monitor(_ m: String) -> (host: String, port: String?) {
+        if m.hasPrefix("["), let r = m.range(of: "]:", options: .backwards) {
+            return (String(m[m.index(after: m.startIndex)..<r.lowerBound]), String(m[r.upperBound...]))
+        }
+        if m.filter({ $0 == ":" }).count == 1, let i = m.lastIndex(of: ":") {
+            return (String(m[..<i]), String(m[m.index(after: i)...]))
+        }
+        return (m, nil)
     }
 
     /// What a pool's XML says: its type and target path (nil for rbd).

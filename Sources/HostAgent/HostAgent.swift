@@ -185,8 +185,8 @@ public final class HostAgent: Sendable {
         if spec.cpuModel == nil { spec.cpuModel = config.cpuModel }
         let problems = spec.validate()
         if !problems.isEmpty { throw AgentError.invalid(problems) }
-        if spec.disks.contains(where: { $0.path == nil }) {
-            throw AgentError.invalid(spec.disks.indices.filter { spec.disks[$0].path == nil }.map {
+        if spec.disks.contains(where: { $0.path == nil && $0.rbd == nil }) {
+            throw AgentError.invalid(spec.disks.indices.filter { spec.disks[$0].path == nil && spec.disks[$0].rbd == nil }.map {
                 ValidationProblem("disks[\($0)].path", "is required by the agent (the controller resolves pools into paths)")
             })
         }

@@ -296,7 +296,8 @@ extension HostAgent {
             try DomainXML.parse(try c.domain(named: name).xml()).disks
         }
         var out: [DiskImage] = []
-        for d in disks {
+        // Network (RBD) disks are reached from every host: nothing of them moves with the VM.
+        for d in disks where !d.network {
             let path = d.path
             do {
                 guard let obj = try await Self.imageInfo(path) else {

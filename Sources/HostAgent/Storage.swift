@@ -275,7 +275,10 @@ extension HostAgent {
             let viaLibvirt = try await withLibvirt { c -> VolumeStatus? in
                 guard let source = try? c.storageVolume(path: src) else { return nil }
                 let p = try c.storagePool(named: pool)
-                let v = try p.createVolume(xml: StorageXML.volume(name: name, capacityBytes: capacity, format: format), copying: source)
+                // Logical and RBD volumes are raw block storage.
+                let (type, _) = try StorageXML.parsePool(try p.xml())
+                let v = try p.createVolume(xml: StorageXML.volume(name: name, capacityBytes: capacity, format: ["logical", "rbd"].contains(type) ? "raw" : format),
+                                           copying: source)
                 return try Self.status(v, pool: pool, users: [:])
             }
             if let viaLibvirt { return viaLibvirt }
@@ -303,7 +306,7 @@ extension HostAgent {
             if copyFrom != nil && type != "dir" {
                 throw AgentError.conflict("linked clones (qcow2 backing files) live in dir or shared pools; pool \(pool) is \(type): use clone full")
             }
-            let xml = StorageXML.volume(name: name, capacityBytes: capacity, format: type == "logical" ? "raw" : format,
+            let xml = StorageXML.volume(name: name, capacityBytes: capacity, format: ["logical", "rbd"].contains(type) ? "raw" : format,
                                         backingPath: copyFrom, backingFormat: templateFormat)
             return try Self.status(try p.createVolume(xml: xml), pool: pool, users: [:])
         }

@@ -220,3 +220,26 @@ import TestSupport
         #expect(!plain.contains("filterref") && !plain.contains("bandwidth") && !plain.contains("<mtu"))
     }
 }
+
+@Suite struct RBDDiskXMLTests {
+    /// A volume of an rbd pool attaches as a network disk through librbd: raw, monitors as hosts, the
+    /// cephx key by secret; it parses back as a network disk (which migrations do not copy).
+    @Test func networkDisk() throws {
+        let disk = VMSpec.Disk(rbd: .init(image: "vms/db1-disk0", monitors: ["10.0.0.1:6789", "[fd00::1]:3300", "mon3"], user: "libvirt",
+                                          secretUUID: "0b4b5d0e-8c1e-4a52-9f0e-5d3f3c6b1a00"))
+        let spec = VMSpec(name: "db1", cpus: 1, memoryMiB: 256, disks: [disk])
+        #expect(spec.validate().isEmpty, "\(spec.validate())")
+        let xml = DomainXML.build(spec, options: .init(type: .qemu, hostCoreMHz: 2400))
+        #expect(xml.contains("<disk type=\"network\" device=\"disk\">") && xml.contains("protocol=\"rbd\" name=\"vms/db1-disk0\""), "\(xml)")
+        #expect(xml.contains("<host name=\"10.0.0.1\" port=\"6789\"/>") && xml.contains("<host name=\"fd00::1\" port=\"3300\"/>") && xml.contains("<host name=\"mon3\"/>"), "\(xml)")
+        #expect(xml.contains("<auth username=\"libvirt\">") && xml.contains("<secret type=\"ceph\" uuid=\"0b4b5d0e-8c1e-4a52-9f0e-5d3f3c6b1a00\"/>"), "\(xml)")
+        #expect(xml.contains("type=\"raw\""))
+        let back = try DomainXML.parse(xml).disks
+        #expect(back == [.init(path: "rbd:vms/db1-disk0", format: "raw", target: "vda", readonly: false, network: true)])
+        let bad = VMSpec(name: "db2", cpus: 1, memoryMiB: 256, disks: [.init(rbd: .init(image: "no-slash", monitors: ["a b"], secretUUID: "x"))])
+        #expect(bad.validate().map(\.description) == [
+            "disks[0].rbd.image: must be CEPHPOOL/IMAGE", "disks[0].rbd.monitors[0]: must be a host, host:port or [v6]:port",
+            "disks[0].rbd.secretUUID: must be a UUID",
+        ])
+    }
+}
