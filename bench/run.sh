@@ -26,5 +26,8 @@ python3 bench/vm_start.py
 echo "== migration (vs virsh migrate --live --p2p)"
 VSPHERE_CTL=$PWD/.build/release/vsphere-ctl python3 bench/migration.py
 
+echo "== storage (linked clone provisioning vs qemu-img create -b + virsh create; ping loss during migration)"
+VSPHERE_CTL=$PWD/.build/release/vsphere-ctl python3 bench/storage.py
+
 echo "== events (libvirt event on a host to the controller's event log)"
 VSPHERE_CTL=$PWD/.build/release/vsphere-ctl python3 bench/events.py

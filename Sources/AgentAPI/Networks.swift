@@ -23,8 +23,11 @@ public struct NetworkSetting: Codable, Sendable, Equatable {
     public var mtu: Int?
     /// VXLAN: the UDP port (default 4789).
     public var port: Int?
+    /// VXLAN: this host's own tunnel endpoint (the source address; the tunnel accepts frames only there).
+    public var local: String?
     public init(name: String, bridge: String, mode: String, uplink: String? = nil, vlan: Int? = nil, vni: Int? = nil,
-                peers: [String] = [], mtu: Int? = nil, port: Int? = nil) {
+                peers: [String] = [], mtu: Int? = nil, port: Int? = nil, local: String? = nil) {
+        self.local = local
         self.name = name
         self.bridge = bridge
         self.mode = mode

@@ -18,13 +18,17 @@ public enum MACAllocation {
             for n in vm.nics { if let m = n.mac { used.insert(m.lowercased()) } }
         }
         let before = Dictionary(existing.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+        // First every NIC that inherits its address, so that no fresh draw can take one of those.
         for v in incoming.indices {
             for i in incoming[v].nics.indices where incoming[v].nics[i].mac == nil {
                 if let old = before[incoming[v].name], i < old.nics.count, let m = old.nics[i].mac?.lowercased(), !used.contains(m) {
                     incoming[v].nics[i].mac = m
                     used.insert(m)
-                    continue
                 }
+            }
+        }
+        for v in incoming.indices {
+            for i in incoming[v].nics.indices where incoming[v].nics[i].mac == nil {
                 var m: String
                 repeat { m = format(prefix + [UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng), UInt8.random(in: 0...255, using: &rng)]) }
                 while used.contains(m)

@@ -326,8 +326,9 @@ public struct ClusterManifest: Codable, Sendable, Equatable {
         public var uplink: String?
         /// The segment's MTU (default 1450 for VXLAN: 50 bytes of encapsulation under a 1500-byte uplink).
         public var mtu: Int?
-        /// Anti-spoofing (libvirt nwfilter `clean-traffic`: a guest sends only from its own MAC and IP
-        /// addresses) on every NIC of the network unless a port group says otherwise. Default true.
+        /// Anti-spoofing (libvirt nwfilter `clean-traffic`: a guest sends only from its own MAC and the
+        /// IPv4 address it first uses, no forged ARP; IPv6 and other non-IPv4 protocols are dropped) on
+        /// every NIC of the network unless a port group says otherwise. Default true.
         public var antiSpoofing: Bool?
         /// Default traffic shaping of the network's NICs.
         public var bandwidth: VMSpec.Bandwidth?

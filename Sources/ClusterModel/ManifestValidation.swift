@@ -194,6 +194,9 @@ extension ClusterManifest {
                 if let b = g.bandwidth { out += b.validate("\(gp).bandwidth") }
             }
             if let b = n.bridge, !VMSpec.isInterfaceName(b) { out.append(.init("\(p).bridge", "must be a Linux interface name")) }
+            else if n.bridge == nil && !VMSpec.isInterfaceName(n.hostBridge) {
+                out.append(.init("\(p).bridge", "\(n.hostBridge) is no Linux interface name (at most 15 characters): name the bridge"))
+            }
             if let v = n.vlan {
                 if v < 1 || v > 4094 { out.append(.init("\(p).vlan", "must be between 1 and 4094")) }
                 if let other = vlans[v] { out.append(.init("\(p).vlan", "VLAN \(v) is also used by networks[\(other)]")) } else { vlans[v] = i }

@@ -131,6 +131,7 @@ extension VMSpec {
                 }
                 if let u = r.user, !Self.isToken(u) { out.append(.init("\(dp).rbd.user", "must be a Ceph user name")) }
                 if let u = r.secretUUID, UUID(uuidString: u) == nil { out.append(.init("\(dp).rbd.secretUUID", "must be a UUID")) }
+                if (r.user == nil) != (r.secretUUID == nil) { out.append(.init("\(dp).rbd", "cephx needs user and secretUUID together (or neither)")) }
                 if d.path != nil || d.pool != nil { out.append(.init("\(dp).rbd", "an RBD disk has no path or pool of its own")) }
             }
             if let path = d.path, !Self.isAbsolutePath(path) { out.append(.init("\(dp).path", "must be an absolute path")) }

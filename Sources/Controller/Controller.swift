@@ -263,10 +263,11 @@ public final class Controller: Sendable {
 
     /// Sets a VM's desired power state (`running`/`stopped`), or asks its host to reboot it.
     public func power(_ name: String, action: String) async throws -> Bool {
-        guard let obj = try await store.object(kind: "vm", name: name), var spec = Self.decode(VMSpec.self, obj.spec) else { return false }
+        guard let obj = try await store.object(kind: "vm", name: name), Self.decode(VMSpec.self, obj.spec) != nil else { return false }
         switch action {
-        case "start": spec.powerState = "running"
-        case "stop": spec.powerState = "stopped"
+        case "start", "stop":
+            let want = action == "start" ? "running" : "stopped"
+            return try await updateVM(name) { $0.powerState = want }
         case "restart":
             guard let host = try await store.vmStatuses().first(where: { $0.name == name })?.host,
                 let agent = try await agentURL(host)
@@ -282,8 +283,17 @@ public final class Controller: Sendable {
             return true
         default: return false
         }
-        try await store.put(kind: "vm", name: name, spec: Self.json(spec))
-        return true
+    }
+
+    /// Changes a VM's desired spec in turn with applies (a read-modify-write between an apply's read and
+    /// its write would be lost, or would undo its NICs and MACs). False when the VM is not desired.
+    func updateVM(_ name: String, _ change: @escaping @Sendable (inout VMSpec) -> Void) async throws -> Bool {
+        try await applies.run {
+            guard let obj = try await self.store.object(kind: "vm", name: name), var spec = Self.decode(VMSpec.self, obj.spec) else { return false }
+            change(&spec)
+            try await self.store.put(kind: "vm", name: name, spec: Self.json(spec))
+            return true
+        }
     }
 
     func agentURL(_ host: String) async throws -> String? {

@@ -238,7 +238,10 @@ public enum ControllerServer {
             }
         }
         router.delete("/v1/storage-pools/:pool/volumes/:volume") { request, ctx in
-            await respond { try await controller.volumeCall([String: String].self, .DELETE, pool: pool(ctx), host: host(request), path: vol(ctx)) }
+            await respond {
+                try await controller.volumeCall([String: String].self, .DELETE, pool: pool(ctx), host: host(request), path: vol(ctx),
+                                                volume: ctx.parameters.get("volume"), change: .delete)
+            }
         }
         router.get("/v1/storage-pools/:pool/volumes/:volume/snapshots") { request, ctx in
             await respond { try await controller.volumeCall([VolumeSnapshot].self, .GET, pool: pool(ctx), host: host(request), path: vol(ctx) + "/snapshots") }
@@ -246,19 +249,22 @@ public enum ControllerServer {
         router.post("/v1/storage-pools/:pool/volumes/:volume/snapshots") { request, ctx in
             await respond {
                 let body = try await volumeBody(VolumeSnapshotRequest.self, request, #"{"name": SNAPSHOT}"#)
-                return try await controller.volumeCall([VolumeSnapshot].self, .POST, pool: pool(ctx), host: host(request), path: vol(ctx) + "/snapshots", body: body)
+                return try await controller.volumeCall([VolumeSnapshot].self, .POST, pool: pool(ctx), host: host(request), path: vol(ctx) + "/snapshots", body: body,
+                                                       volume: ctx.parameters.get("volume"), change: .snapshot)
             }
         }
         router.post("/v1/storage-pools/:pool/volumes/:volume/snapshots/:snapshot/revert") { request, ctx in
             await respond {
                 try await controller.volumeCall([VolumeSnapshot].self, .POST, pool: pool(ctx), host: host(request),
-                                                path: vol(ctx) + "/snapshots" + Controller.segment(ctx.parameters.get("snapshot") ?? "") + "/revert")
+                                                path: vol(ctx) + "/snapshots" + Controller.segment(ctx.parameters.get("snapshot") ?? "") + "/revert",
+                                                volume: ctx.parameters.get("volume"), change: .snapshot)
             }
         }
         router.delete("/v1/storage-pools/:pool/volumes/:volume/snapshots/:snapshot") { request, ctx in
             await respond {
                 try await controller.volumeCall([VolumeSnapshot].self, .DELETE, pool: pool(ctx), host: host(request),
-                                                path: vol(ctx) + "/snapshots" + Controller.segment(ctx.parameters.get("snapshot") ?? ""))
+                                                path: vol(ctx) + "/snapshots" + Controller.segment(ctx.parameters.get("snapshot") ?? ""),
+                                                volume: ctx.parameters.get("volume"), change: .snapshot)
             }
         }
         router.get("/v1/resource-pools") { _, _ in await respond { try await controller.resourcePoolViews() } }

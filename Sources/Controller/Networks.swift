@@ -37,7 +37,8 @@ extension Controller {
         let own = endpoint(host)
         return (manifest.networks ?? []).map { n in
             NetworkSetting(name: n.name, bridge: n.hostBridge, mode: n.mode, uplink: n.uplink, vlan: n.vlan, vni: n.vni,
-                           peers: n.mode == "vxlan" ? Array(Set(peers.filter { $0 != own })).sorted() : [], mtu: n.mode == "bridge" ? nil : n.segmentMTU)
+                           peers: n.mode == "vxlan" ? Array(Set(peers.filter { $0 != own })).sorted() : [], mtu: n.mode == "bridge" ? nil : n.segmentMTU,
+                           local: n.mode == "vxlan" ? own : nil)
         }
     }
 

@@ -140,10 +140,9 @@ extension Controller {
                 misses = 0
                 if now.state == "completed" {
                     do {
-                        var current = try await self.desired()
-                        if let i = current.vms?.firstIndex(where: { $0.name == vm }), current.vms![i].disks.indices.contains(req.disk) {
-                            current.vms![i].disks[req.disk].pool = req.pool
-                            _ = try await self.store.put(kind: "vm", name: vm, spec: Self.json(current.vms![i]))
+                        let (disk, pool) = (req.disk, req.pool)
+                        _ = try await self.updateVM(vm) { spec in
+                            if spec.disks.indices.contains(disk) { spec.disks[disk].pool = pool }
                         }
                         try await self.store.addEvent(source: "controller", kind: "vm", name: vm, event: "storage-moved", detail: host,
                                                       message: "disk \(req.disk) now in \(req.pool) (\(now.destination))")

@@ -20,6 +20,7 @@ extension Controller {
             guard let agent = h.agent, p.isSeen(by: h.name, site: h.site) else { throw Conflict("host \(host) does not see pool \(pool)") }
             return (h.name, agent)
         }
+        if seeing.isEmpty { throw Conflict("no host sees pool \(pool)") }
         if p.type == "shared" || p.type == "rbd" || seeing.count == 1 {
             guard let h = seeing.first(where: { answering.contains($0.name) }) ?? seeing.first else { throw Conflict("no host sees pool \(pool)") }
             return (h.name, h.agent!)
@@ -27,8 +28,31 @@ extension Controller {
         throw ValidationFailure([ValidationProblem("host", "pool \(pool) is on \(seeing.count) hosts (\(seeing.map(\.name).joined(separator: ", "))): say which")])
     }
 
+    /// What a change to a volume must not meet: VMs of the desired state whose disk it is (the agent
+    /// sees only its own host's domains, a shared pool's volume may be another host's VM's disk).
+    enum VolumeChange { case delete, snapshot }
+
+    func checkVolumeUse(pool: String, volume: String, _ change: VolumeChange) async throws {
+        let statuses = Dictionary(uniqueKeysWithValues: try await store.vmStatuses().map { ($0.name, $0) })
+        for vm in try await desired().vms ?? [] {
+            for (i, d) in vm.disks.enumerated() where d.path == nil && d.pool == pool && Self.volumeName(vm: vm.name, disk: i) == volume {
+                switch change {
+                case .delete:
+                    throw Conflict("\(pool)/\(volume) is disk \(i) of \(vm.name): delete the VM first (its volumes stay until deleted)")
+                case .snapshot:
+                    let state = statuses[vm.name]?.state ?? "pending"
+                    if !["shutoff", "stopped", "pending"].contains(state) {
+                        throw Conflict("\(pool)/\(volume) is disk \(i) of \(vm.name), which is \(state)\(statuses[vm.name]?.host.map { " on \($0)" } ?? ""): stop it first")
+                    }
+                }
+            }
+        }
+    }
+
     /// Passes one volume request to the agent that serves the pool and decodes its answer.
-    func volumeCall<T: Decodable>(_ type: T.Type, _ method: HTTPMethod, pool: String, host: String?, path: String, body: Data? = nil) async throws -> T {
+    func volumeCall<T: Decodable>(_ type: T.Type, _ method: HTTPMethod, pool: String, host: String?, path: String, body: Data? = nil,
+                                  volume: String? = nil, change: VolumeChange? = nil) async throws -> T {
+        if let volume, let change { try await checkVolumeUse(pool: pool, volume: volume, change) }
         let (_, agent) = try await volumeHost(pool: pool, host: host)
         let encoded = pool.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(.init(charactersIn: "-._"))) ?? pool
         return try agents.decode(T.self, try await agents.call(method, agent + "/v1/storage-pools/\(encoded)/volumes" + path, body: body, timeout: .seconds(3600)))

@@ -50,6 +50,7 @@ public enum StorageXML {
         if m.hasPrefix("["), let r = m.range(of: "]:", options: .backwards) {
             return (String(m[m.index(after: m.startIndex)..<r.lowerBound]), String(m[r.upperBound...]))
         }
+        if m.hasPrefix("[") && m.hasSuffix("]") { return (String(m.dropFirst().dropLast()), nil) }
         if m.filter({ $0 == ":" }).count == 1, let i = m.lastIndex(of: ":") {
             return (String(m[..<i]), String(m[m.index(after: i)...]))
         }

@@ -20,12 +20,17 @@ extension HostAgent {
             if !names.insert(n.name).inserted { problems.append(.init("\(at).name", "\(n.name) is listed twice")) }
             if !bridges.insert(n.bridge).inserted { problems.append(.init("\(at).bridge", "\(n.bridge) carries another network too")) }
             if n.peers.count > 4096 { problems.append(.init("\(at).peers", "at most 4096")) }
+            if let l = n.local, l.isEmpty || l.utf8.count > 253 || !l.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-:".contains($0)) }) {
+                problems.append(.init("\(at).local", "must be an address or a host name"))
+            }
             for (j, p) in n.peers.enumerated() where p.isEmpty || p.utf8.count > 253 || !p.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-:".contains($0)) }) {
                 problems.append(.init("\(at).peers[\(j)]", "must be an address or a host name"))
             }
             var s = n
             if s.uplink == nil && s.mode != "bridge" { s.uplink = config.uplink }
-            if let p = NetworkPlan.problem(s.withPeers([])) { problems.append(.init(at, p)) }
+            // A VLAN network without an uplink on this host is this host's problem (reported for that
+            // network), not a malformed request.
+            if let p = NetworkPlan.problem(s.withPeers([]), requireUplink: false) { problems.append(.init(at, p)) }
         }
         if !problems.isEmpty { throw AgentError.invalid(problems) }
         let uplink = config.uplink
@@ -49,7 +54,11 @@ extension HostAgent {
             for p in n.peers {
                 if let a = await Self.resolve(p) { peers.insert(a) } else { unresolved[n.name] = "peer \(p) does not resolve" }
             }
-            want.append(n.withPeers(peers.sorted()))
+            var w = n.withPeers(peers.sorted())
+            if let l = n.local {
+                if let a = await Self.resolve(l) { w.local = a } else { unresolved[n.name] = "local \(l) does not resolve"; w.local = nil }
+            }
+            want.append(w)
         }
         let plan = NetworkPlan.plan(want: want, have: try await Self.readLinks())
         var errors = plan.errors
@@ -87,7 +96,7 @@ extension HostAgent {
 
     /// An address literal as it is, a name through the resolver (the first IPv4, else IPv6, address).
     static func resolve(_ peer: String) async -> String? {
-        if NetworkPlan.isAddress(peer) { return peer }
+        if let a = NetworkPlan.canonical(peer) { return a }
         return try? await Libvirt.offload { () -> String? in
             var hints = addrinfo()
             hints.ai_socktype = Int32(SOCK_DGRAM.rawValue)
@@ -103,7 +112,7 @@ extension HostAgent {
                 }
                 p = a.pointee.ai_next
             }
-            return found.first { !$0.contains(":") } ?? found.first
+            return (found.first { !$0.contains(":") } ?? found.first).flatMap(NetworkPlan.canonical)
         }
     }
 }

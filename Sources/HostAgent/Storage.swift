@@ -165,7 +165,8 @@ extension HostAgent {
             var paths = Set<String>()
             for inactive in [false, true] {
                 guard let def = try? DomainXML.parse(try d.xml(inactive: inactive)) else { continue }
-                for disk in def.disks { paths.insert(disk.path) }
+                // A network disk `rbd:CEPHPOOL/IMAGE` is the libvirt volume of path `CEPHPOOL/IMAGE`.
+                for disk in def.disks { paths.insert(disk.network ? String(disk.path.drop { $0 != ":" }.dropFirst()) : disk.path) }
             }
             for p in paths { users[p, default: []].append(d.name) }
         }
@@ -388,8 +389,9 @@ extension HostAgent {
 
     /// `create`, `apply` (revert) or `delete` one snapshot.
     public func changeSnapshot(pool: String, volume: String, snapshot: String, _ action: String) async throws(AgentError) -> [VolumeSnapshot] {
-        guard Self.isVolumeName(snapshot) else {
-            throw AgentError.invalid([.init("name", "1 to 128 letters, digits, . _ -, starting with a letter or digit")])
+        // All digits would be taken for a snapshot ID by qemu-img (and could name another snapshot).
+        guard Self.isVolumeName(snapshot), !snapshot.allSatisfy(\.isNumber) else {
+            throw AgentError.invalid([.init("name", "1 to 128 letters, digits, . _ -, starting with a letter or digit, not all digits")])
         }
         let path = try await snapshotTarget(pool: pool, volume: volume, forChange: true)
         let existing = try await volumeSnapshots(pool: pool, volume: volume)
@@ -403,6 +405,8 @@ extension HostAgent {
         do {
             _ = try await Subprocess.run("qemu-img", ["snapshot", flag, snapshot, "--", path])
         } catch {
+            // A lock held by a QEMU process (the image is open in a guest, maybe on another host).
+            if "\(error)".contains("lock") { throw AgentError.conflict("\(pool)/\(volume) is open elsewhere: \(error)") }
             throw AgentError.internalError("qemu-img snapshot \(flag) \(snapshot): \(error)")
         }
         logger.info("volume snapshot", metadata: ["volume": "\(pool)/\(volume)", "snapshot": "\(snapshot)", "action": "\(action)"])

@@ -18,8 +18,11 @@ public struct HostLinks: Sendable, Equatable {
         public var port: Int?
         /// vlan: the device it tags frames on; vxlan: the device it is bound to.
         public var parent: String?
+        /// vxlan: the local (source) address.
+        public var local: String?
         public init(name: String, kind: String? = nil, master: String? = nil, up: Bool = true, mtu: Int = 1500, alias: String? = nil,
-                    id: Int? = nil, port: Int? = nil, parent: String? = nil) {
+                    id: Int? = nil, port: Int? = nil, parent: String? = nil, local: String? = nil) {
+            self.local = local
             self.name = name
             self.kind = kind
             self.master = master
@@ -61,7 +64,7 @@ public struct HostLinks: Sendable, Equatable {
             if info?["info_kind"] as? String == "veth" { parent = nil }
             return Link(name: name, kind: info?["info_kind"] as? String, master: i["master"] as? String, up: flags.contains("UP"),
                         mtu: i["mtu"] as? Int ?? 1500, alias: i["ifalias"] as? String, id: data?["id"] as? Int,
-                        port: data?["port"] as? Int, parent: parent)
+                        port: data?["port"] as? Int, parent: parent, local: data?["local"] as? String)
         }
     }
 
@@ -116,8 +119,9 @@ public enum NetworkPlan {
 
     public static let defaultVXLANPort = 4789
 
-    /// Why a setting is unusable before looking at the host (names, ranges, addresses).
-    public static func problem(_ s: NetworkSetting) -> String? {
+    /// Why a setting is unusable before looking at the host (names, ranges, addresses). `requireUplink`:
+    /// a VLAN network without an uplink is a problem too (false when the host may supply its own).
+    public static func problem(_ s: NetworkSetting, requireUplink: Bool = true) -> String? {
         func isName(_ n: String) -> Bool {
             !n.isEmpty && n.utf8.count <= 15 && n != "." && n != ".."
                 && n.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f && $0 != 0x2f && $0 != 0x3a }
@@ -129,21 +133,28 @@ public enum NetworkPlan {
         case "bridge": return nil
         case "vlan":
             guard let v = s.vlan, (1...4094).contains(v) else { return "a VLAN network needs a VLAN between 1 and 4094" }
-            if s.uplink == nil { return "a VLAN network needs an uplink (the manifest's network uplink or the agent's uplink setting)" }
+            if s.uplink == nil && requireUplink { return "a VLAN network needs an uplink (the manifest's network uplink or the agent's uplink setting)" }
         case "vxlan":
             guard let v = s.vni, (1...16_777_215).contains(v) else { return "a VXLAN network needs a VNI between 1 and 16777215" }
             if let p = s.port, !(1...65_535).contains(p) { return "port \(p) is not a UDP port" }
             for p in s.peers where !isAddress(p) { return "peer \(p) is not an IP address" }
+            if let l = s.local, !isAddress(l) { return "local \(l) is not an IP address" }
         default: return "mode \(s.mode) is not bridge, vlan or vxlan"
         }
         return nil
     }
 
     /// A literal IPv4 or IPv6 address (peers reach `bridge fdb` only as addresses).
-    public static func isAddress(_ s: String) -> Bool {
+    public static func isAddress(_ s: String) -> Bool { canonical(s) != nil }
+
+    /// An address literal as the kernel prints it (`2001:db8:0::1` → `2001:db8::1`); nil if not one.
+    public static func canonical(_ s: String) -> String? {
         var v4 = in_addr()
         var v6 = in6_addr()
-        return inet_pton(AF_INET, s, &v4) == 1 || inet_pton(AF_INET6, s, &v6) == 1
+        var buf = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        if inet_pton(AF_INET, s, &v4) == 1, inet_ntop(AF_INET, &v4, &buf, socklen_t(buf.count)) != nil { return String(cString: buf) }
+        if inet_pton(AF_INET6, s, &v6) == 1, inet_ntop(AF_INET6, &v6, &buf, socklen_t(buf.count)) != nil { return String(cString: buf) }
+        return nil
     }
 
     /// The commands that take the host from `have` to `want`. Peers must be addresses already.
@@ -160,20 +171,22 @@ public enum NetworkPlan {
             }
             let alias = aliasPrefix + s.name
             let bridge = have.link(s.bridge)
+            // A wanted network's own devices stay, even while it cannot be realized here.
+            keep.insert(s.bridge)
+            if let t = tunnel(s) { keep.insert(t) }
             if s.mode == "bridge" {
-                // The operator's bridge, as it is.
+                // The operator's bridge: used as it is (only brought up when down).
                 if bridge == nil { errors[s.name] = "bridge \(s.bridge) does not exist on this host" }
                 else if bridge?.kind != "bridge" { errors[s.name] = "\(s.bridge) is not a bridge" }
-                else if bridge?.up == false { ip("link", "set", s.bridge, "up", for: s.name) }
-                keep.insert(s.bridge)
+                else if bridge?.up == false { ip("link", "set", "dev", s.bridge, "up", for: s.name) }
                 continue
             }
             let t = tunnel(s)!
-            if s.mode == "vlan", let u = s.uplink, have.link(u) == nil {
-                errors[s.name] = "uplink \(u) does not exist on this host"
+            if s.mode == "vlan" && s.uplink == nil {
+                errors[s.name] = "a VLAN network needs an uplink (the manifest's network uplink or the agent's uplink setting)"
                 continue
             }
-            if let u = s.uplink, s.mode == "vxlan", have.link(u) == nil {
+            if let u = s.uplink, have.link(u) == nil {
                 errors[s.name] = "uplink \(u) does not exist on this host"
                 continue
             }
@@ -181,12 +194,16 @@ public enum NetworkPlan {
                 errors[s.name] = "\(s.bridge) exists and is not a bridge"
                 continue
             }
+            // A tunnel under someone else's bridge would join the segment to whatever that bridge
+            // carries (the host's LAN, libvirt's NAT network): only bridges the agent made are used.
+            if let b = bridge, b.alias != alias {
+                errors[s.name] = "bridge \(s.bridge) exists and was not made for network \(s.name)"
+                continue
+            }
             if let other = have.link(t), other.alias != alias {
                 errors[s.name] = "\(t) exists and was not made for network \(s.name)"
                 continue
             }
-            keep.insert(s.bridge)
-            keep.insert(t)
             let mtu = s.mtu ?? (s.mode == "vxlan" ? 1450 : nil)
 
             if bridge == nil {
@@ -198,7 +215,7 @@ public enum NetworkPlan {
             if let e = existing {
                 let port = s.port ?? defaultVXLANPort
                 let same = s.mode == "vxlan"
-                    ? e.kind == "vxlan" && e.id == s.vni && (e.port ?? port) == port && e.parent == s.uplink
+                    ? e.kind == "vxlan" && e.id == s.vni && (e.port ?? port) == port && e.parent == s.uplink && e.local == s.local
                     : e.kind == "vlan" && e.id == s.vlan && e.parent == s.uplink
                 if !same {
                     ip("link", "del", "dev", t, for: s.name)
@@ -208,6 +225,7 @@ public enum NetworkPlan {
             if existing == nil {
                 if s.mode == "vxlan" {
                     var args = ["link", "add", "name", t, "type", "vxlan", "id", String(s.vni!), "dstport", String(s.port ?? defaultVXLANPort)]
+                    if let l = s.local { args += ["local", l] }
                     if let u = s.uplink { args += ["dev", u] }
                     commands.append(Command("ip", args, network: s.name))
                 } else {

@@ -61,7 +61,8 @@ struct Apply: AsyncParsableCommand {
 }
 
 func waitFor(client: ControllerClient, names: Set<String>, want: [String: String], timeout: Int, quiet: Bool) async throws {
-    let deadline = ContinuousClock.now + .seconds(timeout)
+    let start = ContinuousClock.now
+    let deadline = start + .seconds(timeout)
     let tty = isatty(1) == 1 && !quiet
     while true {
         let vms: [VMView] = try await client.call(.GET, "/v1/vms")
@@ -85,7 +86,8 @@ func waitFor(client: ControllerClient, names: Set<String>, want: [String: String
             stderr("timed out after \(timeout) s")
             throw ExitCode(Exit.failed)
         }
-        try await Task.sleep(for: .milliseconds(500))
+        // Most VMs are up within seconds: look often at first, then every half second.
+        try await Task.sleep(for: .milliseconds(ContinuousClock.now - start < .seconds(10) ? 100 : 500))
     }
 }
 

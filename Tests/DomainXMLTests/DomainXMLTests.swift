@@ -239,7 +239,8 @@ import TestSupport
         let bad = VMSpec(name: "db2", cpus: 1, memoryMiB: 256, disks: [.init(rbd: .init(image: "no-slash", monitors: ["a b"], secretUUID: "x"))])
         #expect(bad.validate().map(\.description) == [
             "disks[0].rbd.image: must be CEPHPOOL/IMAGE", "disks[0].rbd.monitors[0]: must be a host, host:port or [v6]:port",
-            "disks[0].rbd.secretUUID: must be a UUID",
+            "disks[0].rbd.secretUUID: must be a UUID", "disks[0].rbd: cephx needs user and secretUUID together (or neither)",
         ])
+        #expect(StorageXML.monitor("[fd00::2]") == ("fd00::2", nil) && StorageXML.monitor("[fd00::2]:6789") == ("fd00::2", "6789"))
     }
 }

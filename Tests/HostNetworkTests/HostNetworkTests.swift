@@ -162,6 +162,33 @@ import Testing
         #expect(after.link("vsx2") != nil && after.link("br0") != nil && after.link("eth0") != nil, "unowned links are never touched")
     }
 
+    /// A VXLAN tunnel bound to the host's own endpoint; an operator's bridge is never put under one.
+    @Test func localEndpointAndNoBridgeTakeover() throws {
+        let s = NetworkSetting(name: "prod", bridge: "vsx5", mode: "vxlan", vni: 5, peers: ["10.0.0.2"], local: "10.0.0.1")
+        let plan = NetworkPlan.plan(want: [s], have: Self.base)
+        #expect(plan.commands.map(\.description).contains("ip link add name vsvxlan5 type vxlan id 5 dstport 4789 local 10.0.0.1"))
+        var after = try Self.run(plan.commands, on: Self.base)
+        for i in after.links.indices where after.links[i].name == "vsvxlan5" { after.links[i].local = "10.0.0.1" }
+        #expect(NetworkPlan.plan(want: [s], have: after).commands.isEmpty)
+        var moved = s
+        moved.local = "10.0.0.9"
+        #expect(NetworkPlan.plan(want: [moved], have: after).commands.first?.description == "ip link del dev vsvxlan5", "a new endpoint makes the tunnel again")
+        let takeover = NetworkSetting(name: "prod", bridge: "br0", mode: "vxlan", vni: 5)
+        let r = NetworkPlan.plan(want: [takeover], have: Self.base)
+        #expect(r.commands.isEmpty && r.errors["prod"] == "bridge br0 exists and was not made for network prod")
+        #expect(NetworkPlan.canonical("2001:db8:0::1") == "2001:db8::1" && NetworkPlan.canonical("host1") == nil)
+    }
+
+    /// A wanted network that cannot be realized keeps its devices (no teardown on a transient error).
+    @Test func wantedButBrokenKeepsItsDevices() throws {
+        let s = NetworkSetting(name: "v", bridge: "vsv7", mode: "vlan", uplink: "eth0", vlan: 7)
+        let h = try Self.run(NetworkPlan.plan(want: [s], have: Self.base).commands, on: Self.base)
+        var broken = s
+        broken.uplink = "bond9"
+        let plan = NetworkPlan.plan(want: [broken], have: h)
+        #expect(plan.commands.isEmpty && plan.errors["v"] == "uplink bond9 does not exist on this host")
+    }
+
     /// A tunnel name taken by something the agent did not make is an error, not a takeover.
     @Test func foreignTunnelIsNotTaken() {
         var h = Self.base
