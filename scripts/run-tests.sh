@@ -51,7 +51,7 @@ echo "== two sites; the controller suite with its state in PostgreSQL"
 bash scripts/testbed.sh down
 VSPHERE_TESTBED_DATABASE="$VSPHERE_TEST_POSTGRES" bash scripts/testbed.sh up 2 2
 grep -q -- "--database postgres://" "$VSPHERE_TESTBED/controller/controller.cmd"
-swift_test /tmp/vsphere-test-pg.log --filter "ControllerOnTestbed|TwoSites|VMotionAcrossSites"
+swift_test /tmp/vsphere-test-pg.log --filter "ControllerOnTestbed|TwoSites|VMotionAcrossSites|OverlayAcrossSites"
 
 echo "== three hosts, guests on CPU 0: DRS and DPM"
 bash scripts/testbed.sh down
