@@ -26,11 +26,13 @@ extension HostAgent {
             for (j, p) in n.peers.enumerated() where p.isEmpty || p.utf8.count > 253 || !p.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-:".contains($0)) }) {
                 problems.append(.init("\(at).peers[\(j)]", "must be an address or a host name"))
             }
-            var s = n
+            // Peers and the local endpoint may be names (resolved later): the checks below take addresses.
+            var s = n.withPeers([])
+            s.local = nil
             if s.uplink == nil && s.mode != "bridge" { s.uplink = config.uplink }
             // A VLAN network without an uplink on this host is this host's problem (reported for that
             // network), not a malformed request.
-            if let p = NetworkPlan.problem(s.withPeers([]), requireUplink: false) { problems.append(.init(at, p)) }
+            if let p = NetworkPlan.problem(s, requireUplink: false) { problems.append(.init(at, p)) }
         }
         if !problems.isEmpty { throw AgentError.invalid(problems) }
         let uplink = config.uplink
