@@ -41,6 +41,8 @@ public final class Controller: Sendable {
     let storageState = Mutex<[String: HostStorage]>([:])
     /// The revocation list each agent was last given (host → serials).
     let revocationsPushed = Mutex<[String: (serials: [String], at: ContinuousClock.Instant)]>([:])
+    /// VMs with an identity that the last pass found on no host.
+    let missingVMs = Mutex<Set<String>>([])
     /// Serializes applies.
     let applies = Serial()
     /// What each host last reported of its networks.

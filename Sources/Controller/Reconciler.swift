@@ -259,6 +259,19 @@ extension Controller {
                 try await store.setVMStatus(status)
                 continue
             }
+            // Hosts are asked one after another: a VM migrated outside the controller in between shows
+            // on neither. Only a VM missing in two passes in a row is taken for undefined.
+            let missing = location == nil && status.uuid != nil
+            let missingBefore = missingVMs.withLock { m in
+                let was = m.contains(name)
+                if missing { m.insert(name) } else { m.remove(name) }
+                return was
+            }
+            if missing && !missingBefore {
+                status.message = "not found on any host; looking again next pass before defining it again"
+                try await store.setVMStatus(status)
+                continue
+            }
             if location == nil, status.uuid != nil, let h = status.host, observed.inventories[h] != nil {
                 // It was defined there, and nobody here removed it: undefined behind the controller's back.
                 await raise("drift:\(name):undefined", kind: "drift", name: name, host: h,
