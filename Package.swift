@@ -86,7 +86,7 @@ let package = Package(
             ],
             swiftSettings: strict),
         // The host side of the distributed switch as a plan of ip/bridge commands (pure).
-        .target(name: "HostNetwork", dependencies: ["AgentAPI"], swiftSettings: strict),
+        .target(name: "HostNetwork", dependencies: ["AgentAPI", "ClusterModel"], swiftSettings: strict),
         // Wire types of the agent's HTTP API (Schemas/agent-api.json).
         .target(name: "AgentAPI", dependencies: ["ClusterModel", "MigrationPolicy"], swiftSettings: strict),
         // The host agent service.

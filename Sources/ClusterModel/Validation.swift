@@ -125,10 +125,7 @@ extension VMSpec {
             if let r = d.rbd {
                 let parts = r.image.split(separator: "/", omittingEmptySubsequences: false)
                 if parts.count != 2 || !parts.allSatisfy({ Disk.isVolumeName($0) }) { out.append(.init("\(dp).rbd.image", "must be CEPHPOOL/IMAGE")) }
-                if r.monitors.isEmpty || r.monitors.count > 16 { out.append(.init("\(dp).rbd.monitors", "must list 1 to 16 monitors")) }
-                for (j, m) in r.monitors.enumerated() where m.isEmpty || m.count > 255 || !m.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-:[]".contains($0)) }) {
-                    out.append(.init("\(dp).rbd.monitors[\(j)]", "must be a host, host:port or [v6]:port"))
-                }
+                out += Self.monitorProblems(r.monitors, at: "\(dp).rbd.monitors")
                 if let u = r.user, !Self.isToken(u) { out.append(.init("\(dp).rbd.user", "must be a Ceph user name")) }
                 if let u = r.secretUUID, UUID(uuidString: u) == nil { out.append(.init("\(dp).rbd.secretUUID", "must be a UUID")) }
                 if (r.user == nil) != (r.secretUUID == nil) { out.append(.init("\(dp).rbd", "cephx needs user and secretUUID together (or neither)")) }
@@ -196,6 +193,16 @@ extension VMSpec {
         }
         if let rp = resourcePool, !Names.isValid(rp) {
             out.append(.init(p("resourcePool"), "must match ^[a-z][a-z0-9-]{0,62}$"))
+        }
+        return out
+    }
+
+    /// Ceph monitors as an rbd pool or disk lists them: 1 to 16, each a host, host:port or [v6]:port.
+    public static func monitorProblems(_ monitors: [String], at: String) -> [ValidationProblem] {
+        var out: [ValidationProblem] = []
+        if monitors.isEmpty || monitors.count > 16 { out.append(.init(at, "must list 1 to 16 monitors")) }
+        for (i, m) in monitors.enumerated() where m.isEmpty || m.count > 255 || !m.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-:[]".contains($0)) }) {
+            out.append(.init("\(at)[\(i)]", "must be a host, host:port or [v6]:port"))
         }
         return out
     }

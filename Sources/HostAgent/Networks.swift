@@ -20,10 +20,11 @@ extension HostAgent {
             if !names.insert(n.name).inserted { problems.append(.init("\(at).name", "\(n.name) is listed twice")) }
             if !bridges.insert(n.bridge).inserted { problems.append(.init("\(at).bridge", "\(n.bridge) carries another network too")) }
             if n.peers.count > 4096 { problems.append(.init("\(at).peers", "at most 4096")) }
-            if let l = n.local, l.isEmpty || l.utf8.count > 253 || !l.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-:".contains($0)) }) {
-                problems.append(.init("\(at).local", "must be an address or a host name"))
+            func isEndpoint(_ e: String) -> Bool {
+                !e.isEmpty && e.utf8.count <= 253 && e.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || ".-:".contains($0)) }
             }
-            for (j, p) in n.peers.enumerated() where p.isEmpty || p.utf8.count > 253 || !p.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-:".contains($0)) }) {
+            if let l = n.local, !isEndpoint(l) { problems.append(.init("\(at).local", "must be an address or a host name")) }
+            for (j, p) in n.peers.enumerated() where !isEndpoint(p) {
                 problems.append(.init("\(at).peers[\(j)]", "must be an address or a host name"))
             }
             // Peers and the local endpoint may be names (resolved later): the checks below take addresses.

@@ -34,10 +34,7 @@ extension HostAgent {
         default:
             guard let r = p.rbd else { return out + [.init("\(at).rbd", "is required for an rbd pool")] }
             if !Self.isLVMName(r.pool) { out.append(.init("\(at).rbd.pool", "must be a Ceph pool name")) }
-            if r.monitors.isEmpty || r.monitors.count > 16 { out.append(.init("\(at).rbd.monitors", "must list 1 to 16 monitors")) }
-            for (i, m) in r.monitors.enumerated() where m.isEmpty || m.count > 255 || !m.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || ".-:[]".contains($0)) }) {
-                out.append(.init("\(at).rbd.monitors[\(i)]", "must be a host, host:port or [v6]:port"))
-            }
+            out += VMSpec.monitorProblems(r.monitors, at: "\(at).rbd.monitors")
             if let u = r.user, u.isEmpty || u.count > 64 || !u.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) }) {
                 out.append(.init("\(at).rbd.user", "must be a Ceph user name"))
             }

@@ -1,4 +1,5 @@
 import AgentAPI
+import ClusterModel
 import Foundation
 
 /// A host's links as `ip -json -details link show` reports them, and the flood entries of its tunnels
@@ -122,10 +123,7 @@ public enum NetworkPlan {
     /// Why a setting is unusable before looking at the host (names, ranges, addresses). `requireUplink`:
     /// a VLAN network without an uplink is a problem too (false when the host may supply its own).
     public static func problem(_ s: NetworkSetting, requireUplink: Bool = true) -> String? {
-        func isName(_ n: String) -> Bool {
-            !n.isEmpty && n.utf8.count <= 15 && n != "." && n != ".."
-                && n.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f && $0 != 0x2f && $0 != 0x3a }
-        }
+        let isName = VMSpec.isInterfaceName
         if !isName(s.bridge) { return "bridge \(s.bridge) is not a Linux interface name" }
         if let u = s.uplink, !isName(u) { return "uplink \(u) is not a Linux interface name" }
         if let m = s.mtu, !(576...9_000).contains(m) { return "mtu \(m) is not between 576 and 9000" }
