@@ -7,7 +7,7 @@ SITES ?= 1
 CONFIG ?= debug
 BIN := .build/$(CONFIG)
 
-.PHONY: all deps build build-tests guest-image test unit-test integration-test testbed testbed-down demo demo-down bench fmt clean
+.PHONY: all deps build release agent-order build-tests guest-image test unit-test integration-test testbed testbed-down demo demo-down bench fmt clean
 
 all: build
 
@@ -16,6 +16,17 @@ deps:
 
 build: deps
 	$(SWIFT) build -c $(CONFIG)
+
+# What gets installed on hosts (docs/operations.md): the Swift runtime linked in, the agent laid out
+# for a small resident set (Package.swift, agentReleaseLinking).
+release: deps
+	@bash scripts/build-release.sh
+
+# Re-record the functions the agent runs at start and idle (scripts/agent.order), then relink.
+agent-order: release
+	@bash scripts/agent-order.sh
+	rm -f .build/release/vsphere-agent
+	@bash scripts/build-release.sh vsphere-agent
 
 build-tests: deps
 	$(SWIFT) build --build-tests

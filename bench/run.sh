@@ -5,9 +5,7 @@ cd "$(dirname "$0")/.."
 export PATH=/opt/swift/usr/bin:$PATH
 export VSPHERE_TESTBED=${VSPHERE_TESTBED_DIR:-/var/lib/vsphere-testbed}
 command -v hspace >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q ganeti-htools >/dev/null
-swift build -c release --product vsphere-ctl
-swift build -c release --product vsphere-agent
-swift build -c release --product vsphere-controller
+bash scripts/build-release.sh
 
 echo "== placement (vs Ganeti hspace)"
 python3 bench/placement.py
