@@ -25,7 +25,6 @@ release: deps
 # Re-record the functions the agent runs at start and idle (scripts/agent.order), then relink.
 agent-order: release
 	@bash scripts/agent-order.sh
-	rm -f .build/release/vsphere-agent
 	@bash scripts/build-release.sh vsphere-agent
 
 build-tests: deps

@@ -40,6 +40,11 @@ def rss_kib(pid):
     return 0
 
 
+def swift_runtime(pid):
+    """How the measured agent carries the Swift runtime, read off its mappings: `make release` links it in."""
+    return "shared" if any("libswiftCore.so" in line for line in open(f"/proc/{pid}/maps")) else "linked in"
+
+
 def virsh_idle_rss_kib():
     """The same host's libvirt client of reference, idle: an interactive virsh connected to the same
     libvirtd after one `list --all`. Every libvirt client pays for libvirt's own libraries."""
@@ -104,7 +109,7 @@ def main():
         "agentMedianMs": round(a, 1), "virshMedianMs": round(v, 1), "ratio": round(a / v, 3), "goalRatio": 1.10,
         "agentMs": [round(x, 1) for x in agent_ms], "virshMs": [round(x, 1) for x in virsh_ms],
         "agentRssIdleMiB": round(rss_idle / 1024, 1), "agentRss10VMsMiB": round(rss_10 / 1024, 1), "goalRssIdleMiB": 30,
-        "virshIdleRssMiB": round(rss_virsh / 1024, 1), "agentBuild": "make release (static Swift runtime, ordered layout)",
+        "virshIdleRssMiB": round(rss_virsh / 1024, 1), "agentSwiftRuntime": swift_runtime(AGENT_PID),
         "accelerator": "tcg", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)

@@ -76,7 +76,7 @@ for line in open(sys.argv[1], errors="replace"):
             current = ident
     else:
         if name:
-            names[ident] = re.sub(r"'\d+$", "", name)  # callgrind marks recursion levels so
+            names[ident] = re.sub(r"'\d+$", "", name)  # callgrind's recursion-level suffix: not part of the symbol
         if kind == "fn":
             objectOf.setdefault(ident, current)
 ran = sorted({names[i] for i, o in objectOf.items() if objects.get(o) == sys.argv[2] and not names[i].startswith("0x")})
