@@ -36,7 +36,9 @@ let package = Package(
         .executable(name: "vsphere-ctl", targets: ["vsphere-ctl"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        // Without its default traits: full Foundation (CoreFoundation and ICU, megabytes an idle agent would
+        // carry) and swift-configuration, neither of which this product uses.
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1", traits: []),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
@@ -55,6 +57,7 @@ let package = Package(
         // System libraries: module maps only.
         .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
         .systemLibrary(name: "CLibXML2", pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
+        .systemLibrary(name: "CMalloc"),
 
         // Pure: the VM spec, its validation and service-level arithmetic. No I/O.
         .target(name: "ClusterModel", swiftSettings: strict),
@@ -70,7 +73,7 @@ let package = Package(
             ],
             swiftSettings: strict),
         // posix_spawn attributes for children that start with no signal blocked.
-        .target(name: "Spawn", swiftSettings: strict),
+        .target(name: "Spawn", dependencies: ["ClusterModel"], swiftSettings: strict),
         // Pure: DRS and DPM planners (consolidation, balance) over placement's snapshot.
         .target(name: "Planner", dependencies: ["ClusterModel", "Placement"], swiftSettings: strict),
         // Pure: live migration's convergence policies, pricing and compatibility checks.
@@ -85,6 +88,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             swiftSettings: strict),
         // Desired and observed state: SQLite (PostgreSQL next), versioned migrations.
@@ -101,6 +105,7 @@ let package = Package(
         .target(
             name: "TLSSupport",
             dependencies: [
+                "ClusterModel",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -123,6 +128,7 @@ let package = Package(
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
             swiftSettings: strict),
         // Wire types of the controller's HTTP API (Schemas/controller-api.json).
@@ -153,7 +159,7 @@ let package = Package(
         .executableTarget(
             name: "vsphere-agent",
             dependencies: [
-                "HostAgent", "TLSSupport",
+                "CMalloc", "HostAgent", "TLSSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

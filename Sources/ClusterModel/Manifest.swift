@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// The contract's cluster document (Schemas/cluster.schema.json). Every section is optional;
 /// `apply` merges documents by name.

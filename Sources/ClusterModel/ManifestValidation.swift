@@ -1,16 +1,12 @@
-import Foundation
+import FoundationEssentials
 
 extension ClusterManifest {
     /// Parses, checks the shape (every unknown field and wrong type) and then the meaning of a cluster
     /// document; throws every problem found, each with its JSON path.
     public static func decodeValidated(_ data: Data) throws(ValidationFailure) -> ClusterManifest {
-        let raw: Any
-        do {
-            raw = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
-        } catch {
+        guard let shapeProblems = Shape.manifest.problems(in: data, prefix: "") else {
             throw ValidationFailure([ValidationProblem("", "not valid JSON")])
         }
-        let shapeProblems = Shape.manifest.problems(in: raw, path: "")
         if !shapeProblems.isEmpty { throw ValidationFailure(shapeProblems) }
         let manifest: ClusterManifest
         do {

@@ -1,7 +1,7 @@
-import Foundation
+import FoundationEssentials
 
 /// The shape of a JSON document: which keys each object may hold and what type each value has.
-/// Walking a parsed document against its shape reports every unknown field and every wrong type,
+/// Walking a document against its shape reports every unknown field and every wrong type,
 /// each with its JSON path, before anything is decoded (a decoder stops at the first).
 indirect enum Shape: Sendable {
     case object([String: Shape], required: Set<String> = [], open: Bool = false)
@@ -15,61 +15,20 @@ indirect enum Shape: Sendable {
     case nullable(Shape)
     case any
 
-    func problems(in value: Any, path: String) -> [ValidationProblem] {
-        func at(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
-        switch self {
-        case .any:
-            return []
-        case .nullable(let inner):
-            return value is NSNull ? [] : inner.problems(in: value, path: path)
-        case .string:
-            return value is String ? [] : [.init(path, "must be a string")]
-        case .integer:
-            return Self.kind(value) == "integer" ? [] : [.init(path, "must be an integer")]
-        case .number:
-            let k = Self.kind(value)
-            return k == "integer" || k == "number" ? [] : [.init(path, "must be a number")]
-        case .boolean:
-            return Self.kind(value) == "boolean" ? [] : [.init(path, "must be a boolean")]
-        case .shares:
-            if let s = value as? String, ["low", "normal", "high"].contains(s) { return [] }
-            return Self.kind(value) == "integer" ? [] : [.init(path, "must be low, normal, high or a number")]
-        case .array(let element):
-            guard let items = value as? [Any] else { return [.init(path, "must be an array")] }
-            return items.enumerated().flatMap { element.problems(in: $1, path: "\(path)[\($0)]") }
-        case .object(let fields, let required, let open):
-            guard let dict = value as? [String: Any] else { return [.init(path, "must be an object")] }
-            var out: [ValidationProblem] = []
-            for key in dict.keys.sorted() {
-                guard let shape = fields[key] else {
-                    if !open { out.append(.init(at(key), "unknown field")) }
-                    continue
-                }
-                out += shape.problems(in: dict[key]!, path: at(key))
-            }
-            for key in required.sorted() where dict[key] == nil || dict[key] is NSNull {
-                out.append(.init(at(key), "is required"))
-            }
-            return out
+    /// Every problem of a document against this shape, in document order (an object's keys sorted),
+    /// each path behind `prefix`; nil when the document is not JSON at all. The walk runs inside
+    /// JSONDecoder and tries each value as the type its shape expects, so a good document is read
+    /// once, with no tree built and no failed guesses.
+    func problems(in data: Data, prefix: String) -> [ValidationProblem]? {
+        let walker = ShapeWalker(self, prefix: prefix)
+        let decoder = JSONDecoder()
+        decoder.userInfo[ShapeWalker.key] = walker
+        do {
+            _ = try decoder.decode(ShapeWalk.self, from: data)
+        } catch {
+            return nil
         }
-    }
-
-    /// JSON's own type of a parsed value: boolean, integer, number, string, null, array, object.
-    static func kind(_ value: Any) -> String {
-        if value is NSNull { return "null" }
-        if value is String { return "string" }
-        if value is [Any] { return "array" }
-        if value is [String: Any] { return "object" }
-        if let n = value as? NSNumber {
-            switch String(cString: n.objCType) {
-            case "c", "B": return "boolean"
-            case "d", "f":
-                let d = n.doubleValue
-                return d.rounded() == d && abs(d) < 9.0e15 ? "integer" : "number"
-            default: return "integer"
-            }
-        }
-        return "unknown"
+        return walker.problems
     }
 
     static let levelsCPU: Shape = .object([
@@ -154,4 +113,103 @@ indirect enum Shape: Sendable {
             "vms": .array(vmSpec),
         ],
         required: ["apiVersion", "kind"])
+}
+
+/// The state of one walk: the shape the next value must have, the path to it, the problems so far.
+/// Values are visited depth first and one at a time, so a parent hands its child the child's shape
+/// through `next` right before decoding it.
+private final class ShapeWalker: @unchecked Sendable {
+    static let key = CodingUserInfoKey(rawValue: "vsphere.shape-walker")!
+
+    enum Step { case key(String), index(Int) }
+
+    var next: Shape
+    var steps: [Step] = []
+    var problems: [ValidationProblem] = []
+    let prefix: String
+
+    init(_ shape: Shape, prefix: String) {
+        self.next = shape
+        self.prefix = prefix
+    }
+
+    func report(_ message: String, at last: Step? = nil) {
+        var path = prefix
+        for step in steps + (last.map { [$0] } ?? []) {
+            switch step {
+            case .key(let k): path += path.isEmpty ? k : ".\(k)"
+            case .index(let i): path += "[\(i)]"
+            }
+        }
+        problems.append(ValidationProblem(path, message))
+    }
+
+    func check(_ shape: Shape, _ decoder: any Decoder) {
+        switch shape {
+        case .any:
+            return
+        case .nullable(let inner):
+            if (try? decoder.singleValueContainer().decodeNil()) == true { return }
+            check(inner, decoder)
+        case .string:
+            if (try? decoder.singleValueContainer().decode(String.self)) == nil { report("must be a string") }
+        case .integer:
+            if !Self.isInteger(decoder) { report("must be an integer") }
+        case .number:
+            if (try? decoder.singleValueContainer().decode(Double.self)) == nil { report("must be a number") }
+        case .boolean:
+            if (try? decoder.singleValueContainer().decode(Bool.self)) == nil { report("must be a boolean") }
+        case .shares:
+            if let s = try? decoder.singleValueContainer().decode(String.self), ["low", "normal", "high"].contains(s) { return }
+            if !Self.isInteger(decoder) { report("must be low, normal, high or a number") }
+        case .array(let element):
+            guard var items = try? decoder.unkeyedContainer() else { return report("must be an array") }
+            while !items.isAtEnd {
+                steps.append(.index(items.currentIndex))
+                next = element
+                let walked = (try? items.decode(ShapeWalk.self)) != nil
+                steps.removeLast()
+                if !walked { break }
+            }
+        case .object(let fields, let required, let open):
+            guard let object = try? decoder.container(keyedBy: AnyKey.self) else { return report("must be an object") }
+            for key in object.allKeys.sorted(by: { $0.stringValue < $1.stringValue }) {
+                guard let field = fields[key.stringValue] else {
+                    if !open { report("unknown field", at: .key(key.stringValue)) }
+                    continue
+                }
+                steps.append(.key(key.stringValue))
+                next = field
+                _ = try? object.decode(ShapeWalk.self, forKey: key)
+                steps.removeLast()
+            }
+            for name in required.sorted() {
+                let key = AnyKey(stringValue: name)
+                if !object.contains(key) || (try? object.decodeNil(forKey: key)) == true { report("is required", at: .key(name)) }
+            }
+        }
+    }
+
+    /// An integer as JSON Schema counts one: no fraction, so `2.0` is one too.
+    static func isInteger(_ decoder: any Decoder) -> Bool {
+        guard let c = try? decoder.singleValueContainer() else { return false }
+        if (try? c.decode(Int64.self)) != nil { return true }
+        guard let d = try? c.decode(Double.self) else { return false }
+        return d.rounded() == d && abs(d) < 9.0e15
+    }
+}
+
+/// One value of the document, checked against the shape its parent handed over.
+private struct ShapeWalk: Decodable {
+    init(from decoder: any Decoder) throws {
+        guard let walker = decoder.userInfo[ShapeWalker.key] as? ShapeWalker else { return }
+        walker.check(walker.next, decoder)
+    }
+}
+
+private struct AnyKey: CodingKey {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
 }

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// One problem with an input document, named by its JSON path (`disks[0].path`).
 public struct ValidationProblem: Error, Sendable, Equatable, CustomStringConvertible, Codable {
@@ -44,13 +44,9 @@ extension VMSpec {
     /// Decodes and validates a VM spec, reporting unknown fields, wrong types, bounds and bad names
     /// with their JSON paths. `prefix` is prepended to every path (e.g. `vms[2]`).
     public static func decodeValidated(_ data: Data, prefix: String = "") throws(ValidationFailure) -> VMSpec {
-        let raw: Any
-        do {
-            raw = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
-        } catch {
+        guard var problems = Shape.vmSpec.problems(in: data, prefix: prefix) else {
             throw ValidationFailure([ValidationProblem(prefix, "not valid JSON")])
         }
-        var problems = Shape.vmSpec.problems(in: raw, path: prefix)
         if !problems.isEmpty { throw ValidationFailure(problems) }
         let spec: VMSpec
         do {

@@ -1,5 +1,5 @@
 import ClusterModel
-import Foundation
+import FoundationEssentials
 
 public enum DomainXMLError: Error, Sendable, Equatable, CustomStringConvertible {
     case malformed(String)

@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// libvirt storage pool, volume and network XML, built with libxml2 like domain XML.
 public enum StorageXML {
@@ -47,7 +47,7 @@ public enum StorageXML {
 
     /// A Ceph monitor as host and port: `host:port`, `[v6]:port` or a bare host.
     public static func monitor(_ m: String) -> (host: String, port: String?) {
-        if m.hasPrefix("["), let r = m.range(of: "]:", options: .backwards) {
+        if m.hasPrefix("["), let r = m.ranges(of: "]:").last {
             return (String(m[m.index(after: m.startIndex)..<r.lowerBound]), String(m[r.upperBound...]))
         }
         if m.hasPrefix("[") && m.hasSuffix("]") { return (String(m.dropFirst().dropLast()), nil) }

@@ -1,6 +1,7 @@
 import ClusterModel
 import DomainXML
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// The agent's settings: /etc/vsphere/agent.json, overridden by command-line flags.
 public struct AgentConfig: Codable, Sendable, Equatable {
@@ -98,7 +99,7 @@ public struct AgentConfig: Codable, Sendable, Equatable {
     /// Loads a config file; unknown fields and bad values are reported with their names.
     public static func load(path: String) throws -> AgentConfig {
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
-        if let obj = try JSONSerialization.jsonObject(with: data) as? [String: Any] {
+        if let obj = try JSONValue(parsing: data).object {
             let known = Set(CodingKeys.allCases.map(\.rawValue))
             if let unknown = obj.keys.sorted().first(where: { !known.contains($0) }) {
                 throw ConfigError("\(path): \(unknown): unknown field")
@@ -161,7 +162,7 @@ public enum HostFacts {
     public static func hasSysResource() -> Bool {
         guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
             let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
-            let caps = UInt64(line.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16)
+            let caps = UInt64(line.dropFirst(7).trimmed, radix: 16)
         else { return false }
         return caps & (1 << 24) != 0
     }

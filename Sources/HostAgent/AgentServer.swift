@@ -1,6 +1,7 @@
 import AgentAPI
 import ClusterModel
-import Foundation
+import FoundationEssentials
+import Glibc
 import Hummingbird
 import HummingbirdTLS
 import HTTPTypes

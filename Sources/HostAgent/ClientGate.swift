@@ -1,6 +1,7 @@
 import AgentAPI
 import ClusterModel
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import NIOSSL
 import Synchronization
@@ -70,7 +71,7 @@ public final class ClientGate: Sendable {
         guard serials.count <= 10_000 else { throw AgentError.invalid([ValidationProblem("serials", "at most 10000")]) }
         let text = "# serial numbers of revoked cluster certificates, written by the controller\n"
             + Set(serials).sorted().map { $0 + "\n" }.joined()
-        try? FileManager.default.createDirectory(atPath: (revokedPath as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try? FileManager.default.createDirectory(atPath: URL(fileURLWithPath: revokedPath).deletingLastPathComponent().path, withIntermediateDirectories: true)
         do { try ClusterCA.replace(revokedPath, text, mode: 0o644) } catch { throw AgentError.internalError("cannot write \(revokedPath)") }
         return revoked()
     }

@@ -1,5 +1,7 @@
 import DomainXML
-import Foundation
+import Dispatch
+import FoundationEssentials
+import Glibc
 import Libvirt
 import Logging
 import ServiceLifecycle

@@ -1,7 +1,7 @@
 import AgentAPI
 import ClusterModel
 import DomainXML
-import Foundation
+import FoundationEssentials
 import Libvirt
 import Synchronization
 
@@ -60,7 +60,7 @@ extension HostAgent {
         }
         let bytes: UInt64
         do {
-            bytes = (try await Self.imageInfo(source)?["virtual-size"] as? NSNumber)?.uint64Value ?? 0
+            bytes = try await Self.imageInfo(source)?["virtual-size"]?.uint64 ?? 0
         } catch {
             throw AgentError.conflict("\(vm)'s \(req.target) (\(source)) cannot be read: \(error)")
         }

@@ -1,5 +1,5 @@
 import AgentAPI
-import Foundation
+import FoundationEssentials
 import Synchronization
 
 /// Fans the agent's events out to every stream subscriber, numbering them, and keeps the most recent

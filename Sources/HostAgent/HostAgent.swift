@@ -1,7 +1,8 @@
 import AgentAPI
 import ClusterModel
 import DomainXML
-import Foundation
+import FoundationEssentials
+import Glibc
 import Libvirt
 import Logging
 import ServerSupport
@@ -382,7 +383,7 @@ public final class HostAgent: Sendable {
     /// cgroup v1 paths of the domain's QEMU process (from libvirt's pid file, in this host's /run).
     static func cgroups(ofDomain name: String) -> [String: String] {
         guard let pid = (try? String(contentsOfFile: "/run/libvirt/qemu/\(name).pid", encoding: .utf8))?
-            .trimmingCharacters(in: .whitespacesAndNewlines),
+            .trimmed,
             let text = try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)
         else { return [:] }
         var out: [String: String] = [:]
@@ -401,12 +402,20 @@ public final class HostAgent: Sendable {
     /// The tail of the VM's serial console log.
     public func console(_ name: String, maxBytes: Int = 65536) async throws(AgentError) -> String {
         _ = try await withLibvirt { c in try c.domain(named: name).name }
-        guard let handle = FileHandle(forReadingAtPath: consoleLogPath(name)) else { return "" }
-        defer { try? handle.close() }
-        let size = (try? handle.seekToEnd()) ?? 0
-        try? handle.seek(toOffset: size > UInt64(maxBytes) ? size - UInt64(maxBytes) : 0)
-        let data = (try? handle.readToEnd()) ?? Data()
-        return String(decoding: data, as: UTF8.self)
+        let fd = open(consoleLogPath(name), O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return "" }
+        defer { close(fd) }
+        let size = lseek(fd, 0, SEEK_END)
+        guard size > 0, lseek(fd, max(0, size - off_t(maxBytes)), SEEK_SET) >= 0 else { return "" }
+        var bytes = [UInt8](repeating: 0, count: Int(min(size, off_t(maxBytes))))
+        var filled = 0
+        while filled < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + filled, $0.count - filled) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            filled += n
+        }
+        return String(decoding: bytes[..<filled], as: UTF8.self)
     }
 }
 

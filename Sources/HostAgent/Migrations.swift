@@ -1,7 +1,9 @@
 import AgentAPI
 import ClusterModel
 import DomainXML
-import Foundation
+import FoundationEssentials
+import Glibc
+import NIOConcurrencyHelpers
 import Libvirt
 import Logging
 import MigrationPolicy
@@ -11,7 +13,7 @@ import MigrationPolicy
 /// out its decisions. Records stay in memory for the controller to read (and after an agent restart the
 /// controller finds the VM where libvirt left it).
 public final class MigrationRunner: @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = NIOLock()
     private var records: [String: MigrationProgress] = [:]
     private var cancelRequests: Set<String> = []
     static let pollInterval: Duration = .milliseconds(500)
@@ -304,11 +306,11 @@ extension HostAgent {
                     throw AgentError.internalError("qemu-img info \(path): not a JSON object")
                 }
                 out.append(DiskImage(
-                    target: d.target, path: path, format: obj["format"] as? String ?? d.format,
-                    virtualSize: (obj["virtual-size"] as? NSNumber)?.int64Value ?? 0,
-                    actualSize: (obj["actual-size"] as? NSNumber)?.int64Value ?? 0,
-                    backingFile: obj["full-backing-filename"] as? String ?? obj["backing-filename"] as? String,
-                    backingFormat: obj["backing-filename-format"] as? String, readonly: d.readonly))
+                    target: d.target, path: path, format: obj["format"]?.string ?? d.format,
+                    virtualSize: obj["virtual-size"]?.int64 ?? 0,
+                    actualSize: obj["actual-size"]?.int64 ?? 0,
+                    backingFile: obj["full-backing-filename"]?.string ?? obj["backing-filename"]?.string,
+                    backingFormat: obj["backing-filename-format"]?.string, readonly: d.readonly))
             } catch let e as AgentError {
                 throw e
             } catch {
@@ -343,7 +345,7 @@ extension HostAgent {
         var created: [String] = []
         do {
             for d in req.disks {
-                try fm.createDirectory(atPath: (d.path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                try fm.createDirectory(atPath: URL(fileURLWithPath: d.path).deletingLastPathComponent().path, withIntermediateDirectories: true)
                 var args = ["create", "-q", "-f", d.format]
                 if backingPresent, let b = d.backingFile {
                     args += ["-b", b, "-F", d.backingFormat ?? "qcow2"]

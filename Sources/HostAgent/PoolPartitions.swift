@@ -1,6 +1,6 @@
 import AgentAPI
 import ClusterModel
-import Foundation
+import FoundationEssentials
 import Synchronization
 
 #if canImport(Glibc)
@@ -206,8 +206,8 @@ public final class PoolPartitions: Sendable {
             let dir = queue.removeFirst()
             let names = (try? FileManager.default.contentsOfDirectory(atPath: "\(mount)/\(dir)")) ?? []
             for n in names.sorted() where n.hasSuffix(".partition") {
-                var isDir: ObjCBool = false
-                if FileManager.default.fileExists(atPath: "\(mount)/\(dir)/\(n)", isDirectory: &isDir), isDir.boolValue {
+                var isDir = false
+                if FileManager.default.fileExists(atPath: "\(mount)/\(dir)/\(n)", isDirectory: &isDir), isDir {
                     out.append("\(dir)/\(n)")
                     queue.append("\(dir)/\(n)")
                 }
@@ -280,7 +280,7 @@ public final class PoolPartitions: Sendable {
     }
 
     static func read(_ path: String) -> String? {
-        (try? String(contentsOfFile: path, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        (try? String(contentsOfFile: path, encoding: .utf8))?.trimmed
     }
 
     /// Writes a cgroup file; returns the kernel's error, if any.

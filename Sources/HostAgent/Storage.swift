@@ -1,7 +1,8 @@
 import AgentAPI
 import ClusterModel
 import DomainXML
-import Foundation
+import FoundationEssentials
+import Glibc
 import Libvirt
 
 /// Storage pools and volumes on this host, through libvirt's storage drivers (`dir`, `logical`,
@@ -95,8 +96,8 @@ extension HostAgent {
     static func ensure(_ p: StoragePoolSetting, on c: Connection) throws {
         let fm = FileManager.default
         if p.type == "shared", let path = p.path {
-            var isDir: ObjCBool = false
-            guard fm.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
+            var isDir = false
+            guard fm.fileExists(atPath: path, isDirectory: &isDir), isDir else {
                 throw AgentError.conflict("\(path) is not there: a shared pool's directory is the site's shared file system (NFS, CephFS, GFS2...), mounted on every host first")
             }
         }
@@ -140,9 +141,10 @@ extension HostAgent {
 
     /// `qemu-img info` of an image as JSON (nil when qemu-img prints something else). `-U`: the image
     /// may be in use by a running guest; reading its header is safe.
-    static func imageInfo(_ path: String) async throws -> [String: Any]? {
+    static func imageInfo(_ path: String) async throws -> JSONValue? {
         let text = try await Subprocess.run("qemu-img", ["info", "-U", "--output=json", "--", path])
-        return try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+        let value = try JSONValue(parsing: Data(text.utf8))
+        return value.object == nil ? nil : value
     }
 
     /// A path with its symbolic links resolved; nil when it does not exist.
@@ -236,21 +238,21 @@ extension HostAgent {
             if let using = users[path], !using.isEmpty {
                 throw AgentError.conflict("\(path) is a disk of \(using.sorted().joined(separator: ", ")): a template must not change under its clones")
             }
-            let obj: [String: Any]
+            let obj: JSONValue
             do {
-                obj = try await Self.imageInfo(path) ?? [:]
+                obj = try await Self.imageInfo(path) ?? .object([:])
             } catch {
                 throw AgentError.invalid([.init("from", "\(path) cannot be read as a disk image: \(error)")])
             }
-            let specific = ((obj["format-specific"] as? [String: Any])?["data"] as? [String: Any]) ?? [:]
-            if obj["backing-filename"] != nil || obj["full-backing-filename"] != nil || specific["data-file"] != nil {
+            let specific = obj["format-specific"]?["data"]
+            if obj["backing-filename"] != nil || obj["full-backing-filename"] != nil || specific?["data-file"] != nil {
                 throw AgentError.invalid([.init("from", "\(path) refers to other files (a backing or data file): flatten it into a standalone template first")])
             }
-            let format = obj["format"] as? String ?? "raw"
+            let format = obj["format"]?.string ?? "raw"
             guard format == "qcow2" || format == "raw" else {
                 throw AgentError.invalid([.init("from", "\(path) is \(format); templates are qcow2 or raw")])
             }
-            template = (path, format, (obj["virtual-size"] as? NSNumber)?.uint64Value ?? 0)
+            template = (path, format, obj["virtual-size"]?.uint64 ?? 0)
         }
         let want = UInt64(req.sizeGiB ?? 0) << 30
         if let t = template, req.sizeGiB != nil, want < t.bytes {
@@ -373,11 +375,11 @@ extension HostAgent {
         let path = try await snapshotTarget(pool: pool, volume: volume, forChange: false)
         do {
             let info = try await Self.imageInfo(path)
-            let list = info?["snapshots"] as? [[String: Any]] ?? []
+            let list = info?["snapshots"]?.array ?? []
             return list.compactMap { s in
-                guard let name = s["name"] as? String else { return nil }
-                return VolumeSnapshot(name: name, id: s["id"] as? String, dateSeconds: (s["date-sec"] as? NSNumber)?.int64Value,
-                                      vmStateBytes: (s["vm-state-size"] as? NSNumber)?.uint64Value)
+                guard let name = s["name"]?.string else { return nil }
+                return VolumeSnapshot(name: name, id: s["id"]?.string, dateSeconds: s["date-sec"]?.int64,
+                                      vmStateBytes: s["vm-state-size"]?.uint64)
             }
         } catch {
             throw AgentError.internalError("qemu-img info \(path): \(error)")

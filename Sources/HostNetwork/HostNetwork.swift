@@ -1,6 +1,7 @@
 import AgentAPI
 import ClusterModel
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// A host's links as `ip -json -details link show` reports them, and the flood entries of its tunnels
 /// as `bridge -json fdb show` does.
@@ -49,33 +50,33 @@ public struct HostLinks: Sendable, Equatable {
 
     /// Parses `ip -json -details link show`.
     public static func parseLinks(_ json: Data) throws -> [Link] {
-        guard let items = try JSONSerialization.jsonObject(with: json) as? [[String: Any]] else { return [] }
+        guard let items = try JSONValue(parsing: json).array else { return [] }
         let byIndex = Dictionary(items.compactMap { i -> (Int, String)? in
-            guard let idx = i["ifindex"] as? Int, let n = i["ifname"] as? String else { return nil }
+            guard let idx = i["ifindex"]?.int, let n = i["ifname"]?.string else { return nil }
             return (idx, n)
         }, uniquingKeysWith: { a, _ in a })
         return items.compactMap { i in
-            guard let name = i["ifname"] as? String else { return nil }
-            let info = i["linkinfo"] as? [String: Any]
-            let data = info?["info_data"] as? [String: Any]
-            let flags = i["flags"] as? [String] ?? []
+            guard let name = i["ifname"]?.string else { return nil }
+            let info = i["linkinfo"]
+            let data = info?["info_data"]
+            let flags = i["flags"]?.array?.compactMap(\.string) ?? []
             // A VLAN names its device at the top level, a VXLAN tunnel in its data.
-            var parent = i["link"] as? String ?? data?["link"] as? String
-            if parent == nil, i["link_netnsid"] == nil, let idx = i["link_index"] as? Int { parent = byIndex[idx] }
-            if info?["info_kind"] as? String == "veth" { parent = nil }
-            return Link(name: name, kind: info?["info_kind"] as? String, master: i["master"] as? String, up: flags.contains("UP"),
-                        mtu: i["mtu"] as? Int ?? 1500, alias: i["ifalias"] as? String, id: data?["id"] as? Int,
-                        port: data?["port"] as? Int, parent: parent, local: data?["local"] as? String)
+            var parent = i["link"]?.string ?? data?["link"]?.string
+            if parent == nil, i["link_netnsid"] == nil, let idx = i["link_index"]?.int { parent = byIndex[idx] }
+            if info?["info_kind"]?.string == "veth" { parent = nil }
+            return Link(name: name, kind: info?["info_kind"]?.string, master: i["master"]?.string, up: flags.contains("UP"),
+                        mtu: i["mtu"]?.int ?? 1500, alias: i["ifalias"]?.string, id: data?["id"]?.int,
+                        port: data?["port"]?.int, parent: parent, local: data?["local"]?.string)
         }
     }
 
     /// Parses `bridge -json fdb show`: the all-zero entries with a destination, by device.
     public static func parseFlood(_ json: Data) throws -> [String: [String]] {
-        guard let items = try JSONSerialization.jsonObject(with: json) as? [[String: Any]] else { return [:] }
+        guard let items = try JSONValue(parsing: json).array else { return [:] }
         var out: [String: [String]] = [:]
         for i in items {
-            guard i["mac"] as? String == "00:00:00:00:00:00", let dev = i["ifname"] as? String ?? i["dev"] as? String,
-                  let dst = i["dst"] as? String else { continue }
+            guard i["mac"]?.string == "00:00:00:00:00:00", let dev = i["ifname"]?.string ?? i["dev"]?.string,
+                  let dst = i["dst"]?.string else { continue }
             out[dev, default: []].append(dst)
         }
         return out.mapValues { $0.sorted() }

@@ -1,5 +1,6 @@
 import CLibvirt
-import Foundation
+import FoundationEssentials
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
@@ -11,12 +12,8 @@ public enum Libvirt {
         installQuietErrorHandler()
         _ = virInitialize()
         _ = virEventRegisterDefaultImpl()
-        let thread = Thread {
-            while true { _ = virEventRunDefaultImpl() }
-        }
-        thread.name = "libvirt-events"
-        thread.stackSize = 1 << 20
-        thread.start()
+        let started = vs_start_event_thread()
+        precondition(started == 0, "cannot start the libvirt event thread: errno \(started)")
     }()
 
     /// Blocking libvirt calls run here, never on Swift's cooperative pool.
@@ -54,7 +51,7 @@ public enum CloseReason: String, Sendable {
 public final class Connection: @unchecked Sendable {
     let ptr: OpaquePointer
     public let uri: String
-    private let lock = NSLock()
+    private let lock = NIOLock()
     private var closeSink: Unmanaged<CloseSink>?
 
     private init(ptr: OpaquePointer, uri: String) {

@@ -1,5 +1,6 @@
 import CLibvirt
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// A libvirt typed parameter value (stats, memory and scheduler parameters).
 public enum TypedValue: Sendable, Equatable, Codable {

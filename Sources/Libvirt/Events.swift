@@ -1,5 +1,6 @@
 import CLibvirt
-import Foundation
+import FoundationEssentials
+import NIOConcurrencyHelpers
 
 /// A libvirt domain event, decoded from the C callback's arguments.
 public struct DomainEvent: Sendable, Equatable, Codable {
@@ -36,7 +37,7 @@ final class EventSink {
 public final class EventRegistration: @unchecked Sendable {
     private let connection: Connection
     private var ids: [Int32]
-    private let lock = NSLock()
+    private let lock = NIOLock()
 
     init(connection: Connection, ids: [Int32]) {
         self.connection = connection

@@ -1,5 +1,6 @@
 import CLibvirt
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// How a domain migrates: libvirt's flags and typed parameters for `virDomainMigrateToURI3`.
 public struct MigrationRequest: Sendable, Equatable {

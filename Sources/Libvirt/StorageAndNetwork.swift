@@ -1,5 +1,6 @@
 import CLibvirt
-import Foundation
+import FoundationEssentials
+import Glibc
 
 public struct PoolInfo: Sendable, Equatable, Codable {
     public var active: Bool

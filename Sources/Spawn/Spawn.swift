@@ -1,4 +1,5 @@
-import Foundation
+import ClusterModel
+import FoundationEssentials
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -115,7 +116,7 @@ extension Spawn {
         let code = (status >> 8) & 0xff
         guard exited && code == 0 else {
             throw Failure(
-                description: "\(program) \(arguments.first ?? "") failed (\(exited ? "exit \(code)" : "signal \(status & 0x7f)")): \(text.trimmingCharacters(in: .whitespacesAndNewlines))",
+                description: "\(program) \(arguments.first ?? "") failed (\(exited ? "exit \(code)" : "signal \(status & 0x7f)")): \(text.trimmed)",
                 status: exited ? code : nil)
         }
         return text

@@ -1,5 +1,6 @@
+import ClusterModel
 import Crypto
-import Foundation
+import FoundationEssentials
 import NIOSSL
 import SwiftASN1
 import X509
@@ -120,7 +121,7 @@ public struct ClientAuthorizer: Sendable {
     /// Serial numbers as written by openssl (`serial=0A1B…`) or with colons, to lowercase hex without
     /// leading zeros.
     public static func normalize(_ s: String) -> String {
-        var t = s.trimmingCharacters(in: .whitespaces).lowercased()
+        var t = s.trimmed.lowercased()
         if t.hasPrefix("serial=") { t.removeFirst(7) }
         t.removeAll { $0 == ":" }
         guard !t.isEmpty, t.allSatisfy(\.isHexDigit) else { return "" }

@@ -1,5 +1,6 @@
 import Crypto
-import Foundation
+import FoundationEssentials
+import Glibc
 import NIOSSL
 import SwiftASN1
 import X509

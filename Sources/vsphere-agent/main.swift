@@ -1,11 +1,31 @@
 import ArgumentParser
-import Foundation
+import CMalloc
+import Dispatch
+import FoundationEssentials
 import HostAgent
 import Logging
 import ServiceLifecycle
 import TLSSupport
 
+/// The agent's entry point. The command runs on Swift's global executor while the main thread waits:
+/// an `async` main would end the main thread in dispatch_main's pthread_exit, whose forced unwind
+/// reads the unwind tables of the whole program, half a MiB of pages the agent then keeps for life.
+/// Nothing in the agent runs on the main actor.
 @main
+enum AgentMain {
+    static func main() {
+        // Two malloc arenas, not eight per core: the agent's threads (event loops, the libvirt pool)
+        // allocate little and seldom at once, and every arena keeps its own partly used heap.
+        _ = mallopt(M_ARENA_MAX, 2)
+        let done = DispatchSemaphore(value: 0)
+        Task.detached {
+            await AgentCommand.main()
+            done.signal()
+        }
+        done.wait()
+    }
+}
+
 struct AgentCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vsphere-agent",
