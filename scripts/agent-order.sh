@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Writes scripts/agent.order: the functions a release agent runs while it starts, serves the calls a
-# controller makes all day (inventory, lists, stats, events, pools, networks, metrics) and one VM's
-# life cycle, then idles. lld lays these out together (Package.swift, agentReleaseLinking), so the
+# Writes scripts/agent.order: the functions a release agent runs while it starts, serves a real
+# controller (which calls every agent all day: inventory, lists, stats, events, storage pools,
+# networks, resource pools, revocations; its BoringSSL client also negotiates key exchanges curl does
+# not offer), answers direct calls and one VM's life cycle, then idles. lld lays these out together (Package.swift, agentReleaseLinking), so the
 # pages an idle agent has touched are few. Recorded with valgrind's callgrind on a throwaway agent
 # on libvirt's test:///default driver, in a network namespace with only loopback (and this machine's
 # mounts: `ip netns exec` would hide the cgroup file systems, whose code the agent runs too), with
@@ -14,7 +15,9 @@ BIN=${BIN:-$ROOT/.build/release}
 OUT=${OUT:-$ROOT/scripts/agent.order}
 D=$(mktemp -d /tmp/vsphere-order.XXXXXX)
 pid=
+cpid=
 cleanup() {
+    if [ -n "$cpid" ]; then kill "$cpid" 2>/dev/null || true; wait "$cpid" 2>/dev/null || true; fi
     if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
     rm -rf "$D"
 }
@@ -43,9 +46,31 @@ for _ in $(seq 240); do
     kill -0 "$pid" 2>/dev/null || { cat "$D/agent.log" >&2; exit 1; }
     sleep 0.5
 done
+# The controller, in the agent's namespace, with this agent as its one host (as on the testbed:
+# a shared storage pool and a bridged network).
+mkdir -p "$D/shared"
+inns "$BIN/vsphere-controller" --listen 127.0.0.1 --port 18443 --database "$D/controller/state.db" --data-dir "$D/controller" \
+    --reconcile-interval 1 >"$D/controller.log" 2>&1 &
+cpid=$!
+for _ in $(seq 100); do [ -s "$D/controller/admin.token" ] && break; sleep 0.1; done
+printf '{"server": "https://127.0.0.1:18443", "ca": "%s", "tokenFile": "%s"}\n' "$D/controller/tls/controller-ca.crt" \
+    "$D/controller/admin.token" >"$D/ctl.json"
+cat >"$D/cluster.json" <<EOF
+{"apiVersion": "vsphere/v1", "kind": "Cluster", "metadata": {"name": "order"}, "sites": [{"name": "dc1"}],
+ "hosts": [{"name": "order", "site": "dc1", "agent": "https://127.0.0.1:17443"}],
+ "storagePools": [{"name": "shared", "type": "shared", "path": "$D/shared"}],
+ "networks": [{"name": "lan", "type": "bridge", "bridge": "br0"}]}
+EOF
+applied=
+for _ in $(seq 60); do
+    if inns env VSPHERE_CONFIG="$D/ctl.json" "$BIN/vsphere-ctl" apply -f "$D/cluster.json" >/dev/null 2>&1; then applied=1; break; fi
+    sleep 0.5
+done
+[ -n "$applied" ] || { cat "$D/controller.log" >&2; echo "agent-order: the controller did not take the manifest" >&2; exit 1; }
 spec='{"name":"order1","cpus":1,"memoryMiB":128,"boot":{"kernel":"'$D'/vmlinuz","initrd":"'$D'/initrd.img","cmdline":"console=ttyS0"}}'
 inns timeout 5 curl -sS -N -o /dev/null --cacert "$D/controller/pki/ca.crt" --cert "$D/client/client.crt" \
     --key "$D/client/client.key" "https://127.0.0.1:17443/v1/events" 2>/dev/null &
+events=$!
 for round in 1 2 3; do
     for path in /v1/host /v1/vms /v1/stats /v1/storage-pools /v1/networks /v1/resource-pools /v1/migrations /metrics; do
         api GET "$path"
@@ -56,7 +81,11 @@ for round in 1 2 3; do
     fi
 done
 echo
-wait %2 2>/dev/null || true
+wait "$events" 2>/dev/null || true
+# Reconcile passes of the controller against the (slow, instrumented) agent.
+sleep 45
+if ! kill "$cpid" 2>/dev/null; then tail -20 "$D/controller.log" >&2; echo "agent-order: the controller stopped early" >&2; exit 1; fi
+wait "$cpid" || true; cpid=
 sleep 3
 kill -TERM "$pid"; wait "$pid" || true; pid=
 python3 - "$D/callgrind.out" "$D/vsphere-agent" >"$OUT.new" <<'PYEOF2'

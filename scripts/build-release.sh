@@ -16,3 +16,9 @@ done
 for product in "$@"; do
     swift build "${FLAGS[@]}" --product "$product"
 done
+# The agent does without full Foundation (docs/architecture.md, Decisions): an import of Foundation
+# anywhere in its targets or a dependency's trait would link CoreFoundation and ICU back in.
+if [[ " $* " == *" vsphere-agent "* ]] && nm "$agent" | grep -qE ' (__CFInitialize|swift_ucol_open)$'; then
+    echo "build-release: vsphere-agent links CoreFoundation/ICU: a target it depends on imports Foundation" >&2
+    exit 1
+fi

@@ -19,23 +19,26 @@ extension Controller {
         var observed = Observed()
         let hosts = (manifest.hosts ?? []).filter { $0.agent != nil }
         typealias Seen = (HostInventory, [AgentAPI.VMStatus], [VMStats]?)
-        let results = await withTaskGroup(of: (String, Result<Seen, any Error>).self) { group in
+        let collected = Collected<(String, Result<Seen, any Error>)>()
+        await withTaskGroup(of: Void.self) { group in
             for h in hosts {
                 group.addTask {
+                    // One call after the other, not three `async let`s: an `async let` left running
+                    // when another one throws is among the shapes Swift 6.3's release build tears down
+                    // out of order (swiftlang/swift#81771); an agent that does not answer its first
+                    // call is down for this pass anyway.
                     do {
-                        async let inv = self.agents.inventory(h.agent!)
-                        async let vms = self.agents.vms(h.agent!)
-                        async let stats = self.agents.stats(h.agent!)
-                        return (h.name, .success((try await inv, try await vms, try? await stats)))
+                        let inv = try await self.agents.inventory(h.agent!)
+                        let vms = try await self.agents.vms(h.agent!)
+                        let stats = try? await self.agents.stats(h.agent!)
+                        collected.append((h.name, .success((inv, vms, stats))))
                     } catch {
-                        return (h.name, .failure(error))
+                        collected.append((h.name, .failure(error)))
                     }
                 }
             }
-            var out: [(String, Result<Seen, any Error>)] = []
-            for await r in group { out.append(r) }
-            return out
         }
+        let results = collected.all
         let previous = Dictionary(uniqueKeysWithValues: try await store.hostStatuses().map { ($0.name, $0) })
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         let window = Double(manifest.settings?.drs?.demandWindowSeconds ?? 60)

@@ -2,6 +2,17 @@ import AgentAPI
 import ClusterModel
 import ControllerAPI
 import Foundation
+import Synchronization
+
+/// What the children of a task group found, handed back through shared state: they return nothing.
+/// A child's result of more than a few words came back as garbage in Swift 6.3.1's release build
+/// (the task allocator, swiftlang/swift#81771 and #87481), and an agent that stopped answering crashed
+/// the controller in the next dictionary lookup of it.
+final class Collected<Item: Sendable>: Sendable {
+    private let items = Mutex<[Item]>([])
+    func append(_ item: Item) { items.withLock { $0.append(item) } }
+    var all: [Item] { items.withLock { $0 } }
+}
 
 /// A host's resource pools as last sent to its agent and read back.
 struct HostPools: Sendable {
@@ -51,22 +62,21 @@ extension Controller {
         }
         let divvy = PoolDivvy.divvy(pools: pools, vms: placed, hosts: facts)
         let now = Int64(Date().timeIntervalSince1970 * 1000)
-        let results = await withTaskGroup(of: (String, HostPools).self) { group in
+        let collected = Collected<(String, HostPools)>()
+        await withTaskGroup(of: Void.self) { group in
             for host in facts.keys {
                 let settings = divvy[host] ?? []
                 let url = agentsByHost[host]!
                 group.addTask {
                     do {
-                        return (host, HostPools(settings: settings, partitions: try await self.agents.applyPools(url, settings), error: nil, atMs: now))
+                        collected.append((host, HostPools(settings: settings, partitions: try await self.agents.applyPools(url, settings), error: nil, atMs: now)))
                     } catch {
-                        return (host, HostPools(settings: settings, partitions: [], error: "\(error)", atMs: now))
+                        collected.append((host, HostPools(settings: settings, partitions: [], error: "\(error)", atMs: now)))
                     }
                 }
             }
-            var out: [(String, HostPools)] = []
-            for await r in group { out.append(r) }
-            return out
         }
+        let results = collected.all
         let previous = poolPartitions.withLock { state in
             let before = state
             for (host, r) in results { state[host] = r }
