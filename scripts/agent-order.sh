@@ -49,7 +49,9 @@ done
 # The controller, in the agent's namespace, with this agent as its one host (as on the testbed:
 # a shared storage pool and a bridged network).
 mkdir -p "$D/shared"
-inns "$BIN/vsphere-controller" --listen 127.0.0.1 --port 18443 --database "$D/controller/state.db" --data-dir "$D/controller" \
+# nsenter itself, not the inns function: a backgrounded function is a subshell, and $! would not be
+# the controller.
+nsenter -t "$pid" -n -- "$BIN/vsphere-controller" --listen 127.0.0.1 --port 18443 --database "$D/controller/state.db" --data-dir "$D/controller" \
     --reconcile-interval 1 >"$D/controller.log" 2>&1 &
 cpid=$!
 for _ in $(seq 100); do [ -s "$D/controller/admin.token" ] && break; sleep 0.1; done
