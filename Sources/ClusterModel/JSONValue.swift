@@ -66,10 +66,6 @@ public enum JSONValue: Sendable, Hashable {
         }
     }
 
-    /// Whether a number JSON wrote with a fraction or exponent still counts as an integer (`2.0`, `1e3`):
-    /// no fraction, and small enough that a Double holds it exactly.
-    static func countsAsInteger(_ d: Double) -> Bool { d.rounded() == d && abs(d) < 9.0e15 }
-
     /// JSON's own type of the value: boolean, integer, number, string, null, array, object. A number
     /// with no fraction (`2.0`) counts as an integer, as it does for JSON Schema.
     public var kind: String {
@@ -77,7 +73,7 @@ public enum JSONValue: Sendable, Hashable {
         case .null: return "null"
         case .bool: return "boolean"
         case .integer: return "integer"
-        case .number(let d): return Self.countsAsInteger(d) ? "integer" : "number"
+        case .number(let d): return d.rounded() == d && abs(d) < 9.0e15 ? "integer" : "number"
         case .string: return "string"
         case .array: return "array"
         case .object: return "object"
@@ -86,6 +82,13 @@ public enum JSONValue: Sendable, Hashable {
 }
 
 extension JSONValue: Codable {
+    private struct Key: CodingKey {
+        var stringValue: String
+        var intValue: Int? { nil }
+        init(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+
     public init(from decoder: any Decoder) throws {
         // A wrong guess costs an error value: the commonest kinds (strings and integers) first.
         let single = try decoder.singleValueContainer()
@@ -95,7 +98,7 @@ extension JSONValue: Codable {
             self = .string(s)
         } else if let i = try? single.decode(Int64.self) {
             self = .integer(i)
-        } else if let keyed = try? decoder.container(keyedBy: AnyCodingKey.self) {
+        } else if let keyed = try? decoder.container(keyedBy: Key.self) {
             var o: [String: JSONValue] = [:]
             o.reserveCapacity(keyed.allKeys.count)
             for key in keyed.allKeys { o[key.stringValue] = try keyed.decode(JSONValue.self, forKey: key) }
@@ -133,18 +136,10 @@ extension JSONValue: Codable {
             var c = encoder.unkeyedContainer()
             for v in a { try c.encode(v) }
         case .object(let o):
-            var c = encoder.container(keyedBy: AnyCodingKey.self)
-            for (k, v) in o { try c.encode(v, forKey: AnyCodingKey(stringValue: k)) }
+            var c = encoder.container(keyedBy: Key.self)
+            for (k, v) in o { try c.encode(v, forKey: Key(stringValue: k)) }
         }
     }
-}
-
-/// A coding key for any member name: for objects whose keys are data, not fields.
-struct AnyCodingKey: CodingKey {
-    var stringValue: String
-    var intValue: Int? { nil }
-    init(stringValue: String) { self.stringValue = stringValue }
-    init?(intValue: Int) { nil }
 }
 
 extension StringProtocol {

@@ -233,9 +233,16 @@ public struct ClusterManifest: Codable, Sendable, Equatable {
             self.options = options
         }
 
+        struct Key: CodingKey {
+            var stringValue: String
+            var intValue: Int? { nil }
+            init(stringValue: String) { self.stringValue = stringValue }
+            init?(intValue: Int) { nil }
+        }
+
         public init(from decoder: any Decoder) throws {
-            let c = try decoder.container(keyedBy: AnyCodingKey.self)
-            driver = try c.decode(String.self, forKey: AnyCodingKey(stringValue: "driver"))
+            let c = try decoder.container(keyedBy: Key.self)
+            driver = try c.decode(String.self, forKey: Key(stringValue: "driver"))
             var options: [String: String] = [:]
             for key in c.allKeys where key.stringValue != "driver" {
                 options[key.stringValue] = try c.decode(String.self, forKey: key)
@@ -244,9 +251,9 @@ public struct ClusterManifest: Codable, Sendable, Equatable {
         }
 
         public func encode(to encoder: any Encoder) throws {
-            var c = encoder.container(keyedBy: AnyCodingKey.self)
-            try c.encode(driver, forKey: AnyCodingKey(stringValue: "driver"))
-            for (k, v) in options { try c.encode(v, forKey: AnyCodingKey(stringValue: k)) }
+            var c = encoder.container(keyedBy: Key.self)
+            try c.encode(driver, forKey: Key(stringValue: "driver"))
+            for (k, v) in options { try c.encode(v, forKey: Key(stringValue: k)) }
         }
 
         static let optionsByDriver: [String: Set<String>] = [

@@ -172,7 +172,7 @@ private final class ShapeWalker: @unchecked Sendable {
                 if !walked { break }
             }
         case .object(let fields, let required, let open):
-            guard let object = try? decoder.container(keyedBy: AnyCodingKey.self) else { return report("must be an object") }
+            guard let object = try? decoder.container(keyedBy: AnyKey.self) else { return report("must be an object") }
             for key in object.allKeys.sorted(by: { $0.stringValue < $1.stringValue }) {
                 guard let field = fields[key.stringValue] else {
                     if !open { report("unknown field", at: .key(key.stringValue)) }
@@ -184,7 +184,7 @@ private final class ShapeWalker: @unchecked Sendable {
                 steps.removeLast()
             }
             for name in required.sorted() {
-                let key = AnyCodingKey(stringValue: name)
+                let key = AnyKey(stringValue: name)
                 if !object.contains(key) || (try? object.decodeNil(forKey: key)) == true { report("is required", at: .key(name)) }
             }
         }
@@ -195,7 +195,7 @@ private final class ShapeWalker: @unchecked Sendable {
         guard let c = try? decoder.singleValueContainer() else { return false }
         if (try? c.decode(Int64.self)) != nil { return true }
         guard let d = try? c.decode(Double.self) else { return false }
-        return JSONValue.countsAsInteger(d)
+        return d.rounded() == d && abs(d) < 9.0e15
     }
 }
 
@@ -205,4 +205,11 @@ private struct ShapeWalk: Decodable {
         guard let walker = decoder.userInfo[ShapeWalker.key] as? ShapeWalker else { return }
         walker.check(walker.next, decoder)
     }
+}
+
+private struct AnyKey: CodingKey {
+    var stringValue: String
+    var intValue: Int? { nil }
+    init(stringValue: String) { self.stringValue = stringValue }
+    init?(intValue: Int) { nil }
 }
