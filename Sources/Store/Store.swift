@@ -243,18 +243,18 @@ public actor Store {
     /// Inserts or updates; returns whether anything changed (same spec: no new generation).
     @discardableResult
     public func put(kind: String, name: String, spec: String) async throws -> Bool {
-        let existing = try await backend.query("SELECT spec, generation FROM objects WHERE kind = $1 AND name = $2", [.text(kind), .text(name)]).first
-        if let existing {
-            if existing["spec"]?.text == spec { return false }
-            try await backend.execute(
-                "UPDATE objects SET spec = $1, generation = $2, updated_ms = $3 WHERE kind = $4 AND name = $5",
-                [.text(spec), .int((existing["generation"]?.int ?? 0) + 1), .int(now()), .text(kind), .text(name)])
-        } else {
-            try await backend.execute(
-                "INSERT INTO objects (kind, name, spec, generation, updated_ms) VALUES ($1, $2, $3, 1, $4)",
-                [.text(kind), .text(name), .text(spec), .int(now())])
-        }
-        return true
+        // One statement: two applies at once each read the old generation and wrote the same next one
+        // (a reconcile pass then took the second spec for one it had already defined).
+        try await !backend.query(
+            """
+            INSERT INTO objects (kind, name, spec, generation, updated_ms) VALUES ($1, $2, $3, 1, $4)
+            ON CONFLICT (kind, name) DO UPDATE SET spec = excluded.spec, generation = objects.generation + 1,
+                updated_ms = excluded.updated_ms
+            WHERE objects.spec <> excluded.spec
+            RETURNING generation
+            """,
+            [.text(kind), .text(name), .text(spec), .int(now())]
+        ).isEmpty
     }
 
     public func objects(kind: String) async throws -> [Object] {
@@ -271,9 +271,7 @@ public actor Store {
 
     @discardableResult
     public func delete(kind: String, name: String) async throws -> Bool {
-        let had = try await object(kind: kind, name: name) != nil
-        try await backend.execute("DELETE FROM objects WHERE kind = $1 AND name = $2", [.text(kind), .text(name)])
-        return had
+        try await !backend.query("DELETE FROM objects WHERE kind = $1 AND name = $2 RETURNING name", [.text(kind), .text(name)]).isEmpty
     }
 
     // MARK: Observed VMs
@@ -296,9 +294,14 @@ public actor Store {
     }
 
     public func setVMStatus(_ s: VMStatus) async throws {
-        try await backend.execute("DELETE FROM vm_status WHERE name = $1", [.text(s.name)])
+        // One statement: a reader between a delete and an insert saw no status at all, and a migration
+        // request in that gap was refused as "pending".
         try await backend.execute(
-            "INSERT INTO vm_status (name, host, state, uuid, message, generation, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            """
+            INSERT INTO vm_status (name, host, state, uuid, message, generation, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)
+            ON CONFLICT (name) DO UPDATE SET host = excluded.host, state = excluded.state, uuid = excluded.uuid,
+                message = excluded.message, generation = excluded.generation, updated_ms = excluded.updated_ms
+            """,
             [.text(s.name), s.host.map(SQLValue.text) ?? .null, .text(s.state), s.uuid.map(SQLValue.text) ?? .null,
              s.message.map(SQLValue.text) ?? .null, .int(s.generation), .int(now())])
     }
@@ -393,9 +396,9 @@ public actor Store {
 
     /// Revokes every token of `name`; returns how many were live.
     public func revokeAPITokens(name: String) async throws -> Int {
-        let live = try await backend.query("SELECT digest FROM api_tokens WHERE name = $1 AND revoked_ms IS NULL", [.text(name)]).count
-        try await backend.execute("UPDATE api_tokens SET revoked_ms = $1 WHERE name = $2 AND revoked_ms IS NULL", [.int(now()), .text(name)])
-        return live
+        try await backend.query(
+            "UPDATE api_tokens SET revoked_ms = $1 WHERE name = $2 AND revoked_ms IS NULL RETURNING digest", [.int(now()), .text(name)]
+        ).count
     }
 
     static func apiToken(_ r: SQLRow) -> APIToken {
@@ -483,12 +486,10 @@ public actor Store {
     /// Clears the open alarm of `key` (its condition is gone); returns whether there was one.
     @discardableResult
     public func clearAlarm(key: String, note: String) async throws -> Bool {
-        let open = try await backend.query("SELECT id FROM alarms WHERE key = $1 AND state IN ('active', 'acknowledged')", [.text(key)])
-        guard !open.isEmpty else { return false }
-        try await backend.execute(
-            "UPDATE alarms SET state = $1, updated_ms = $2, note = $3 WHERE key = $4 AND state IN ('active', 'acknowledged')",
-            [.text("cleared"), .int(now()), .text(note), .text(key)])
-        return true
+        try await !backend.query(
+            "UPDATE alarms SET state = $1, updated_ms = $2, note = $3 WHERE key = $4 AND state IN ('active', 'acknowledged') RETURNING id",
+            [.text("cleared"), .int(now()), .text(note), .text(key)]
+        ).isEmpty
     }
 
     /// An operator saw it: acknowledged (it stays open until its condition clears), or closed at once
@@ -560,11 +561,13 @@ public actor Store {
 
     public func addTask(action: String, kind: String, name: String, host: String?, reason: String) async throws -> Int64 {
         nextTaskID += 1
+        // Claimed before the await: a concurrent add moves the counter on meanwhile.
+        let id = nextTaskID
         let t = now()
         try await backend.execute(
             "INSERT INTO tasks (id, action, kind, name, host, state, reason, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, 'running', $6, $7, $7)",
-            [.int(nextTaskID), .text(action), .text(kind), .text(name), host.map(SQLValue.text) ?? .null, .text(reason), .int(t)])
-        return nextTaskID
+            [.int(id), .text(action), .text(kind), .text(name), host.map(SQLValue.text) ?? .null, .text(reason), .int(t)])
+        return id
     }
 
     public func finishTask(_ id: Int64, error: String?) async throws {
@@ -598,12 +601,14 @@ public actor Store {
     @discardableResult
     public func addEvent(source: String, kind: String, name: String?, event: String?, detail: String?, message: String?, hostMs: Int64? = nil) async throws -> Int64 {
         nextEventID += 1
+        // Claimed before the await: a concurrent add moves the counter on meanwhile.
+        let id = nextEventID
         try await backend.execute(
             "INSERT INTO events (id, time_ms, source, kind, name, event, detail, message, host_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            [.int(nextEventID), .int(now()), .text(source), .text(kind), name.map(SQLValue.text) ?? .null,
+            [.int(id), .int(now()), .text(source), .text(kind), name.map(SQLValue.text) ?? .null,
              event.map(SQLValue.text) ?? .null, detail.map(SQLValue.text) ?? .null, message.map(SQLValue.text) ?? .null,
              hostMs.map(SQLValue.int) ?? .null])
-        return nextEventID
+        return id
     }
 
     /// The newest `limit` events, oldest first.
@@ -641,11 +646,13 @@ public actor Store {
     /// Records a new migration; returns its id.
     public func addMigration(vm: String, source: String, destination: String, state: String, record: (Int64) -> String) async throws -> Int64 {
         nextMigrationID += 1
+        // Claimed before the await: a concurrent add moves the counter on meanwhile.
+        let id = nextMigrationID
         let t = now()
         try await backend.execute(
             "INSERT INTO migrations (id, vm, source, destination, state, record, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
-            [.int(nextMigrationID), .text(vm), .text(source), .text(destination), .text(state), .text(record(nextMigrationID)), .int(t)])
-        return nextMigrationID
+            [.int(id), .text(vm), .text(source), .text(destination), .text(state), .text(record(id)), .int(t)])
+        return id
     }
 
     public func updateMigration(_ id: Int64, state: String, record: String) async throws {

@@ -112,6 +112,67 @@ enum Backend: String, CaseIterable, Sendable {
         try await store.close()
     }
 
+    /// Writes racing reads and each other: a reader always sees the VM's status (the old one or the
+    /// new one, never none), and every changed spec gets a generation of its own.
+    @Test(arguments: Backend.available)
+    func concurrentWritesAreAtomic(_ backend: Backend) async throws {
+        let path = backend == .sqlite ? FileManager.default.temporaryDirectory.appendingPathComponent("vs-store-\(UUID().uuidString).db").path : try await backend.fresh()
+        defer { if backend == .sqlite { try? FileManager.default.removeItem(atPath: path) } }
+        let store = try await Store.open(path, logger: Logger(label: "test"))
+        try await store.setVMStatus(.init(name: "a", host: "h1", state: "running", uuid: "u", message: nil, generation: 0))
+        let missed = try await withThrowingTaskGroup(of: Int.self) { group in
+            group.addTask {
+                for g in 1...200 {
+                    try await store.setVMStatus(.init(name: "a", host: g % 2 == 0 ? "h1" : "h2", state: "running", uuid: "u", message: nil, generation: Int64(g)))
+                }
+                return 0
+            }
+            for _ in 0..<4 {
+                group.addTask {
+                    var missed = 0
+                    for _ in 0..<200 where try await store.vmStatuses().first(where: { $0.name == "a" }) == nil { missed += 1 }
+                    return missed
+                }
+            }
+            return try await group.reduce(0, +)
+        }
+        #expect(missed == 0, "a reader saw no status \(missed) times")
+        #expect(try await store.vmStatuses().map(\.generation) == [200])
+
+        let changed = try await withThrowingTaskGroup(of: Bool.self) { group in
+            for i in 0..<50 { group.addTask { try await store.put(kind: "vm", name: "b", spec: #"{"n":\#(i)}"#) } }
+            return try await group.reduce(into: [Bool]()) { $0.append($1) }
+        }
+        #expect(changed.allSatisfy { $0 }, "every spec differs from the one before it")
+        #expect(try await store.object(kind: "vm", name: "b")?.generation == 50, "fifty changes, fifty generations")
+
+        // Each add returns the id of its own row, however many run at once.
+        let tasks = try await withThrowingTaskGroup(of: (String, Int64).self) { group in
+            for i in 0..<50 { group.addTask { ("t\(i)", try await store.addTask(action: "define", kind: "vm", name: "t\(i)", host: nil, reason: "test")) } }
+            return try await group.reduce(into: [String: Int64]()) { $0[$1.0] = $1.1 }
+        }
+        let taskRows = Dictionary(uniqueKeysWithValues: try await store.tasks(limit: 1000).map { ($0.name, $0.id) })
+        #expect(tasks == taskRows)
+        let migrations = try await withThrowingTaskGroup(of: (String, Int64).self) { group in
+            for i in 0..<50 { group.addTask { ("m\(i)", try await store.addMigration(vm: "m\(i)", source: "h1", destination: "h2", state: "queued") { "\($0)" }) } }
+            return try await group.reduce(into: [String: Int64]()) { $0[$1.0] = $1.1 }
+        }
+        let migrationRows = try await store.migrations(limit: 1000)
+        #expect(migrations == Dictionary(uniqueKeysWithValues: migrationRows.map { ($0.vm, $0.id) }))
+        let events = try await withThrowingTaskGroup(of: (String, Int64).self) { group in
+            for i in 0..<50 { group.addTask { ("e\(i)", try await store.addEvent(source: "test", kind: "vm", name: "e\(i)", event: nil, detail: nil, message: nil)) } }
+            return try await group.reduce(into: [String: Int64]()) { $0[$1.0] = $1.1 }
+        }
+        #expect(events == Dictionary(uniqueKeysWithValues: try await store.events().compactMap { e in e.name.map { ($0, e.id) } }))
+
+        // One clear wins; the other finds nothing open.
+        _ = try await store.raiseAlarm(key: "k", kind: "drift", name: nil, host: nil, message: "m")
+        async let c1 = store.clearAlarm(key: "k", note: "1")
+        async let c2 = store.clearAlarm(key: "k", note: "2")
+        #expect(try await [c1, c2].filter { $0 }.count == 1)
+        try await store.close()
+    }
+
     @Test func badPostgresURLIsAClearError() async throws {
         await #expect(throws: StoreError.self) { try await Store.open("postgres:///nohost", logger: Logger(label: "t")) }
     }
