@@ -74,6 +74,8 @@ let package = Package(
             swiftSettings: strict),
         // posix_spawn attributes for children that start with no signal blocked.
         .target(name: "Spawn", dependencies: ["ClusterModel"], swiftSettings: strict),
+        // Small text files and kernel pseudo-files read whole (FoundationEssentials leaks on empty ones).
+        .target(name: "SystemFiles", swiftSettings: strict),
         // Pure: DRS and DPM planners (consolidation, balance) over placement's snapshot.
         .target(name: "Planner", dependencies: ["ClusterModel", "Placement"], swiftSettings: strict),
         // Pure: live migration's convergence policies, pricing and compatibility checks.
@@ -105,7 +107,7 @@ let package = Package(
         .target(
             name: "TLSSupport",
             dependencies: [
-                "ClusterModel",
+                "ClusterModel", "SystemFiles",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -120,7 +122,7 @@ let package = Package(
         .target(
             name: "HostAgent",
             dependencies: [
-                "AgentAPI", "ClusterModel", "DomainXML", "HostNetwork", "Libvirt", "MigrationPolicy", "ServerSupport", "Spawn", "TLSSupport",
+                "AgentAPI", "ClusterModel", "DomainXML", "HostNetwork", "Libvirt", "MigrationPolicy", "ServerSupport", "Spawn", "SystemFiles", "TLSSupport",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
@@ -140,7 +142,7 @@ let package = Package(
         .target(
             name: "Controller",
             dependencies: [
-                "AgentAPI", "ClusterModel", "ControllerAPI", "MigrationPolicy", "Placement", "Planner", "ServerSupport", "Spawn", "Store", "TLSSupport",
+                "AgentAPI", "ClusterModel", "ControllerAPI", "MigrationPolicy", "Placement", "Planner", "ServerSupport", "Spawn", "Store", "SystemFiles", "TLSSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "X509", package: "swift-certificates"),
@@ -195,7 +197,7 @@ let package = Package(
         .testTarget(name: "PlannerTests", dependencies: ["Planner", "Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "ClusterModel"]),
-        .testTarget(name: "HostAgentTests", dependencies: ["HostAgent", "DomainXML"]),
+        .testTarget(name: "HostAgentTests", dependencies: ["HostAgent", "DomainXML", "SystemFiles", "CMalloc"]),
         .testTarget(name: "HostNetworkTests", dependencies: ["HostNetwork", "AgentAPI", "TestSupport"]),
         .testTarget(name: "ControllerTests", dependencies: ["Controller", "ClusterModel", "AgentAPI", "ControllerAPI", "Store", .product(name: "Logging", package: "swift-log"), "Planner", "Spawn", "TLSSupport", .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1")]),
         .testTarget(name: "DomainXMLTests", dependencies: ["DomainXML", "ClusterModel", "TestSupport"]),

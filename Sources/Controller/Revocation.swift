@@ -1,13 +1,14 @@
 import AgentAPI
 import ClusterModel
 import Foundation
+import SystemFiles
 import TLSSupport
 
 extension Controller {
     /// The cluster's revocation list: `pki/revoked.txt` beside the CA (`vsphere-controller revoke` adds
     /// to it), serial numbers in lowercase hexadecimal.
     func revokedSerials() -> [String] {
-        guard let ca, let text = try? String(contentsOfFile: ca.directory + "/revoked.txt", encoding: .utf8) else { return [] }
+        guard let ca, let text = TextFile.read(ca.directory + "/revoked.txt") else { return [] }
         // What no agent would take (not a serial number) is left out rather than spoiling the list.
         return ClientAuthorizer.parseRevoked(text).sorted()
     }

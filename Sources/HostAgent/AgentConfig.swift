@@ -2,6 +2,7 @@ import ClusterModel
 import DomainXML
 import FoundationEssentials
 import Glibc
+import SystemFiles
 
 /// The agent's settings: /etc/vsphere/agent.json, overridden by command-line flags.
 public struct AgentConfig: Codable, Sendable, Equatable {
@@ -150,7 +151,7 @@ public enum HostFacts {
             let fd = open("/dev/kvm", O_RDWR)
             guard fd >= 0 else { return "tcg" }
             close(fd)
-            let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+            let cpuinfo = TextFile.read("/proc/cpuinfo") ?? ""
             let flags = cpuinfo.split(separator: "\n").first { $0.hasPrefix("flags") } ?? ""
             let words = Set(flags.split(separator: " "))
             return words.contains("vmx") || words.contains("svm") ? "kvm" : "tcg"
@@ -160,7 +161,7 @@ public enum HostFacts {
     /// Whether this process holds CAP_SYS_RESOURCE (libvirt needs it to raise QEMU's memlock limit when
     /// a hard limit is part of the definition).
     public static func hasSysResource() -> Bool {
-        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8),
+        guard let status = TextFile.read("/proc/self/status"),
             let line = status.split(separator: "\n").first(where: { $0.hasPrefix("CapEff:") }),
             let caps = UInt64(line.dropFirst(7).trimmed, radix: 16)
         else { return false }

@@ -5,6 +5,7 @@ import Glibc
 import Logging
 import NIOSSL
 import Synchronization
+import SystemFiles
 import TLSSupport
 
 /// Who may call this agent: the TLS handshake's custom verification (installed by `AgentServer`).
@@ -71,8 +72,12 @@ public final class ClientGate: Sendable {
         guard serials.count <= 10_000 else { throw AgentError.invalid([ValidationProblem("serials", "at most 10000")]) }
         let text = "# serial numbers of revoked cluster certificates, written by the controller\n"
             + Set(serials).sorted().map { $0 + "\n" }.joined()
-        try? FileManager.default.createDirectory(atPath: URL(fileURLWithPath: revokedPath).deletingLastPathComponent().path, withIntermediateDirectories: true)
-        do { try ClusterCA.replace(revokedPath, text, mode: 0o644) } catch { throw AgentError.internalError("cannot write \(revokedPath)") }
+        // The controller pushes the list every 30 s: the same list is not written again (a new file
+        // would be parsed again, with the CA, at the next handshake).
+        if TextFile.read(revokedPath) != text {
+            try? FileManager.default.createDirectory(atPath: URL(fileURLWithPath: revokedPath).deletingLastPathComponent().path, withIntermediateDirectories: true)
+            do { try ClusterCA.replace(revokedPath, text, mode: 0o644) } catch { throw AgentError.internalError("cannot write \(revokedPath)") }
+        }
         return revoked()
     }
 }

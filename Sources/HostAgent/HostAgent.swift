@@ -7,6 +7,7 @@ import Libvirt
 import Logging
 import ServerSupport
 import Synchronization
+import SystemFiles
 
 /// The agent's operations on its host's libvirtd. Every libvirt call runs on the libvirt thread pool;
 /// every failure becomes an `AgentError`; a lost connection is reported to the supervisor.
@@ -382,9 +383,8 @@ public final class HostAgent: Sendable {
 
     /// cgroup v1 paths of the domain's QEMU process (from libvirt's pid file, in this host's /run).
     static func cgroups(ofDomain name: String) -> [String: String] {
-        guard let pid = (try? String(contentsOfFile: "/run/libvirt/qemu/\(name).pid", encoding: .utf8))?
-            .trimmed,
-            let text = try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8)
+        guard let pid = TextFile.read("/run/libvirt/qemu/\(name).pid")?.trimmed,
+            let text = TextFile.read("/proc/\(pid)/cgroup")
         else { return [:] }
         var out: [String: String] = [:]
         for line in text.split(separator: "\n") {

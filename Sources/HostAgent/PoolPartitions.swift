@@ -2,6 +2,7 @@ import AgentAPI
 import ClusterModel
 import FoundationEssentials
 import Synchronization
+import SystemFiles
 
 #if canImport(Glibc)
 import Glibc
@@ -29,7 +30,7 @@ public final class PoolPartitions: Sendable {
     /// cgroup hierarchies from /proc/self/mountinfo: the v1 ones libvirt uses, or the unified one when
     /// it carries the cpu controller (a cgroup v2 host).
     static func hierarchies() -> [Hierarchy] {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return [] }
+        guard let text = TextFile.read("/proc/self/mountinfo") else { return [] }
         var v1: [Hierarchy] = []
         var v2: [Hierarchy] = []
         for line in text.split(separator: "\n") {
@@ -45,7 +46,7 @@ public final class PoolPartitions: Sendable {
                 let controllers = opts.intersection(libvirtControllers)
                 if !controllers.isEmpty { v1.append(.init(mount: mount, controllers: controllers, v2: false)) }
             case "cgroup2":
-                let list = (try? String(contentsOfFile: "\(mount)/cgroup.controllers", encoding: .utf8)) ?? ""
+                let list = TextFile.read("\(mount)/cgroup.controllers") ?? ""
                 let controllers = Set(list.split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init))
                 if controllers.contains("cpu") { v2.append(.init(mount: mount, controllers: controllers, v2: true)) }
             default: continue
@@ -280,7 +281,7 @@ public final class PoolPartitions: Sendable {
     }
 
     static func read(_ path: String) -> String? {
-        (try? String(contentsOfFile: path, encoding: .utf8))?.trimmed
+        TextFile.read(path)?.trimmed
     }
 
     /// Writes a cgroup file; returns the kernel's error, if any.

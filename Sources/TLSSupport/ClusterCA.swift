@@ -3,6 +3,7 @@ import FoundationEssentials
 import Glibc
 import NIOSSL
 import SwiftASN1
+import SystemFiles
 import X509
 
 /// The cluster's certificate authority: one P-256 key and a self-signed CA certificate (ten years) in
@@ -57,8 +58,8 @@ public struct ClusterCA: Sendable {
 
     public static func load(directory: String) throws -> ClusterCA {
         let crt = directory + "/ca.crt", keyPath = directory + "/ca.key"
-        guard let certText = try? String(contentsOfFile: crt, encoding: .utf8) else { throw Failure("no cluster CA certificate at \(crt)") }
-        guard let keyText = try? String(contentsOfFile: keyPath, encoding: .utf8) else { throw Failure("no cluster CA key at \(keyPath)") }
+        guard let certText = TextFile.read(crt) else { throw Failure("no cluster CA certificate at \(crt)") }
+        guard let keyText = TextFile.read(keyPath) else { throw Failure("no cluster CA key at \(keyPath)") }
         let cert = try Certificate(pemEncoded: certText)
         let key = try P256.Signing.PrivateKey(pemRepresentation: keyText)
         guard cert.publicKey == Certificate.PublicKey(key.publicKey) else { throw Failure("\(keyPath) is not the key of \(crt)") }
@@ -106,7 +107,7 @@ public struct ClusterCA: Sendable {
 
     /// The leaf (first certificate) of a PEM chain file.
     public static func leaf(ofPEMFile path: String) -> Certificate? {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8),
+        guard let text = TextFile.read(path),
             let first = try? PEMDocument.parseMultiple(pemString: text).first
         else { return nil }
         return try? Certificate(derEncoded: first.derBytes)

@@ -3,6 +3,7 @@ import Crypto
 import FoundationEssentials
 import NIOSSL
 import SwiftASN1
+import SystemFiles
 import X509
 
 /// What a certificate of the cluster CA is for, written in its subject's organizational unit.
@@ -91,11 +92,11 @@ public struct ClientAuthorizer: Sendable {
     /// Reads the trusted CA certificates from a PEM file and, when given and present, revoked serial
     /// numbers from a text file (one per line, hex, `#` comments).
     public init(caFile: String, allowed: Set<IdentityRole>, revokedFile: String? = nil) throws {
-        let text = try String(contentsOfFile: caFile, encoding: .utf8)
+        guard let text = TextFile.read(caFile) else { throw Refusal(description: "cannot read \(caFile)") }
         let roots = try PEMDocument.parseMultiple(pemString: text).map { try Certificate(derEncoded: $0.derBytes) }
         guard !roots.isEmpty else { throw Refusal(description: "\(caFile) holds no certificate") }
         var revoked: Set<String> = []
-        if let revokedFile, let list = try? String(contentsOfFile: revokedFile, encoding: .utf8) {
+        if let revokedFile, let list = TextFile.read(revokedFile) {
             revoked = Self.parseRevoked(list)
         }
         self.init(roots: roots, allowed: allowed, revoked: revoked)
