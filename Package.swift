@@ -58,6 +58,7 @@ let package = Package(
         .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
         .systemLibrary(name: "CLibXML2", pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
         .systemLibrary(name: "CMalloc"),
+        .systemLibrary(name: "CLinkMap"),
 
         // Pure: the VM spec, its validation and service-level arithmetic. No I/O.
         .target(name: "ClusterModel", swiftSettings: strict),
@@ -74,8 +75,9 @@ let package = Package(
             swiftSettings: strict),
         // posix_spawn attributes for children that start with no signal blocked.
         .target(name: "Spawn", dependencies: ["ClusterModel"], swiftSettings: strict),
-        // Small text files and kernel pseudo-files read whole (FoundationEssentials leaks on empty ones).
-        .target(name: "SystemFiles", swiftSettings: strict),
+        // Small text files and kernel pseudo-files read whole (FoundationEssentials leaks on empty ones),
+        // and the process's resident set, trimmed to what it still uses.
+        .target(name: "SystemFiles", dependencies: ["CLinkMap", "CMalloc"], swiftSettings: strict),
         // Pure: DRS and DPM planners (consolidation, balance) over placement's snapshot.
         .target(name: "Planner", dependencies: ["ClusterModel", "Placement"], swiftSettings: strict),
         // Pure: live migration's convergence policies, pricing and compatibility checks.
@@ -197,7 +199,7 @@ let package = Package(
         .testTarget(name: "PlannerTests", dependencies: ["Planner", "Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "ClusterModel"]),
-        .testTarget(name: "HostAgentTests", dependencies: ["HostAgent", "DomainXML", "SystemFiles", "CMalloc"]),
+        .testTarget(name: "HostAgentTests", dependencies: ["HostAgent", "DomainXML", "SystemFiles", "CMalloc", "TestSupport"]),
         .testTarget(name: "HostNetworkTests", dependencies: ["HostNetwork", "AgentAPI", "TestSupport"]),
         .testTarget(name: "ControllerTests", dependencies: ["Controller", "ClusterModel", "AgentAPI", "ControllerAPI", "Store", .product(name: "Logging", package: "swift-log"), "Planner", "Spawn", "TLSSupport", .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1")]),
         .testTarget(name: "DomainXMLTests", dependencies: ["DomainXML", "ClusterModel", "TestSupport"]),

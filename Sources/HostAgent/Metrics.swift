@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Libvirt
 import Prometheus
+import SystemFiles
 
 /// The agent's Prometheus metrics (`GET /metrics`, mutual TLS like every call): its domains by state,
 /// libvirt's connection, events published, the host's memory and guest CPUs, resource pool partitions.
@@ -29,6 +30,11 @@ public final class AgentMetrics: Sendable {
             gauge("vsphere_agent_memory_reserved_bytes", "Memory reserved by running guests").set(to: Double(inv.capacity.reservedMemoryMiB) * 1_048_576)
             gauge("vsphere_agent_guest_cpus", "CPUs guests may run on").set(to: Double(inv.guestCPUs?.count ?? inv.cpu.cpus))
             gauge("vsphere_agent_parked_cpus", "Guest CPUs core parking keeps idle").set(to: Double(inv.parkedCPUs?.count ?? 0))
+        }
+        if let r = WorkingSet.resident() {
+            gauge("vsphere_agent_resident_bytes", "The agent's resident memory (VmRSS)").set(to: Double(r.total) * 1024)
+            gauge("vsphere_agent_resident_anonymous_bytes", "The agent's resident anonymous memory (RssAnon)").set(to: Double(r.anonymous) * 1024)
+            gauge("vsphere_agent_resident_peak_bytes", "The agent's highest resident memory since it started (VmHWM)").set(to: Double(r.peak) * 1024)
         }
         gauge("vsphere_agent_pool_partitions", "Resource pool partitions on this host").set(to: Double(agent.pools.read().count))
         return registry.emitToString()

@@ -98,6 +98,7 @@ struct AgentCommand: AsyncParsableCommand {
         // Shutdown runs in reverse order: the supervisor ends the event streams first, then the server drains.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: app), .init(service: agent.supervisor)]
         if cfg.coreParking { services.append(.init(service: CoreParker(agent: agent))) }
+        if cfg.workingSetTrimSeconds > 0 { services.append(.init(service: WorkingSetTrimmer(intervalSeconds: cfg.workingSetTrimSeconds, logger: logger))) }
         let group = ServiceGroup(
             configuration: .init(
                 services: services,

@@ -195,6 +195,13 @@ struct AuthOnTestbed {
         let (arc, agent) = try Testbed.run(["curl", "-sf", "--cacert", Testbed.clusterCA, "--cert", Testbed.clientCertificate, "--key", Testbed.clientKey, "https://\(addr):7443/metrics"])
         #expect(arc == 0, "\(agent)")
         #expect(agent.contains("vsphere_agent_libvirt_connected 1") && agent.contains(#"vsphere_agent_vms{state="running"}"#) && agent.contains("vsphere_agent_memory_total_bytes"), "\(agent)")
+        // The agent's own memory, as the kernel counts it: some resident, never above its peak.
+        func gauge(_ name: String) -> Double? {
+            agent.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ")[1]) }
+        }
+        let resident = try #require(gauge("vsphere_agent_resident_bytes")), peak = try #require(gauge("vsphere_agent_resident_peak_bytes"))
+        let anon = try #require(gauge("vsphere_agent_resident_anonymous_bytes"))
+        #expect(resident > 1_048_576 && anon > 0 && anon < resident && resident <= peak, "\(resident) \(anon) \(peak)")
     }
 
     @Test func rolesAreCheckedAndChangesAudited() async throws {
