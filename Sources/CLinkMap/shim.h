@@ -8,3 +8,6 @@
 /* dl_iterate_phdr is declared by link.h only for _GNU_SOURCE; declared here as well in case the
    module's features.h was read without it. */
 int dl_iterate_phdr(int (*callback)(struct dl_phdr_info *info, size_t size, void *data), void *data);
+
+/* getauxval: where the kernel put the executable's program headers (AT_PHDR). */
+#include <sys/auxv.h>

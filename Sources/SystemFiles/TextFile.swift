@@ -13,7 +13,8 @@ import Glibc
 /// 1 MiB a minute on the testbed (docs/benchmarks.md, vm-start).
 public enum TextFile {
     /// The file's text, or nil when it cannot be opened or read, is not a regular file, is not UTF-8
-    /// or is longer than `limit` bytes.
+    /// or is longer than `limit` bytes. A pseudo-file that honours O_NONBLOCK and has nothing to read
+    /// yet (/proc/kmsg, a trace pipe) gives nil too.
     public static func read(_ path: String, limit: Int = 16 << 20) -> String? {
         guard let bytes = readBytes(path, limit: limit) else { return nil }
         return String(validating: bytes, as: UTF8.self)
@@ -21,12 +22,14 @@ public enum TextFile {
 
     /// The file's bytes, under the same conditions as `read`.
     public static func readBytes(_ path: String, limit: Int = 16 << 20) -> [UInt8]? {
-        // Non-blocking open: a FIFO at the path must not hang the caller (it is refused below).
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        // Non-blocking open: a FIFO at the path must not hang the caller (it is refused below); no
+        // terminal becomes the daemon's controlling one.
+        var fd: Int32
+        repeat { fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY) } while fd < 0 && errno == EINTR
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var st = stat()
-        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG else { return nil }
+        guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFREG, st.st_size <= limit else { return nil }
         var out: [UInt8] = []
         out.reserveCapacity(min(limit, st.st_size > 0 ? Int(st.st_size) : 4096))
         let chunk = 4096

@@ -10,15 +10,24 @@ import Glibc
 /// A daemon touches much of its code and of its libraries' code once, to start: argument parsing, TLS
 /// set-up, the libraries' own initialisation (libssh's constructor alone initialises OpenSSL, 2.9 MiB of
 /// libcrypto). Those clean file pages stay mapped, and counted in its RSS, until memory runs short. The
-/// agent measured 32 MiB resident after a few minutes under the controller, of which 19 MiB was what it
-/// touched again afterwards (docs/benchmarks.md, vm-start).
+/// agent measured 34 MiB resident a minute after start under the controller, and 21 MiB in the steady
+/// state once those pages were dropped (docs/benchmarks.md, vm-start).
 ///
-/// `trim()` drops from the page tables the resident pages of the read-only, non-writable segments of
-/// every object the dynamic linker loaded (the executable, its libraries): MADV_DONTNEED on a private
-/// file mapping whose pages are the file's own. The page cache keeps them; whatever runs next faults
-/// its pages back in (minor faults, no I/O). Writable segments (data, relocated read-only data, bss) and
-/// anonymous memory are never touched. The ranges come from `dl_iterate_phdr`, which holds the loader's
-/// lock while it runs, so no object is unloaded (and its range reused) while a range is dropped.
+/// `trim()` drops from the page tables the resident pages of the read-only segments of every object
+/// the dynamic linker loaded (the executable, its libraries): MADV_DONTNEED on a private file mapping
+/// whose pages are the file's own. Only the bytes a segment maps from its file count, and of those only
+/// pages that are still the file's (`/proc/self/pagemap`: a private copy, made by a text relocation, a
+/// debugger's breakpoint or a uprobe, stays), in objects without text relocations, on no page a
+/// writable or RELRO segment shares. Anonymous memory is never touched. The ranges come from
+/// `dl_iterate_phdr`, which holds the loader's lock while it runs, so no object is unloaded (and its
+/// range reused) meanwhile; nothing is allocated while that lock is held (an allocator that unwinds
+/// stacks takes it too).
+///
+/// The page cache keeps the dropped pages, so what runs next faults them back without I/O as long as
+/// they stay cached. The trade-off: a cached page no process maps is reclaimed before a mapped one, so
+/// under memory pressure the agent's code comes back from disk; and the pages stay charged to the
+/// agent's cgroup (memory.current) until then. The RSS the kernel reports is what the agent touched
+/// since.
 public enum WorkingSet {
     /// Resident memory of this process in KiB, from /proc/self/status.
     public struct Resident: Sendable, Equatable {
@@ -54,38 +63,60 @@ public enum WorkingSet {
         return Resident(total: total, anonymous: anon, file: file, peak: peak)
     }
 
-    /// A segment of a loaded object, in the process's address space.
+    /// A segment of a loaded object, in the process's address space: `size` bytes from `start`, the
+    /// first `fileSize` of them mapped from the object's file (the rest, if any, zero-filled).
     public struct Segment: Sendable, Equatable {
         public var start: UInt
         public var size: UInt
+        public var fileSize: UInt
         public var writable: Bool
-        public init(start: UInt, size: UInt, writable: Bool) {
+        public init(start: UInt, size: UInt, fileSize: UInt? = nil, writable: Bool) {
             self.start = start
             self.size = size
+            self.fileSize = min(fileSize ?? size, size)
             self.writable = writable
         }
     }
 
-    /// The page-aligned ranges wholly inside the non-writable segments: what `trim` drops. A page that
-    /// a writable segment shares (the linker may start one on the page another ends on) is left alone.
+    /// Whether the page at `page` (aligned to `pageSize`) may be dropped as far as the layout goes: it
+    /// lies wholly within the file-backed bytes of a read-only segment and shares nothing with a
+    /// writable one (whose pages round outwards: the loader may start it on the page another ends on).
+    public static func mayDrop(page: UInt, pageSize: UInt, segments: UnsafeBufferPointer<Segment>) -> Bool {
+        var inside = false
+        for s in segments {
+            if s.writable {
+                guard s.size > 0 else { continue }
+                let lo = s.start & ~(pageSize - 1)
+                let hi = (s.start + s.size + pageSize - 1) & ~(pageSize - 1)
+                if page < hi && lo < page + pageSize { return false }
+            } else if s.start <= page && page + pageSize <= s.start + s.fileSize {
+                inside = true
+            }
+        }
+        return inside
+    }
+
+    /// The page-aligned ranges `mayDrop` allows, merged, in address order: what `trim` drops of a
+    /// layout (page by page, `trim` also keeps pages that are no longer the file's).
     public static func trimRanges(_ segments: [Segment], pageSize: UInt) -> [Range<UInt>] {
         precondition(pageSize > 0 && pageSize & (pageSize - 1) == 0, "page size must be a power of two")
-        let writable = segments.filter(\.writable).map { ($0.start & ~(pageSize - 1))..<(($0.start + $0.size + pageSize - 1) & ~(pageSize - 1)) }
         var out: [Range<UInt>] = []
-        for s in segments where !s.writable && s.size > 0 {
-            let lo = (s.start + pageSize - 1) & ~(pageSize - 1)
-            let hi = (s.start + s.size) & ~(pageSize - 1)
-            guard lo < hi else { continue }
-            var pieces = [lo..<hi]
-            for w in writable {
-                pieces = pieces.flatMap { p -> [Range<UInt>] in
-                    guard p.overlaps(w) else { return [p] }
-                    return [p.lowerBound..<max(p.lowerBound, w.lowerBound), min(p.upperBound, w.upperBound)..<p.upperBound].filter { !$0.isEmpty }
+        segments.withUnsafeBufferPointer { all in
+            for s in segments.sorted(by: { $0.start < $1.start }) where !s.writable {
+                var page = (s.start + pageSize - 1) & ~(pageSize - 1)
+                while page + pageSize <= s.start + s.fileSize {
+                    if mayDrop(page: page, pageSize: pageSize, segments: all) {
+                        if let last = out.last, last.upperBound >= page {
+                            out[out.count - 1] = last.lowerBound..<max(last.upperBound, page + pageSize)
+                        } else {
+                            out.append(page..<(page + pageSize))
+                        }
+                    }
+                    page += pageSize
                 }
             }
-            out += pieces
         }
-        return out.sorted { $0.lowerBound < $1.lowerBound }
+        return out
     }
 
     /// What one trim did.
@@ -102,6 +133,8 @@ public enum WorkingSet {
     public static func trim() -> Trim {
         let before = resident()
         let tally = TrimTally(pageSize: UInt(sysconf(Int32(_SC_PAGESIZE))))
+        defer { tally.release() }
+        guard tally.pagemap >= 0 else { return Trim(before: before, after: before, ranges: 0, bytes: 0) }
         withExtendedLifetime(tally) {
             _ = dl_iterate_phdr(trimObject, Unmanaged.passUnretained(tally).toOpaque())
         }
@@ -110,32 +143,101 @@ public enum WorkingSet {
     }
 }
 
+/// What the callback needs, allocated before the loader's lock is taken.
 private final class TrimTally {
     let pageSize: UInt
+    let pagemap: Int32
+    /// One object's segments.
+    let segments = UnsafeMutableBufferPointer<WorkingSet.Segment>.allocate(capacity: 64)
+    /// pagemap entries of up to 4096 pages at a time.
+    let entries = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 4096)
     var ranges = 0
     var bytes: UInt = 0
-    init(pageSize: UInt) { self.pageSize = pageSize }
+
+    init(pageSize: UInt) {
+        self.pageSize = pageSize
+        pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)
+    }
+
+    func release() {
+        if pagemap >= 0 { close(pagemap) }
+        segments.deallocate()
+        entries.deallocate()
+    }
+
+    func drop(_ lo: UInt, _ hi: UInt) {
+        guard lo < hi else { return }
+        if madvise(UnsafeMutableRawPointer(bitPattern: lo), Int(hi - lo), MADV_DONTNEED) == 0 {
+            ranges += 1
+            bytes += hi - lo
+        }
+    }
 }
 
-/// dl_iterate_phdr's callback: drops the read-only segments' pages of one loaded object.
+/// Whether the object's dynamic section asks for text relocations (its code was patched on load).
+private func hasTextRelocations(_ dynamic: UnsafePointer<Elf64_Dyn>) -> Bool {
+    var d = dynamic
+    for _ in 0..<4096 {
+        let tag = d.pointee.d_tag
+        if tag == Int64(DT_NULL) { return false }
+        if tag == Int64(DT_TEXTREL) { return true }
+        if tag == Int64(DT_FLAGS) && d.pointee.d_un.d_val & UInt64(DF_TEXTREL) != 0 { return true }
+        d += 1
+    }
+    return true
+}
+
+/// dl_iterate_phdr's callback: drops the pages of one loaded object's read-only segments that are still
+/// its file's. Allocates nothing.
 private func trimObject(_ info: UnsafeMutablePointer<dl_phdr_info>?, _ size: Int, _ context: UnsafeMutableRawPointer?) -> Int32 {
     guard let info, let context else { return 0 }
     let tally = Unmanaged<TrimTally>.fromOpaque(context).takeUnretainedValue()
+    let object = info.pointee
     // The vDSO is the kernel's own mapping, not a file's.
-    if let name = info.pointee.dlpi_name, String(cString: name).hasPrefix("linux-vdso") { return 0 }
-    var segments: [WorkingSet.Segment] = []
-    for i in 0..<Int(info.pointee.dlpi_phnum) {
-        let ph = info.pointee.dlpi_phdr[i]
+    if let name = object.dlpi_name, strncmp(name, "linux-vdso", 10) == 0 { return 0 }
+    guard let headers = object.dlpi_phdr, Int(object.dlpi_phnum) <= tally.segments.count else { return 0 }
+    let base = UInt(object.dlpi_addr)
+    var count = 0
+    for i in 0..<Int(object.dlpi_phnum) {
+        let ph = headers[i]
+        if ph.p_type == UInt32(PT_DYNAMIC), let dynamic = UnsafePointer<Elf64_Dyn>(bitPattern: base &+ UInt(ph.p_vaddr)),
+            hasTextRelocations(dynamic)
+        {
+            return 0
+        }
         guard ph.p_type == UInt32(PT_LOAD) || ph.p_type == UInt32(PT_GNU_RELRO) else { continue }
         // RELRO is written by the loader before it is made read-only: it counts as writable.
         let writable = ph.p_type == UInt32(PT_GNU_RELRO) || ph.p_flags & UInt32(PF_W) != 0
-        segments.append(WorkingSet.Segment(start: UInt(info.pointee.dlpi_addr) &+ UInt(ph.p_vaddr), size: UInt(ph.p_memsz), writable: writable))
+        tally.segments[count] = WorkingSet.Segment(start: base &+ UInt(ph.p_vaddr), size: UInt(ph.p_memsz), fileSize: UInt(ph.p_filesz), writable: writable)
+        count += 1
     }
-    for r in WorkingSet.trimRanges(segments, pageSize: tally.pageSize) {
-        if madvise(UnsafeMutableRawPointer(bitPattern: r.lowerBound), Int(r.upperBound - r.lowerBound), MADV_DONTNEED) == 0 {
-            tally.ranges += 1
-            tally.bytes += r.upperBound - r.lowerBound
+    let segments = UnsafeBufferPointer(rebasing: tally.segments[0..<count])
+    let pageSize = tally.pageSize
+    for s in segments where !s.writable {
+        var page = (s.start + pageSize - 1) & ~(pageSize - 1)
+        let end = (s.start + s.fileSize) & ~(pageSize - 1)
+        var run: UInt? = nil
+        while page < end {
+            // This chunk's pagemap entries: bit 63 present, bit 61 a file page (or shared); a present
+            // page without bit 61 is a private copy, which must stay.
+            let n = min(tally.entries.count, Int((end - page) / pageSize))
+            let want = n * MemoryLayout<UInt64>.size
+            let got = pread(tally.pagemap, tally.entries.baseAddress, want, off_t(page / pageSize) * 8)
+            guard got == want else { break }
+            for i in 0..<n {
+                let p = page + UInt(i) * pageSize
+                let e = tally.entries[i]
+                let copied = e & (1 << 63) != 0 && e & (1 << 61) == 0
+                if !copied && WorkingSet.mayDrop(page: p, pageSize: pageSize, segments: segments) {
+                    if run == nil { run = p }
+                } else if let lo = run {
+                    tally.drop(lo, p)
+                    run = nil
+                }
+            }
+            page += UInt(n) * pageSize
         }
+        if let lo = run { tally.drop(lo, page) }
     }
     return 0
 }

@@ -1,3 +1,4 @@
+import CLinkMap
 import Glibc
 import SystemFiles
 import TestSupport
@@ -22,34 +23,39 @@ import Testing
         ], pageSize: page) == [0x10000..<0x12000, 0x14000..<0x18000])
     }
 
-    /// Property: whatever the layout, every range is page-aligned, lies inside a read-only segment and
-    /// shares no page with a writable one; and every whole page of a read-only segment that no writable
-    /// segment touches is in some range.
-    @Test func rangesNeverTouchWritablePages() {
+    @Test func onlyFileBackedBytesCount() {
+        // A read-only segment whose last 0x2800 bytes are zero-filled, not the file's.
+        #expect(WorkingSet.trimRanges([.init(start: 0x1000, size: 0x5000, fileSize: 0x2800, writable: false)], pageSize: page) == [0x1000..<0x3000])
+    }
+
+    /// Property: for any layout (overlapping segments, in any order), the ranges are exactly the pages
+    /// lying wholly in a read-only segment's file-backed bytes and sharing no byte's page with a writable
+    /// segment; merged, aligned, in address order.
+    @Test func rangesAreExactlyTheDroppablePages() {
         var rng = SplitMix(seed: 0x5EED_7215)
-        for _ in 0..<500 {
+        for _ in 0..<400 {
             var segments: [WorkingSet.Segment] = []
-            var at = UInt.random(in: 0...0x10000, using: &rng)
             for _ in 0..<Int.random(in: 1...6, using: &rng) {
+                let start = UInt.random(in: 0...0x20000, using: &rng)
                 let size = UInt.random(in: 0...0x9000, using: &rng)
-                segments.append(.init(start: at, size: size, writable: Bool.random(using: &rng)))
-                at += size + UInt.random(in: 0...0x2000, using: &rng)
+                let fileSize = Bool.random(using: &rng) ? size : UInt.random(in: 0...size, using: &rng)
+                segments.append(.init(start: start, size: size, fileSize: fileSize, writable: Bool.random(using: &rng)))
             }
             let ranges = WorkingSet.trimRanges(segments, pageSize: page)
-            func touchesWritable(_ p: UInt) -> Bool {
-                segments.contains { $0.writable && $0.size > 0 && $0.start < p + page && p < $0.start + $0.size }
+            func droppable(_ p: UInt) -> Bool {
+                let inFile = segments.contains { !$0.writable && $0.start <= p && p + page <= $0.start + $0.fileSize }
+                let nearWritable = segments.contains { w in
+                    w.writable && w.size > 0 && (w.start / page * page) < p + page && p < (w.start + w.size + page - 1) / page * page
+                }
+                return inFile && !nearWritable
             }
+            for (a, b) in zip(ranges, ranges.dropFirst()) { #expect(a.upperBound < b.lowerBound) }
             for r in ranges {
                 #expect(r.lowerBound % page == 0 && r.upperBound % page == 0 && !r.isEmpty)
-                #expect(segments.contains { !$0.writable && $0.start <= r.lowerBound && r.upperBound <= $0.start + $0.size })
-                for p in stride(from: r.lowerBound, to: r.upperBound, by: Int(page)) { #expect(!touchesWritable(p)) }
+                for p in stride(from: r.lowerBound, to: r.upperBound, by: Int(page)) { #expect(droppable(p)) }
             }
-            for s in segments where !s.writable {
-                var p = (s.start + page - 1) / page * page
-                while p + page <= s.start + s.size {
-                    if !touchesWritable(p) { #expect(ranges.contains { $0.contains(p) }) }
-                    p += page
-                }
+            for p in stride(from: UInt(0), to: 0x2A000, by: Int(page)) where droppable(p) {
+                #expect(ranges.contains { $0.contains(p) }, "page \(p) of \(segments)")
             }
         }
     }
@@ -74,5 +80,41 @@ import Testing
         let again = (0..<1000).map { String($0) }.joined(separator: ",")
         #expect(again.hasPrefix("0,1,2"))
         #expect(WorkingSet.resident() != nil)
+    }
+
+    /// A page of a read-only segment that is no longer the file's (a private copy, as a text
+    /// relocation, a breakpoint or a uprobe makes one) is kept, whatever its layout allows.
+    @Test func privateCopiesAreKept() throws {
+        // The page holding this executable's program headers, in its first, read-only segment.
+        let headers = UInt(getauxval(UInt(AT_PHDR)))
+        let pageSize = UInt(sysconf(Int32(_SC_PAGESIZE)))
+        let target = try #require(UnsafeMutableRawPointer(bitPattern: headers & ~(pageSize - 1)))
+        // Its protection now (a linker may put the headers in the code's segment).
+        let maps = try #require(TextFile.read("/proc/self/maps"))
+        let line = try #require(maps.split(separator: "\n").first { l in
+            let r = l.split(separator: " ")[0].split(separator: "-").compactMap { UInt($0, radix: 16) }
+            return r.count == 2 && r[0] <= UInt(bitPattern: target) && UInt(bitPattern: target) < r[1]
+        })
+        let perms = line.split(separator: " ")[1]
+        try #require(perms.hasPrefix("r-") && perms.hasSuffix("p"), "\(line)")
+        let prot = PROT_READ | (perms.contains("x") ? PROT_EXEC : 0)
+        // Copy it privately by writing back the byte it holds.
+        #expect(mprotect(target, Int(pageSize), prot | PROT_WRITE) == 0)
+        let at = target.advanced(by: Int(headers & (pageSize - 1))).assumingMemoryBound(to: UInt8.self)
+        var byte = at.pointee
+        memcpy(UnsafeMutableRawPointer(at), &byte, 1)
+        #expect(mprotect(target, Int(pageSize), prot) == 0)
+        func entry() throws -> UInt64 {
+            let fd = open("/proc/self/pagemap", O_RDONLY)
+            defer { close(fd) }
+            var e: UInt64 = 0
+            #expect(pread(fd, &e, 8, off_t(UInt(bitPattern: target) / pageSize) * 8) == 8)
+            return e
+        }
+        let copy: (UInt64) -> Bool = { $0 & (1 << 63) != 0 && $0 & (1 << 61) == 0 }
+        let written = try entry()
+        #expect(copy(written), "the write made no private copy: pagemap \(String(written, radix: 16)), \(line)")
+        _ = WorkingSet.trim()
+        #expect(copy(try entry()), "the trim dropped a private copy")
     }
 }
