@@ -51,13 +51,15 @@ def uptime_s(pid):
 
 
 def first_trim(log_path):
-    """The agent's last 'resident set trimmed' line: its resident KiB before and after that trim."""
-    found = None
-    for line in open(log_path, errors="replace"):
+    """The running agent's first 'resident set trimmed' line (the log holds every run of the agent on
+    this host: only lines after its last start count): its resident KiB before and after, or None."""
+    lines = open(log_path, errors="replace").read().splitlines()
+    starts = [i for i, line in enumerate(lines) if "vsphere-agent starting" in line]
+    for line in lines[starts[-1] if starts else 0:]:
         if "resident set trimmed" in line and "residentKiB=" in line:
-            before, after = line.split("residentKiB=", 1)[1].split()[0:3:2]
-            found = (int(before), int(after))
-    return found
+            before, after = (int(x) for x in line.split("residentKiB=", 1)[1].split()[0:3:2])
+            return (before, after) if before > 0 and after > 0 else None
+    return None
 
 
 def swift_runtime(pid):

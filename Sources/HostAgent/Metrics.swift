@@ -4,7 +4,8 @@ import Prometheus
 import SystemFiles
 
 /// The agent's Prometheus metrics (`GET /metrics`, mutual TLS like every call): its domains by state,
-/// libvirt's connection, events published, the host's memory and guest CPUs, resource pool partitions.
+/// libvirt's connection, events published, the host's memory and guest CPUs, resource pool partitions,
+/// and the agent's own resident memory (total, anonymous, peak).
 public final class AgentMetrics: Sendable {
     let registry = PrometheusCollectorRegistry()
 

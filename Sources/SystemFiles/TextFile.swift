@@ -17,6 +17,9 @@ public enum TextFile {
     /// yet (/proc/kmsg, a trace pipe) gives nil too.
     public static func read(_ path: String, limit: Int = 16 << 20) -> String? {
         guard let bytes = readBytes(path, limit: limit) else { return nil }
+        // A byte order mark is not text (Foundation's reader drops it too): a hand-edited list must not
+        // lose its first line to it.
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { return String(validating: bytes.dropFirst(3), as: UTF8.self) }
         return String(validating: bytes, as: UTF8.self)
     }
 

@@ -10,8 +10,8 @@ import Glibc
 /// A daemon touches much of its code and of its libraries' code once, to start: argument parsing, TLS
 /// set-up, the libraries' own initialisation (libssh's constructor alone initialises OpenSSL, 2.9 MiB of
 /// libcrypto). Those clean file pages stay mapped, and counted in its RSS, until memory runs short. The
-/// agent measured 34 MiB resident a minute after start under the controller, and 21 MiB in the steady
-/// state once those pages were dropped (docs/benchmarks.md, vm-start).
+/// agent measured 32–34 MiB resident a minute after start under the controller, and 19–21 MiB in the
+/// steady state once those pages were dropped (docs/benchmarks.md, vm-start).
 ///
 /// `trim()` drops from the page tables the resident pages of the read-only segments of every object
 /// the dynamic linker loaded (the executable, its libraries): MADV_DONTNEED on a private file mapping
@@ -96,6 +96,13 @@ public enum WorkingSet {
         return inside
     }
 
+    /// The whole pages of a read-only segment's file-backed bytes: `mayDrop` is asked of these only.
+    public static func pageSpan(_ s: Segment, pageSize: UInt) -> Range<UInt> {
+        let lo = (s.start + pageSize - 1) & ~(pageSize - 1)
+        let hi = (s.start + s.fileSize) & ~(pageSize - 1)
+        return lo..<max(lo, hi)
+    }
+
     /// The page-aligned ranges `mayDrop` allows, merged, in address order: what `trim` drops of a
     /// layout (page by page, `trim` also keeps pages that are no longer the file's).
     public static func trimRanges(_ segments: [Segment], pageSize: UInt) -> [Range<UInt>] {
@@ -103,8 +110,7 @@ public enum WorkingSet {
         var out: [Range<UInt>] = []
         segments.withUnsafeBufferPointer { all in
             for s in segments.sorted(by: { $0.start < $1.start }) where !s.writable {
-                var page = (s.start + pageSize - 1) & ~(pageSize - 1)
-                while page + pageSize <= s.start + s.fileSize {
+                for page in stride(from: pageSpan(s, pageSize: pageSize).lowerBound, to: pageSpan(s, pageSize: pageSize).upperBound, by: Int(pageSize)) {
                     if mayDrop(page: page, pageSize: pageSize, segments: all) {
                         if let last = out.last, last.upperBound >= page {
                             out[out.count - 1] = last.lowerBound..<max(last.upperBound, page + pageSize)
@@ -112,7 +118,6 @@ public enum WorkingSet {
                             out.append(page..<(page + pageSize))
                         }
                     }
-                    page += pageSize
                 }
             }
         }
@@ -134,11 +139,13 @@ public enum WorkingSet {
         let before = resident()
         let tally = TrimTally(pageSize: UInt(sysconf(Int32(_SC_PAGESIZE))))
         defer { tally.release() }
-        guard tally.pagemap >= 0 else { return Trim(before: before, after: before, ranges: 0, bytes: 0) }
-        withExtendedLifetime(tally) {
-            _ = dl_iterate_phdr(trimObject, Unmanaged.passUnretained(tally).toOpaque())
-        }
         _ = malloc_trim(0)
+        // Without pagemap no page can be told from a private copy: nothing is dropped.
+        if tally.pagemap >= 0 {
+            withExtendedLifetime(tally) {
+                _ = dl_iterate_phdr(trimObject, Unmanaged.passUnretained(tally).toOpaque())
+            }
+        }
         return Trim(before: before, after: resident(), ranges: tally.ranges, bytes: tally.bytes)
     }
 }
@@ -214,12 +221,14 @@ private func trimObject(_ info: UnsafeMutablePointer<dl_phdr_info>?, _ size: Int
     let segments = UnsafeBufferPointer(rebasing: tally.segments[0..<count])
     let pageSize = tally.pageSize
     for s in segments where !s.writable {
-        var page = (s.start + pageSize - 1) & ~(pageSize - 1)
-        let end = (s.start + s.fileSize) & ~(pageSize - 1)
+        let span = WorkingSet.pageSpan(s, pageSize: pageSize)
+        var page = span.lowerBound
+        let end = span.upperBound
         var run: UInt? = nil
         while page < end {
-            // This chunk's pagemap entries: bit 63 present, bit 61 a file page (or shared); a present
-            // page without bit 61 is a private copy, which must stay.
+            // This chunk's pagemap entries: a page in memory or in swap that is not the file's is a
+            // private copy, which must stay. (A copy made between this read and the madvise, by a
+            // debugger writing at that moment, is not seen.)
             let n = min(tally.entries.count, Int((end - page) / pageSize))
             let want = n * MemoryLayout<UInt64>.size
             let got = pread(tally.pagemap, tally.entries.baseAddress, want, off_t(page / pageSize) * 8)
@@ -227,7 +236,9 @@ private func trimObject(_ info: UnsafeMutablePointer<dl_phdr_info>?, _ size: Int
             for i in 0..<n {
                 let p = page + UInt(i) * pageSize
                 let e = tally.entries[i]
-                let copied = e & (1 << 63) != 0 && e & (1 << 61) == 0
+                // Present (bit 63) or swapped out (bit 62, a private copy is anonymous) and not a file
+                // page (bit 61).
+                let copied = e & (1 << 61) == 0 && e & ((1 << 63) | (1 << 62)) != 0
                 if !copied && WorkingSet.mayDrop(page: p, pageSize: pageSize, segments: segments) {
                     if run == nil { run = p }
                 } else if let lo = run {

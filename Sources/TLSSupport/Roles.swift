@@ -92,7 +92,9 @@ public struct ClientAuthorizer: Sendable {
     /// Reads the trusted CA certificates from a PEM file and, when given and present, revoked serial
     /// numbers from a text file (one per line, hex, `#` comments).
     public init(caFile: String, allowed: Set<IdentityRole>, revokedFile: String? = nil) throws {
-        guard let text = TextFile.read(caFile) else { throw Refusal(description: "cannot read \(caFile)") }
+        guard let text = TextFile.read(caFile) else {
+            throw Refusal(description: "cannot read \(caFile) (missing, unreadable, or not a regular UTF-8 file of at most 16 MiB)")
+        }
         let roots = try PEMDocument.parseMultiple(pemString: text).map { try Certificate(derEncoded: $0.derBytes) }
         guard !roots.isEmpty else { throw Refusal(description: "\(caFile) holds no certificate") }
         var revoked: Set<String> = []

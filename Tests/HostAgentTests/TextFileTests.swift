@@ -4,9 +4,13 @@ import Glibc
 import SystemFiles
 import Testing
 
-@Suite struct TextFileTests {
+@Suite final class TextFileTests {
+    /// This test's own directory (Swift Testing makes a suite instance per test), removed after it.
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("textfile-\(getpid())-\(UInt64.random(in: 0...UInt64.max))").path
+
+    deinit { try? FileManager.default.removeItem(atPath: dir) }
+
     func scratch(_ name: String, _ text: String?) throws -> String {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("textfile-\(getpid())").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let path = dir + "/" + name
         if let text { try text.write(toFile: path, atomically: false, encoding: .utf8) }
@@ -30,6 +34,12 @@ import Testing
         #expect(smaps.contains("[stack]"))
         let status = try #require(TextFile.read("/proc/self/status"))
         #expect(status.contains("\nPid:\t\(getpid())\n"))
+    }
+
+    @Test func dropsAByteOrderMark() throws {
+        let path = try scratch("bom", "\u{FEFF}abcd\n")
+        #expect(TextFile.read(path) == "abcd\n")
+        #expect(TextFile.readBytes(path)?.prefix(3) == [0xEF, 0xBB, 0xBF])
     }
 
     @Test func refusesWhatIsNotARegularFile() throws {
