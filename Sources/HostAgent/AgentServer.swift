@@ -194,9 +194,30 @@ public enum AgentServer {
                     let encoder = JSONEncoder()
                     encoder.outputFormatting = [.sortedKeys]
                     try await writer.write(ByteBuffer(string: ": vsphere-agent events\n\n"))
-                    for await event in stream {
-                        let data = String(decoding: try encoder.encode(event), as: UTF8.self)
-                        try await writer.write(ByteBuffer(string: "id: \(event.seq)\nevent: \(event.kind)\ndata: \(data)\n\n"))
+                    // Events and, every 20 s, a comment: a client that went away is only noticed on a
+                    // write, and a quiet host has no events to write, so its dead streams (their
+                    // subscriptions and TLS connections) stayed until the next event.
+                    let (items, feed) = AsyncStream<AgentEvent?>.makeStream()
+                    try await withThrowingTaskGroup(of: Void.self) { group in
+                        group.addTask {
+                            for await event in stream { feed.yield(event) }
+                            feed.finish()
+                        }
+                        group.addTask {
+                            while true {
+                                try await Task.sleep(for: eventHeartbeat)
+                                feed.yield(nil)
+                            }
+                        }
+                        defer { group.cancelAll() }
+                        for await item in items {
+                            if let event = item {
+                                let data = String(decoding: try encoder.encode(event), as: UTF8.self)
+                                try await writer.write(ByteBuffer(string: "id: \(event.seq)\nevent: \(event.kind)\ndata: \(data)\n\n"))
+                            } else {
+                                try await writer.write(ByteBuffer(string: ": keepalive\n\n"))
+                            }
+                        }
                     }
                     try await writer.finish(nil)
                 })
@@ -266,6 +287,9 @@ public enum AgentServer {
             logger: logger)
     }
 }
+
+/// How often a quiet event stream carries a comment (`GET /v1/events`).
+let eventHeartbeat: Duration = .seconds(20)
 
 extension HTTPField.Name {
     static let lastEventID = HTTPField.Name("Last-Event-ID")!

@@ -204,6 +204,15 @@ struct AuthOnTestbed {
         #expect(resident > 1_048_576 && anon > 0 && anon < resident && resident <= peak, "\(resident) \(anon) \(peak)")
     }
 
+    /// A quiet event stream carries a comment every 20 s: a client that went away is noticed on that
+    /// write (its subscription and connection used to stay until the host's next event).
+    @Test func quietEventStreamsCarryAHeartbeat() throws {
+        let addr = try Testbed.address("h2")
+        let (_, text) = try Testbed.run(["curl", "-sN", "--max-time", "25", "--cacert", Testbed.clusterCA, "--cert", Testbed.clientCertificate, "--key", Testbed.clientKey,
+                                         "https://\(addr):7443/v1/events?since=\(Int64.max - 1)"])
+        #expect(text.hasPrefix(": vsphere-agent events\n\n") && text.contains("\n: keepalive\n\n"), "\(text)")
+    }
+
     @Test func rolesAreCheckedAndChangesAudited() async throws {
         let (anon, anonOut) = try ctl(["get", "vms"], anonymous: true)
         #expect(anon == 1 && anonOut.contains("credentials required"), "\(anonOut)")
