@@ -103,21 +103,41 @@ public enum WorkingSet {
         return lo..<max(lo, hi)
     }
 
+    /// Calls `drop` with each maximal run of whole pages, in each read-only segment's file-backed bytes
+    /// in turn, that `mayDrop` allows and `keep` (given the page and the end of its segment's span)
+    /// does not hold back. Allocates nothing: `trim` runs it under the loader's lock.
+    public static func forEachDroppableRun(
+        _ segments: UnsafeBufferPointer<Segment>, pageSize: UInt, keep: (_ page: UInt, _ spanEnd: UInt) -> Bool,
+        _ drop: (Range<UInt>) -> Void
+    ) {
+        for s in segments where !s.writable {
+            let span = pageSpan(s, pageSize: pageSize)
+            var run: UInt? = nil
+            var page = span.lowerBound
+            while page < span.upperBound {
+                if !keep(page, span.upperBound) && mayDrop(page: page, pageSize: pageSize, segments: segments) {
+                    if run == nil { run = page }
+                } else if let lo = run {
+                    drop(lo..<page)
+                    run = nil
+                }
+                page += pageSize
+            }
+            if let lo = run { drop(lo..<span.upperBound) }
+        }
+    }
+
     /// The page-aligned ranges `mayDrop` allows, merged, in address order: what `trim` drops of a
-    /// layout (page by page, `trim` also keeps pages that are no longer the file's).
+    /// layout (`trim` also holds back pages that are no longer the file's).
     public static func trimRanges(_ segments: [Segment], pageSize: UInt) -> [Range<UInt>] {
         precondition(pageSize > 0 && pageSize & (pageSize - 1) == 0, "page size must be a power of two")
         var out: [Range<UInt>] = []
-        segments.withUnsafeBufferPointer { all in
-            for s in segments.sorted(by: { $0.start < $1.start }) where !s.writable {
-                for page in stride(from: pageSpan(s, pageSize: pageSize).lowerBound, to: pageSpan(s, pageSize: pageSize).upperBound, by: Int(pageSize)) {
-                    if mayDrop(page: page, pageSize: pageSize, segments: all) {
-                        if let last = out.last, last.upperBound >= page {
-                            out[out.count - 1] = last.lowerBound..<max(last.upperBound, page + pageSize)
-                        } else {
-                            out.append(page..<(page + pageSize))
-                        }
-                    }
+        segments.sorted(by: { $0.start < $1.start }).withUnsafeBufferPointer { all in
+            forEachDroppableRun(all, pageSize: pageSize, keep: { _, _ in false }) { r in
+                if let last = out.last, last.upperBound >= r.lowerBound {
+                    out[out.count - 1] = last.lowerBound..<max(last.upperBound, r.upperBound)
+                } else {
+                    out.append(r)
                 }
             }
         }
@@ -156,8 +176,10 @@ private final class TrimTally {
     let pagemap: Int32
     /// One object's segments.
     let segments = UnsafeMutableBufferPointer<WorkingSet.Segment>.allocate(capacity: 64)
-    /// pagemap entries of up to 4096 pages at a time.
+    /// pagemap entries of up to 4096 pages at a time: those of `windowCount` pages from `windowStart`.
     let entries = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: 4096)
+    var windowStart: UInt = 0
+    var windowCount = 0
     var ranges = 0
     var bytes: UInt = 0
 
@@ -172,11 +194,31 @@ private final class TrimTally {
         entries.deallocate()
     }
 
-    func drop(_ lo: UInt, _ hi: UInt) {
-        guard lo < hi else { return }
-        if madvise(UnsafeMutableRawPointer(bitPattern: lo), Int(hi - lo), MADV_DONTNEED) == 0 {
+    /// Whether the page is a private copy, no longer the file's: present (bit 63) or swapped out (bit
+    /// 62; a private copy is anonymous) and not a file page (bit 61). Read from pagemap a window at a
+    /// time, up to `spanEnd`; a page whose entry cannot be read is held back too. (A copy made between
+    /// this read and the madvise, by a debugger writing at that moment, is not seen.)
+    func isPrivateCopy(_ page: UInt, spanEnd: UInt) -> Bool {
+        if page < windowStart || page >= windowStart + UInt(windowCount) * pageSize {
+            let n = min(entries.count, Int((spanEnd - page) / pageSize))
+            let got = pread(pagemap, entries.baseAddress, n * MemoryLayout<UInt64>.size, off_t(page / pageSize) * 8)
+            guard got > 0 else {
+                windowCount = 0
+                return true
+            }
+            windowStart = page
+            windowCount = got / MemoryLayout<UInt64>.size
+            guard windowCount > 0 else { return true }
+        }
+        let e = entries[Int((page - windowStart) / pageSize)]
+        return e & (1 << 61) == 0 && e & ((1 << 63) | (1 << 62)) != 0
+    }
+
+    func drop(_ pages: Range<UInt>) {
+        guard !pages.isEmpty else { return }
+        if madvise(UnsafeMutableRawPointer(bitPattern: pages.lowerBound), Int(pages.upperBound - pages.lowerBound), MADV_DONTNEED) == 0 {
             ranges += 1
-            bytes += hi - lo
+            bytes += pages.upperBound - pages.lowerBound
         }
     }
 }
@@ -219,36 +261,6 @@ private func trimObject(_ info: UnsafeMutablePointer<dl_phdr_info>?, _ size: Int
         count += 1
     }
     let segments = UnsafeBufferPointer(rebasing: tally.segments[0..<count])
-    let pageSize = tally.pageSize
-    for s in segments where !s.writable {
-        let span = WorkingSet.pageSpan(s, pageSize: pageSize)
-        var page = span.lowerBound
-        let end = span.upperBound
-        var run: UInt? = nil
-        while page < end {
-            // This chunk's pagemap entries: a page in memory or in swap that is not the file's is a
-            // private copy, which must stay. (A copy made between this read and the madvise, by a
-            // debugger writing at that moment, is not seen.)
-            let n = min(tally.entries.count, Int((end - page) / pageSize))
-            let want = n * MemoryLayout<UInt64>.size
-            let got = pread(tally.pagemap, tally.entries.baseAddress, want, off_t(page / pageSize) * 8)
-            guard got == want else { break }
-            for i in 0..<n {
-                let p = page + UInt(i) * pageSize
-                let e = tally.entries[i]
-                // Present (bit 63) or swapped out (bit 62, a private copy is anonymous) and not a file
-                // page (bit 61).
-                let copied = e & (1 << 61) == 0 && e & ((1 << 63) | (1 << 62)) != 0
-                if !copied && WorkingSet.mayDrop(page: p, pageSize: pageSize, segments: segments) {
-                    if run == nil { run = p }
-                } else if let lo = run {
-                    tally.drop(lo, p)
-                    run = nil
-                }
-            }
-            page += UInt(n) * pageSize
-        }
-        if let lo = run { tally.drop(lo, page) }
-    }
+    WorkingSet.forEachDroppableRun(segments, pageSize: tally.pageSize, keep: { tally.isPrivateCopy($0, spanEnd: $1) }) { tally.drop($0) }
     return 0
 }
