@@ -163,7 +163,7 @@ public enum WorkingSet {
         // Without pagemap no page can be told from a private copy: nothing is dropped.
         if tally.pagemap >= 0 {
             withExtendedLifetime(tally) {
-                _ = dl_iterate_phdr(trimObject, Unmanaged.passUnretained(tally).toOpaque())
+                _ = clinkmap_iterate_phdr(trimObject, Unmanaged.passUnretained(tally).toOpaque())
             }
         }
         return Trim(before: before, after: resident(), ranges: tally.ranges, bytes: tally.bytes)
@@ -238,7 +238,7 @@ private func hasTextRelocations(_ dynamic: UnsafePointer<Elf64_Dyn>) -> Bool {
 
 /// dl_iterate_phdr's callback: drops the pages of one loaded object's read-only segments that are still
 /// its file's. Allocates nothing.
-private func trimObject(_ info: UnsafeMutablePointer<dl_phdr_info>?, _ size: Int, _ context: UnsafeMutableRawPointer?) -> Int32 {
+private func trimObject(_ info: UnsafeMutablePointer<clinkmap_phdr_info>?, _ size: Int, _ context: UnsafeMutableRawPointer?) -> Int32 {
     guard let info, let context else { return 0 }
     let tally = Unmanaged<TrimTally>.fromOpaque(context).takeUnretainedValue()
     let object = info.pointee
