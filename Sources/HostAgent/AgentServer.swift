@@ -197,7 +197,8 @@ public enum AgentServer {
                     // Events and, every 20 s, a comment: a client that went away is only noticed on a
                     // write, and a quiet host has no events to write, so its dead streams (their
                     // subscriptions and TLS connections) stayed until the next event.
-                    let (items, feed) = AsyncStream<AgentEvent?>.makeStream()
+                    // As many waiting as the hub's own stream holds (a slow client loses the oldest).
+                    let (items, feed) = AsyncStream<AgentEvent?>.makeStream(bufferingPolicy: .bufferingNewest(8192))
                     try await withThrowingTaskGroup(of: Void.self) { group in
                         group.addTask {
                             for await event in stream { feed.yield(event) }
