@@ -199,7 +199,7 @@ let package = Package(
         .testTarget(name: "PlannerTests", dependencies: ["Planner", "Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "ClusterModel"]),
-        .testTarget(name: "HostAgentTests", dependencies: ["HostAgent", "DomainXML", "SystemFiles", "CMalloc", "CLinkMap", "TestSupport"]),
+        .testTarget(name: "HostAgentTests", dependencies: ["HostAgent", "AgentAPI", "DomainXML", "SystemFiles", "CMalloc", "CLinkMap", "TestSupport"]),
         .testTarget(name: "HostNetworkTests", dependencies: ["HostNetwork", "AgentAPI", "TestSupport"]),
         .testTarget(name: "ControllerTests", dependencies: ["Controller", "ClusterModel", "AgentAPI", "ControllerAPI", "Store", .product(name: "Logging", package: "swift-log"), "Planner", "Spawn", "TLSSupport", .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1")]),
         .testTarget(name: "DomainXMLTests", dependencies: ["DomainXML", "ClusterModel", "TestSupport"]),

@@ -186,7 +186,9 @@ public enum AgentServer {
                 }
                 since = s
             }
-            let stream = agent.hub.subscribe(since: since)
+            // Every 20 s a comment: a quiet host has no events to write, and a dead stream (its
+            // subscription and TLS connection) is only noticed on a write.
+            let stream = agent.hub.subscribe(since: since, heartbeat: eventHeartbeat)
             return Response(
                 status: .ok,
                 headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
@@ -194,30 +196,12 @@ public enum AgentServer {
                     let encoder = JSONEncoder()
                     encoder.outputFormatting = [.sortedKeys]
                     try await writer.write(ByteBuffer(string: ": vsphere-agent events\n\n"))
-                    // Events and, every 20 s, a comment: a client that went away is only noticed on a
-                    // write, and a quiet host has no events to write, so its dead streams (their
-                    // subscriptions and TLS connections) stayed until the next event.
-                    // As many waiting as the hub's own stream holds (a slow client loses the oldest).
-                    let (items, feed) = AsyncStream<AgentEvent?>.makeStream(bufferingPolicy: .bufferingNewest(8192))
-                    try await withThrowingTaskGroup(of: Void.self) { group in
-                        group.addTask {
-                            for await event in stream { feed.yield(event) }
-                            feed.finish()
-                        }
-                        group.addTask {
-                            while true {
-                                try await Task.sleep(for: eventHeartbeat)
-                                feed.yield(nil)
-                            }
-                        }
-                        defer { group.cancelAll() }
-                        for await item in items {
-                            if let event = item {
-                                let data = String(decoding: try encoder.encode(event), as: UTF8.self)
-                                try await writer.write(ByteBuffer(string: "id: \(event.seq)\nevent: \(event.kind)\ndata: \(data)\n\n"))
-                            } else {
-                                try await writer.write(ByteBuffer(string: ": keepalive\n\n"))
-                            }
+                    for await item in stream {
+                        if let event = item {
+                            let data = String(decoding: try encoder.encode(event), as: UTF8.self)
+                            try await writer.write(ByteBuffer(string: "id: \(event.seq)\nevent: \(event.kind)\ndata: \(data)\n\n"))
+                        } else {
+                            try await writer.write(ByteBuffer(string: ": keepalive\n\n"))
                         }
                     }
                     try await writer.finish(nil)

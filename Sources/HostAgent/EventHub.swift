@@ -14,7 +14,7 @@ public final class EventHub: Sendable {
     struct State {
         var nextSeq: Int64
         var recent: [AgentEvent] = []
-        var subscribers: [Int: AsyncStream<AgentEvent>.Continuation] = [:]
+        var subscribers: [Int: AsyncStream<AgentEvent?>.Continuation] = [:]
         var nextID = 0
         var closed = false
     }
@@ -43,9 +43,11 @@ public final class EventHub: Sendable {
         }
     }
 
-    /// Events after `since` still held, then every new one, with no gap between the two.
-    public func subscribe(since: Int64?) -> AsyncStream<AgentEvent> {
-        let (stream, continuation) = AsyncStream<AgentEvent>.makeStream(bufferingPolicy: .bufferingNewest(8192))
+    /// Events after `since` still held, then every new one, with no gap between the two; and, with a
+    /// `heartbeat`, a nil at that interval, in the same stream (a quiet stream's keepalive: a client that
+    /// went away is only noticed on a write). At most 8192 wait; a slow reader loses the oldest.
+    public func subscribe(since: Int64?, heartbeat: Duration? = nil) -> AsyncStream<AgentEvent?> {
+        let (stream, continuation) = AsyncStream<AgentEvent?>.makeStream(bufferingPolicy: .bufferingNewest(8192))
         let id: Int? = state.withLock { s in
             if let since { for e in s.recent where e.seq > since { continuation.yield(e) } }
             if s.closed { return nil }
@@ -58,7 +60,15 @@ public final class EventHub: Sendable {
             continuation.finish()
             return stream
         }
+        let ticker = heartbeat.map { interval in
+            Task {
+                while (try? await Task.sleep(for: interval)) != nil {
+                    if case .terminated = continuation.yield(nil) { return }
+                }
+            }
+        }
         continuation.onTermination = { [weak self] _ in
+            ticker?.cancel()
             _ = self?.state.withLock { $0.subscribers.removeValue(forKey: id) }
         }
         return stream
