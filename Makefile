@@ -7,7 +7,7 @@ SITES ?= 1
 CONFIG ?= debug
 BIN := .build/$(CONFIG)
 
-.PHONY: all deps build release agent-order build-tests guest-image test unit-test integration-test testbed testbed-down demo demo-down bench fmt clean
+.PHONY: all deps build release build-tests guest-image test unit-test integration-test testbed testbed-down demo demo-down bench fmt clean
 
 all: build
 
@@ -17,15 +17,9 @@ deps:
 build: deps
 	$(SWIFT) build -c $(CONFIG)
 
-# What gets installed on hosts (docs/operations.md): the Swift runtime linked in, the agent laid out
-# for a small resident set (Package.swift, agentReleaseLinking).
+# What gets installed on hosts (docs/operations.md): a plain release build, the Swift runtime linked in.
 release: deps
 	@bash scripts/build-release.sh
-
-# Re-record the functions the agent runs at start and idle (scripts/agent.order), then relink.
-agent-order: release
-	@bash scripts/agent-order.sh
-	@bash scripts/build-release.sh vsphere-agent
 
 build-tests: deps
 	$(SWIFT) build --build-tests
@@ -44,7 +38,7 @@ testbed: build guest-image
 testbed-down:
 	@bash scripts/testbed.sh down
 
-demo: build guest-image
+demo: release guest-image
 	@bash scripts/demo.sh up
 
 demo-down:

@@ -5,28 +5,6 @@ let strict: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
 ]
 
-// The agent runs on every host, so its resident memory is paid once per host (docs/benchmarks.md,
-// vm-start). A release agent is linked so that what it touches stays few pages:
-// - the Swift runtime and Foundation linked in (scripts/build-release.sh: --static-swift-stdlib), so
-//   nothing is looked up by name in their large symbol tables at start;
-// - lld with packed relative relocations (DT_RELR: a 20 KiB table instead of 3 MiB read at start);
-// - no dynamic symbol table of its own (nothing loads against the agent);
-// - the functions it runs at start, in its first requests and idle, laid out together (an order
-//   file made by scripts/agent-order.sh with callgrind; a stale entry only costs a page). This needs
-//   every object built with function sections, which scripts/build-release.sh asks for too;
-// - the compiler's nameless helpers in one place (scripts/agent-text.ld).
-// The executable stays position independent (ASLR).
-let agentReleaseLinking: [LinkerSetting] = [
-    .unsafeFlags([
-        "-use-ld=lld",
-        "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs",
-        "-Xlinker", "--no-export-dynamic",
-        "-Xlinker", "--symbol-ordering-file=\(Context.packageDirectory)/scripts/agent.order",
-        "-Xlinker", "--no-warn-symbol-ordering",
-        "-Xlinker", "-T", "-Xlinker", "\(Context.packageDirectory)/scripts/agent-text.ld",
-    ], .when(platforms: [.linux], configuration: .release)),
-]
-
 let package = Package(
     name: "vsphere",
     platforms: [.macOS(.v15)],
@@ -57,8 +35,6 @@ let package = Package(
         // System libraries: module maps only.
         .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"])]),
         .systemLibrary(name: "CLibXML2", pkgConfig: "libxml-2.0", providers: [.apt(["libxml2-dev"])]),
-        .systemLibrary(name: "CMalloc"),
-        .systemLibrary(name: "CLinkMap"),
 
         // Pure: the VM spec, its validation and service-level arithmetic. No I/O.
         .target(name: "ClusterModel", swiftSettings: strict),
@@ -76,8 +52,8 @@ let package = Package(
         // posix_spawn attributes for children that start with no signal blocked.
         .target(name: "Spawn", dependencies: ["ClusterModel"], swiftSettings: strict),
         // Small text files and kernel pseudo-files read whole (FoundationEssentials leaks on empty ones),
-        // and the process's resident set, trimmed to what it still uses.
-        .target(name: "SystemFiles", dependencies: ["CLinkMap", "CMalloc"], swiftSettings: strict),
+        // and the process's memory as the kernel accounts it.
+        .target(name: "SystemFiles", swiftSettings: strict),
         // Pure: DRS and DPM planners (consolidation, balance) over placement's snapshot.
         .target(name: "Planner", dependencies: ["ClusterModel", "Placement"], swiftSettings: strict),
         // Pure: live migration's convergence policies, pricing and compatibility checks.
@@ -163,17 +139,16 @@ let package = Package(
         .executableTarget(
             name: "vsphere-agent",
             dependencies: [
-                "CMalloc", "HostAgent", "TLSSupport",
+                "HostAgent", "TLSSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
-            swiftSettings: strict,
-            linkerSettings: agentReleaseLinking),
+            swiftSettings: strict),
         .executableTarget(
             name: "vsphere-controller",
             dependencies: [
-                "Controller", "Store", "TLSSupport",
+                "Controller", "Store", "SystemFiles", "TLSSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -182,7 +157,7 @@ let package = Package(
         .executableTarget(
             name: "vsphere-ctl",
             dependencies: [
-                "AgentAPI", "ClusterModel", "Placement", "Planner", "ControllerAPI", "MigrationPolicy", "TLSSupport",
+                "AgentAPI", "ClusterModel", "Placement", "Planner", "ControllerAPI", "MigrationPolicy", "SystemFiles", "TLSSupport",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -199,7 +174,7 @@ let package = Package(
         .testTarget(name: "PlannerTests", dependencies: ["Planner", "Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "ClusterModel"]),
-        .testTarget(name: "HostAgentTests", dependencies: ["HostAgent", "AgentAPI", "DomainXML", "SystemFiles", "CMalloc", "CLinkMap", "TestSupport"]),
+        .testTarget(name: "HostAgentTests", dependencies: ["HostAgent", "AgentAPI", "DomainXML", "SystemFiles", "TestSupport"]),
         .testTarget(name: "HostNetworkTests", dependencies: ["HostNetwork", "AgentAPI", "TestSupport"]),
         .testTarget(name: "ControllerTests", dependencies: ["Controller", "ClusterModel", "AgentAPI", "ControllerAPI", "Store", .product(name: "Logging", package: "swift-log"), "Planner", "Spawn", "TLSSupport", .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1")]),
         .testTarget(name: "DomainXMLTests", dependencies: ["DomainXML", "ClusterModel", "TestSupport"]),

@@ -5,7 +5,11 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STATE=/var/lib/vsphere/demo
 IMAGES=/var/lib/vsphere/images
-CTL="$ROOT/.build/debug/vsphere-ctl"
+# The release build, as hosts install it (make release).
+BIN="$ROOT/.build/release"
+CTL="$BIN/vsphere-ctl"
+# Where the CLI goes on the PATH; demo-down removes it only while it is this checkout's.
+LINK=/usr/local/bin/vsphere-ctl
 CONFIG=${VSPHERE_CONFIG:-$HOME/.config/vsphere/config.json}
 
 wait_url() { # URL CA [CURL ARGS...]
@@ -24,7 +28,7 @@ up() {
     cp "$ROOT"/guest/out/{vmlinuz,initrd.img} "$IMAGES/"
     # The cluster CA (in the controller's data directory) issues the agent's identity and a client
     # identity for this script; the agent serves only mutual TLS.
-    CONTROLLER="$ROOT/.build/debug/vsphere-controller"
+    CONTROLLER="$BIN/vsphere-controller"
     "$CONTROLLER" init --data-dir "$STATE/controller" >/dev/null
     [ -e "$STATE/agent/tls/agent.crt" ] ||
         "$CONTROLLER" issue --data-dir "$STATE/controller" --name local --san 127.0.0.1 --san localhost --out "$STATE/agent/tls" --prefix agent >/dev/null
@@ -32,7 +36,7 @@ up() {
     openssl x509 -in "$STATE/client/client.crt" -noout -subject 2>/dev/null | grep -q "OU *= *operator" ||
         "$CONTROLLER" issue --data-dir "$STATE/controller" --name demo-client --role operator --out "$STATE/client" --prefix client >/dev/null
     if ! running "$STATE/agent.pid"; then
-        setsid "$ROOT/.build/debug/vsphere-agent" --listen 127.0.0.1 --port 7443 --data-dir "$STATE/agent" \
+        setsid "$BIN/vsphere-agent" --listen 127.0.0.1 --port 7443 --data-dir "$STATE/agent" \
             --host-name local --console-log-dir /var/log/libvirt/qemu </dev/null >>"$STATE/agent.log" 2>&1 &
         echo $! >"$STATE/agent.pid"
     fi
@@ -48,6 +52,8 @@ up() {
     for _ in $(seq 50); do [ -s "$STATE/controller/admin.token" ] && break; sleep 0.1; done
     (umask 077; printf '{"server": "https://127.0.0.1:8443", "ca": "%s", "tokenFile": "%s"}\n' \
         "$STATE/controller/tls/controller-ca.crt" "$STATE/controller/admin.token" >"$CONFIG")
+    # The CLI on the PATH, unless another one is there already.
+    if [ ! -e "$LINK" ] || [ "$(readlink "$LINK")" = "$CTL" ]; then ln -sfn "$CTL" "$LINK"; fi
     echo "== vsphere-ctl apply -f examples/quickstart.json --wait"
     "$CTL" apply -f "$ROOT/examples/quickstart.json" --wait --timeout 300
     echo
@@ -58,7 +64,11 @@ up() {
     "$CTL" get vms
     echo
     echo "demo: controller https://127.0.0.1:8443 (CLI config $CONFIG), agent https://127.0.0.1:7443."
-    echo "      Try: $CTL plan -f examples/quickstart.json; $CTL get events. Stop it all: make demo-down"
+    if [ "$(readlink "$LINK" 2>/dev/null)" = "$CTL" ]; then
+        echo "      Try: vsphere-ctl plan -f examples/quickstart.json; vsphere-ctl get events. Stop it all: make demo-down"
+    else
+        echo "      Try: $CTL plan -f examples/quickstart.json; $CTL get events. Stop it all: make demo-down"
+    fi
 }
 
 down() {
@@ -82,8 +92,9 @@ down() {
         virsh -c qemu:///system undefine "$vm" >/dev/null 2>&1 || true
     done
     # The resource pools' cgroup partitions the agent made (empty now), deepest first.
-    find /sys/fs/cgroup/*/machine -depth -mindepth 1 -type d -name '*.partition' -exec rmdir {} + 2>/dev/null || true
+    find /sys/fs/cgroup/machine /sys/fs/cgroup/*/machine -depth -mindepth 1 -type d -name '*.partition' -exec rmdir {} + 2>/dev/null || true
     if [ -e "$CONFIG" ] && grep -q "$STATE" "$CONFIG" 2>/dev/null; then rm -f "$CONFIG"; fi
+    if [ "$(readlink "$LINK" 2>/dev/null)" = "$CTL" ]; then rm -f "$LINK"; fi
     rm -rf "$STATE"
     echo "demo: down"
 }

@@ -9,6 +9,11 @@
 #      (scripts/fuzz-api.sh): no 5xx, no crash.
 #   3. On a 3-host testbed whose guests run on CPU 0 only: DRS and DPM (consolidation, the testbed
 #      power driver, wake-up under load, maintenance mode).
+#   0. First, the README's quick start as a new user runs it (scripts/demo-check.sh): `make demo` (the
+#      release build of all three daemons, on this machine's own libvirtd and cgroup layout), both VMs
+#      running, `make demo-down` leaving nothing.
+# Every phase must run at least its minimum number of tests (a filter that matches nothing fails) and
+# ends within its time limit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export VSPHERE_TESTBED=${VSPHERE_TESTBED_DIR:-/var/lib/vsphere-testbed}
@@ -20,16 +25,24 @@ export VSPHERE_CONFIG=$VSPHERE_TESTBED/ctl.json
 PG_DIR=/tmp/vsphere-test-postgres
 PG_PORT=${VSPHERE_TEST_PG_PORT:-55432}
 
-# swift_test LOG ARGS...: runs the built tests, keeps the full output in LOG, shows it without build
-# progress lines, and returns swift test's own status.
+# swift_test LOG MIN_PASSED LIMIT_S ARGS...: runs the built tests under a time limit, keeps the full output
+# in LOG, shows it without build progress lines; fails unless swift test succeeded and at least MIN_PASSED
+# tests passed (a skipped test does not count).
 swift_test() {
-    local log=$1 rc
-    shift
+    local log=$1 min=$2 limit=$3 rc passed
+    shift 3
     set +e
-    swift test --skip-build "$@" 2>&1 | tee "$log" | grep --line-buffered -v -E "^\[[0-9]+/[0-9]+\]"
+    timeout --kill-after=30 "$limit" swift test --skip-build "$@" 2>&1 | tee "$log" | grep --line-buffered -v -E "^\[[0-9]+/[0-9]+\]"
     rc=${PIPESTATUS[0]}
     set -e
-    return "$rc"
+    [ "$rc" = 124 ] && echo "run-tests: swift test $* ran out of its $limit s" >&2
+    [ "$rc" = 0 ] || return "$rc"
+    passed=$(grep -E " Test .* passed after [0-9.]+ seconds" "$log" | grep -cv " Test run with " || true)
+    if [ "$passed" -lt "$min" ]; then
+        echo "run-tests: swift test $* passed $passed tests, fewer than the $min this phase must run" >&2
+        return 1
+    fi
+    echo "run-tests: $passed tests passed (at least $min expected)"
 }
 
 cleanup() {
@@ -39,21 +52,25 @@ cleanup() {
 bash scripts/testbed.sh down >/dev/null 2>&1 || true
 bash scripts/pg-test-server.sh stop "$PG_DIR" >/dev/null 2>&1 || true
 trap cleanup EXIT
+
+echo "== the quick start: make demo, make demo-down (release build, this machine's libvirtd)"
+timeout --kill-after=30 2400 bash scripts/demo-check.sh
+
 export VSPHERE_TEST_POSTGRES=$(bash scripts/pg-test-server.sh start "$PG_DIR" "$PG_PORT")
 bash scripts/testbed.sh up 2 1
 
-swift_test /tmp/vsphere-test.log --parallel
+swift_test /tmp/vsphere-test.log 200 1800 --parallel
 
 echo "== API fuzzing (schemathesis, both OpenAPI documents)"
-bash scripts/fuzz-api.sh
+timeout --kill-after=30 900 bash scripts/fuzz-api.sh
 
 echo "== two sites; the controller suite with its state in PostgreSQL"
 bash scripts/testbed.sh down
 VSPHERE_TESTBED_DATABASE="$VSPHERE_TEST_POSTGRES" bash scripts/testbed.sh up 2 2
 grep -q -- "--database postgres://" "$VSPHERE_TESTBED/controller/controller.cmd"
-swift_test /tmp/vsphere-test-pg.log --filter "ControllerOnTestbed|TwoSites|VMotionAcrossSites|OverlayAcrossSites"
+swift_test /tmp/vsphere-test-pg.log 10 900 --filter "ControllerOnTestbed|TwoSites|VMotionAcrossSites|OverlayAcrossSites"
 
 echo "== three hosts, guests on CPU 0: DRS and DPM"
 bash scripts/testbed.sh down
 GUEST_CPUS=0 bash scripts/testbed.sh up 3 1
-swift_test /tmp/vsphere-test-drs.log --filter "DRSOnTestbed"
+swift_test /tmp/vsphere-test-drs.log 3 900 --filter "DRSOnTestbed"

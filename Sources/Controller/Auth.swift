@@ -4,6 +4,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Store
+import SystemFiles
 import Synchronization
 import TLSSupport
 
@@ -20,11 +21,7 @@ extension Controller {
         if try await store.apiTokens().contains(where: { $0.role == Role.admin.rawValue && $0.revokedMs == nil }) { return false }
         let token = Self.newSecret()
         try await store.addAPIToken(digest: Self.digest(token), name: "admin", role: Role.admin.rawValue)
-        let tmp = tokenFile + ".new"
-        try? FileManager.default.removeItem(atPath: tmp)
-        guard FileManager.default.createFile(atPath: tmp, contents: Data((token + "\n").utf8), attributes: [.posixPermissions: 0o600]),
-            rename(tmp, tokenFile) == 0
-        else { throw Conflict("cannot write \(tokenFile)") }
+        do { try TextFile.replace(tokenFile, token + "\n", mode: 0o600) } catch { throw Conflict(error.description) }
         try await store.addEvent(source: "controller", kind: "token", name: "admin", event: "created", detail: nil, message: "first admin token in \(tokenFile)")
         return true
     }

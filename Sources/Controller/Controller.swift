@@ -183,7 +183,21 @@ public final class Controller: Sendable {
         let result = scheduler.place(Scheduler.ordered(pending), on: state)
         var out: [String: String] = [:]
         for p in result.placements { out[p.vm] = "would be placed on \(p.host) (\(scheduler.strategy.rawValue))" }
-        for u in result.unplaced { out[u.vm] = "cannot be placed now: \(u.summary)" }
+        // Hosts this document (or an earlier one) registered whose agents have not reported yet: not a
+        // reason the VM cannot run, only not yet.
+        let reported = Set(try await store.hostStatuses().map(\.name))
+        let unreported = (manifest.hosts ?? []).filter { !reported.contains($0.name) }
+        let specs = Dictionary(uniqueKeysWithValues: (manifest.vms ?? []).map { ($0.name, $0) })
+        for u in result.unplaced {
+            // Only hosts the VM may run on at all.
+            let p = specs[u.vm]?.placement
+            let waiting = unreported.filter { h in
+                (p?.hosts.map { $0.contains(h.name) } ?? true) && (p?.site.map { $0 == h.site } ?? true)
+            }.map(\.name).sorted()
+            out[u.vm] = waiting.isEmpty
+                ? "cannot be placed now: \(u.summary)"
+                : "will be placed when \(waiting.joined(separator: ", ")) \(waiting.count == 1 ? "connects" : "connect") (registered; its agent has not reported yet)"
+        }
         return out
     }
 

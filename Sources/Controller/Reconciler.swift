@@ -186,6 +186,8 @@ extension Controller {
         // Placement's view, built once per pass (when a VM needs a host) and kept current as VMs are placed.
         var placementState: ClusterState?
 
+        // The error of the last task that failed, for the VM's message.
+        var lastFailure = ""
         func run(_ action: String, _ vm: String, _ host: String?, _ reason: String, _ body: () async throws -> Void) async throws -> Bool {
             actions += 1
             let task = try await store.addTask(action: action, kind: "vm", name: vm, host: host, reason: reason)
@@ -195,7 +197,8 @@ extension Controller {
                 try await store.addEvent(source: "controller", kind: "task", name: vm, event: action, detail: host, message: reason)
                 return true
             } catch {
-                try await store.finishTask(task, error: "\(error)")
+                lastFailure = "\(error)"
+                try await store.finishTask(task, error: lastFailure)
                 try await store.addEvent(source: "controller", kind: "task", name: vm, event: "\(action)-failed", detail: host, message: "\(error)")
                 logger.warning("task failed", metadata: ["action": "\(action)", "vm": "\(vm)", "error": "\(error)"])
                 return false
@@ -401,7 +404,7 @@ extension Controller {
             if wantRunning && !active {
                 if try await run("start", name, loc.host, "desired power state is running", {
                     state = try await agents.action(agent, name, "start").state
-                }) { status.message = nil } else { status.message = "start failed; see tasks" }
+                }) { status.message = nil } else { status.message = "start failed: \(lastFailure)" }
             } else if !wantRunning && active {
                 _ = try await run("stop", name, loc.host, "desired power state is stopped") {
                     state = try await agents.action(agent, name, "shutdown", query: "?timeoutSeconds=30").state

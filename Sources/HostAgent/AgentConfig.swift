@@ -54,10 +54,6 @@ public struct AgentConfig: Codable, Sendable, Equatable {
     /// The host interface VLAN networks tag their frames on (and VXLAN tunnels are bound to) when the
     /// manifest's network names none.
     public var uplink: String?
-    /// How often the agent drops from its resident set the clean file pages it no longer uses (code and
-    /// read-only data of itself and its libraries; `WorkingSet.trim`), the first time a minute after
-    /// start; 0: never.
-    public var workingSetTrimSeconds: Int = 600
 
     public init() {}
 
@@ -70,7 +66,7 @@ public struct AgentConfig: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listen, port, libvirtURI, accelerator, cpuModel, hostName, dataDir, tlsCertificate, tlsKey, clientCA, revokedCertificates
         case tlsSubjectAltNames, templateDirs, consoleLogDir, shutdownTimeoutSeconds, hardLimitMode, hostReservedMemoryMiB, guestCPUs
-        case coreParking, coreParkingTargetUtilization, coreParkingIntervalSeconds, offlineParkedCPUs, uplink, workingSetTrimSeconds
+        case coreParking, coreParkingTargetUtilization, coreParkingIntervalSeconds, offlineParkedCPUs, uplink
     }
 
     public init(from decoder: any Decoder) throws {
@@ -99,7 +95,6 @@ public struct AgentConfig: Codable, Sendable, Equatable {
         coreParkingIntervalSeconds = try c.decodeIfPresent(Int.self, forKey: .coreParkingIntervalSeconds) ?? d.coreParkingIntervalSeconds
         offlineParkedCPUs = try c.decodeIfPresent(Bool.self, forKey: .offlineParkedCPUs) ?? d.offlineParkedCPUs
         uplink = try c.decodeIfPresent(String.self, forKey: .uplink)
-        workingSetTrimSeconds = try c.decodeIfPresent(Int.self, forKey: .workingSetTrimSeconds) ?? d.workingSetTrimSeconds
     }
 
     /// Loads a config file; unknown fields and bad values are reported with their names.
@@ -137,9 +132,6 @@ public struct AgentConfig: Codable, Sendable, Equatable {
         if offlineParkedCPUs && !coreParking { throw ConfigError("offlineParkedCPUs: needs coreParking") }
         if let g = guestCPUs, CPUList.parse(g) == nil { throw ConfigError("guestCPUs: must be a CPU list such as 0-3,6") }
         if let u = uplink, !VMSpec.isInterfaceName(u) { throw ConfigError("uplink: must be a Linux interface name") }
-        if workingSetTrimSeconds != 0 && !(60...86_400).contains(workingSetTrimSeconds) {
-            throw ConfigError("workingSetTrimSeconds: must be 0 (never) or between 60 and 86400")
-        }
     }
 }
 

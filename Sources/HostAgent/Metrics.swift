@@ -32,9 +32,12 @@ public final class AgentMetrics: Sendable {
             gauge("vsphere_agent_guest_cpus", "CPUs guests may run on").set(to: Double(inv.guestCPUs?.count ?? inv.cpu.cpus))
             gauge("vsphere_agent_parked_cpus", "Guest CPUs core parking keeps idle").set(to: Double(inv.parkedCPUs?.count ?? 0))
         }
-        if let r = WorkingSet.resident() {
+        if let r = ProcessMemory.resident() {
             gauge("vsphere_agent_resident_bytes", "The agent's resident memory (VmRSS)").set(to: Double(r.total) * 1024)
             gauge("vsphere_agent_resident_anonymous_bytes", "The agent's resident anonymous memory (RssAnon)").set(to: Double(r.anonymous) * 1024)
+            if let pss = r.proportional {
+                gauge("vsphere_agent_proportional_bytes", "The agent's proportional set size (Pss)").set(to: Double(pss) * 1024)
+            }
             gauge("vsphere_agent_resident_peak_bytes", "The agent's highest resident memory since it started (VmHWM)").set(to: Double(r.peak) * 1024)
         }
         gauge("vsphere_agent_pool_partitions", "Resource pool partitions on this host").set(to: Double(agent.pools.read().count))

@@ -12,6 +12,13 @@ import Glibc
 /// `/machine`, in every cgroup hierarchy libvirt places domains in (cgroupfs, as libvirt uses it without
 /// systemd), carrying the controller's per-host share of each pool's shares, limit and reservation.
 /// Domains join their pool's partition through `<resource><partition>`.
+///
+/// The layouts (docs/operations.md, cgroups): cgroup v1 (one hierarchy per controller), pure v2 (one
+/// unified hierarchy carrying the controllers) and hybrid (v1 controllers plus a unified mount without
+/// controllers, as systemd's default before v2 was: libvirt creates a domain's group in both, and a
+/// partition missing from the unified one fails every start with "Unable to read from
+/// '/sys/fs/cgroup/unified/machine/cgroup.controllers'"). Partitions are made in all of them; limits are
+/// written where a hierarchy carries the controller.
 public final class PoolPartitions: Sendable {
     struct Hierarchy: Sendable, Equatable {
         var mount: String
@@ -24,13 +31,28 @@ public final class PoolPartitions: Sendable {
 
     private let desired = Mutex<[HostPoolSetting]>([])
     private let problems = Mutex<[String: [String]]>([:])
+    private let mountinfo: @Sendable () -> String?
+    private let systemd: @Sendable () -> Bool
 
-    public init() {}
+    /// The host's own cgroups; tests give a recorded mountinfo whose mounts are scratch directories.
+    public init(
+        mountinfo: @escaping @Sendable () -> String? = { TextFile.read("/proc/self/mountinfo") },
+        systemd: @escaping @Sendable () -> Bool = { FileManager.default.fileExists(atPath: "/run/systemd/system") }
+    ) {
+        self.mountinfo = mountinfo
+        self.systemd = systemd
+    }
 
-    /// cgroup hierarchies from /proc/self/mountinfo: the v1 ones libvirt uses, or the unified one when
-    /// it carries the cpu controller (a cgroup v2 host).
-    static func hierarchies() -> [Hierarchy] {
-        guard let text = TextFile.read("/proc/self/mountinfo") else { return [] }
+    /// Whether systemd runs this host (libvirt then places domains in machined's slices).
+    var systemdManaged: Bool { systemd() }
+
+    func hierarchies() -> [Hierarchy] {
+        Self.hierarchies(mountinfo: mountinfo() ?? "") { TextFile.read($0) }
+    }
+
+    /// cgroup hierarchies from the text of /proc/self/mountinfo: the v1 ones libvirt uses, and every
+    /// unified (v2) one, whose controllers come from its root's cgroup.controllers (none on a hybrid host).
+    static func hierarchies(mountinfo text: String, read: (String) -> String?) -> [Hierarchy] {
         var v1: [Hierarchy] = []
         var v2: [Hierarchy] = []
         for line in text.split(separator: "\n") {
@@ -39,40 +61,63 @@ public final class PoolPartitions: Sendable {
             let left = halves[0].split(separator: " ")
             let right = halves[1].split(separator: " ")
             guard left.count >= 5, right.count >= 3 else { continue }
-            let mount = String(left[4])
+            let mount = unescape(String(left[4]))
             switch right[0] {
             case "cgroup":
                 let opts = Set(right[2].split(separator: ",").map(String.init))
                 let controllers = opts.intersection(libvirtControllers)
                 if !controllers.isEmpty { v1.append(.init(mount: mount, controllers: controllers, v2: false)) }
             case "cgroup2":
-                let list = TextFile.read("\(mount)/cgroup.controllers") ?? ""
+                let list = read("\(mount)/cgroup.controllers") ?? ""
                 let controllers = Set(list.split(whereSeparator: { $0 == " " || $0 == "\n" }).map(String.init))
-                if controllers.contains("cpu") { v2.append(.init(mount: mount, controllers: controllers, v2: true)) }
+                if !v2.contains(where: { $0.mount == mount }) { v2.append(.init(mount: mount, controllers: controllers, v2: true)) }
             default: continue
             }
         }
-        return v1.isEmpty ? Array(v2.prefix(1)) : v1
+        // A v1 controller is never also in the unified hierarchy; with v1 present, the unified mount only
+        // carries the groups' structure (hybrid). Only the first unified mount counts (libvirt's).
+        return v1 + v2.prefix(1)
     }
+
+    /// mountinfo escapes space, tab, newline and backslash in paths as octal.
+    static func unescape(_ s: String) -> String {
+        guard s.contains("\\") else { return s }
+        var out: [UInt8] = []
+        let b = Array(s.utf8)
+        var i = 0
+        while i < b.count {
+            if b[i] == UInt8(ascii: "\\"), i + 3 < b.count, let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
+                out.append(v)
+                i += 4
+            } else {
+                out.append(b[i])
+                i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
 
     /// The partition's directory below a hierarchy's root: `machine/gold.partition/silver.partition`.
     public static func directory(_ path: [String]) -> String {
         (["machine"] + path.map(PoolDivvy.cgroupDirectory)).joined(separator: "/")
     }
 
-    /// Whether systemd runs this host (libvirt then places domains in machined's slices).
-    static var systemdManaged: Bool { FileManager.default.fileExists(atPath: "/run/systemd/system") }
-
     /// Makes the partition's directories (and `machine`) where they are missing, in every hierarchy.
     /// A new cpuset directory gets its parent's CPUs and memory nodes (the kernel leaves them empty).
     func ensure(_ path: [String]) throws(AgentError) {
-        if Self.systemdManaged { return }
-        for h in Self.hierarchies() {
+        if systemdManaged { return }
+        for h in hierarchies() {
             var dir = h.mount
             for component in Self.directory(path).split(separator: "/") {
                 let parent = dir
                 dir += "/" + component
                 if FileManager.default.fileExists(atPath: dir) { continue }
+                if h.v2 && h.controllers.isSuperset(of: ["cpu", "memory"]) {
+                    // A v2 group's limits exist only where its parent hands it the controllers.
+                    let enabled = Self.read("\(parent)/cgroup.subtree_control") ?? ""
+                    if !enabled.contains("cpu") || !enabled.contains("memory") { _ = Self.write("\(parent)/cgroup.subtree_control", "+cpu +memory") }
+                }
                 if mkdir(dir, 0o755) != 0 && errno != EEXIST {
                     throw AgentError.internalError("cannot create cgroup \(dir): \(String(cString: strerror(errno)))")
                 }
@@ -81,10 +126,6 @@ public final class PoolPartitions: Sendable {
                         let value = Self.read("\(parent)/\(f)") ?? ""
                         if !value.isEmpty, (Self.read("\(dir)/\(f)") ?? "").isEmpty { _ = Self.write("\(dir)/\(f)", value) }
                     }
-                }
-                if h.v2 {
-                    // Children of a v2 partition get the controllers that limit them.
-                    _ = Self.write("\(dir)/cgroup.subtree_control", "+cpu +memory")
                 }
             }
         }
@@ -98,7 +139,7 @@ public final class PoolPartitions: Sendable {
         var problems: [String: [String]] = [:]
         // Parents before children, whatever order they came in.
         let ordered = pools.sorted { $0.path.count != $1.path.count ? $0.path.count < $1.path.count : $0.name < $1.name }
-        if Self.systemdManaged {
+        if systemdManaged {
             // libvirt asks systemd-machined for slices (machine-gold.slice) there; cgroupfs partitions
             // would sit beside them unused. Say so instead of pretending.
             desired.withLock { $0 = ordered }
@@ -108,7 +149,7 @@ public final class PoolPartitions: Sendable {
             return read()
         }
         for p in ordered { try ensure(p.path) }
-        let hierarchies = Self.hierarchies()
+        let hierarchies = self.hierarchies()
         if let cpu = hierarchies.first(where: { $0.controllers.contains("cpu") && !$0.v2 }) {
             func quota(_ dir: String) -> Int? {
                 Self.read("\(cpu.mount)/\(dir)/cpu.cfs_quota_us").flatMap(Int.init).flatMap { $0 < 0 ? nil : $0 }
@@ -154,7 +195,7 @@ public final class PoolPartitions: Sendable {
                 }
             }
         }
-        if let unified = hierarchies.first(where: \.v2) {
+        if let unified = hierarchies.first(where: { $0.v2 && $0.controllers.contains("cpu") }) {
             for p in ordered {
                 let dir = "\(unified.mount)/\(Self.directory(p.path))"
                 for (file, value) in PoolCgroupValues.v2(p, coreMHz: coreMHz) where Self.read("\(dir)/\(file)") != value {
@@ -180,8 +221,8 @@ public final class PoolPartitions: Sendable {
     /// would fail). Memory limits are raised to what the partition uses plus the footprint, CPU quotas to
     /// the VM's, parents first; the controller's next division settles them.
     func admit(path: [String], footprintBytes: Int64, cpuQuotaMicros: Int?) {
-        if Self.systemdManaged { return }
-        let hierarchies = Self.hierarchies()
+        if systemdManaged { return }
+        let hierarchies = self.hierarchies()
         let chain = (1...path.count).map { Self.directory(Array(path.prefix($0))) }
         if let cpu = hierarchies.first(where: { $0.controllers.contains("cpu") && !$0.v2 }), let want = cpuQuotaMicros {
             for dir in chain {
@@ -222,7 +263,7 @@ public final class PoolPartitions: Sendable {
     public func read() -> [PoolPartition] {
         let pools = desired.withLock { $0 }
         let problems = self.problems.withLock { $0 }
-        let hierarchies = Self.hierarchies()
+        let hierarchies = self.hierarchies()
         let cpu = hierarchies.first { $0.controllers.contains("cpu") }
         let mem = hierarchies.first { $0.controllers.contains("memory") }
         var out: [PoolPartition] = []

@@ -13,7 +13,7 @@ public final class PostgresBackend: SQLBackend {
     /// or a trusted network until the trust issue adds it).
     public init(url: String, logger: Logger) async throws {
         guard let u = URLComponents(string: url), let host = u.host, !host.isEmpty else {
-            throw StoreError.unsupported("--database: \(url) is not a postgres://user@host[:port]/database URL")
+            throw StoreError.unsupported("--database: \(Store.redacted(url)) is not a postgres://user@host[:port]/database URL")
         }
         let database = u.path.hasPrefix("/") ? String(u.path.dropFirst()) : u.path
         let config = PostgresConnection.Configuration(

@@ -193,6 +193,21 @@ public actor Store {
 
     /// Opens a store from a `--database` value: `postgres://...` (PostgreSQL), a file path or
     /// `sqlite:PATH` (SQLite).
+    /// The store's URL with any password replaced by `***`, for logs and errors.
+    public static func redacted(_ database: String) -> String {
+        guard hasPassword(database), let at = database.lastIndex(of: "@"),
+              let scheme = database.range(of: "://"), let colon = database[scheme.upperBound..<at].firstIndex(of: ":")
+        else { return database }
+        return String(database[..<database.index(after: colon)]) + "***" + String(database[at...])
+    }
+
+    /// Whether a postgres URL carries a password (`user:password@`).
+    public static func hasPassword(_ database: String) -> Bool {
+        guard database.hasPrefix("postgres://") || database.hasPrefix("postgresql://"),
+              let scheme = database.range(of: "://"), let at = database.lastIndex(of: "@"), scheme.upperBound < at else { return false }
+        return database[scheme.upperBound..<at].contains(":")
+    }
+
     public static func open(_ database: String, logger: Logger) async throws -> Store {
         let backend: any SQLBackend
         if database.hasPrefix("postgres://") || database.hasPrefix("postgresql://") {

@@ -51,3 +51,41 @@ public enum TextFile {
         return ok ? out : nil
     }
 }
+
+extension TextFile {
+    public struct WriteError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Replaces a file atomically with `text` (a new file renamed over it: readers see the old text or
+    /// the new). The new file is created with `mode` from its first byte (O_CREAT|O_EXCL, the umask
+    /// masked off), never written first and chmod'ed after, so a secret is never readable by others,
+    /// even for an instant; a symbolic link at the temporary path is refused, not followed.
+    public static func replace(_ path: String, _ text: String, mode: mode_t) throws(WriteError) {
+        let tmp = path + ".new"
+        unlink(tmp)
+        var fd: Int32
+        repeat { fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, mode) } while fd < 0 && errno == EINTR
+        guard fd >= 0 else { throw WriteError(description: "cannot create \(tmp): \(String(cString: strerror(errno)))") }
+        var ok = fchmod(fd, mode) == 0  // the umask may have taken bits the caller asked for (0644 under 077)
+        let bytes = Array(text.utf8)
+        var done = 0
+        while ok && done < bytes.count {
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { ok = false } else { done += n }
+        }
+        let why = String(cString: strerror(errno))
+        ok = ok && fsync(fd) == 0
+        close(fd)
+        guard ok else {
+            unlink(tmp)
+            throw WriteError(description: "cannot write \(tmp): \(why)")
+        }
+        guard rename(tmp, path) == 0 else {
+            let e = String(cString: strerror(errno))
+            unlink(tmp)
+            throw WriteError(description: "cannot replace \(path): \(e)")
+        }
+    }
+}

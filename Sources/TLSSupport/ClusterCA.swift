@@ -47,12 +47,8 @@ public struct ClusterCA: Sendable {
             },
             issuerPrivateKey: .init(key))
         // The key first, private from the start; the certificate marks the CA as complete.
-        guard fm.createFile(atPath: keyPath, contents: Data(key.pemRepresentation.utf8), attributes: [.posixPermissions: 0o600]) else {
-            throw Failure("cannot write \(keyPath)")
-        }
-        guard fm.createFile(atPath: crt, contents: Data(try cert.serializeAsPEM().pemString.utf8), attributes: [.posixPermissions: 0o644]) else {
-            throw Failure("cannot write \(crt)")
-        }
+        try replace(keyPath, key.pemRepresentation, mode: 0o600)
+        try replace(crt, try cert.serializeAsPEM().pemString, mode: 0o644)
         return ClusterCA(certificate: cert, key: key, directory: directory)
     }
 
@@ -98,11 +94,7 @@ public struct ClusterCA: Sendable {
 
     /// Replaces a file atomically (a new file renamed over it): readers see the old text or the new.
     public static func replace(_ path: String, _ text: String, mode: Int) throws {
-        let tmp = path + ".new"
-        let fm = FileManager.default
-        try? fm.removeItem(atPath: tmp)
-        guard fm.createFile(atPath: tmp, contents: Data(text.utf8), attributes: [.posixPermissions: mode]) else { throw Failure("cannot write \(tmp)") }
-        guard rename(tmp, path) == 0 else { throw Failure("cannot replace \(path): \(String(cString: strerror(errno)))") }
+        do { try TextFile.replace(path, text, mode: mode_t(mode)) } catch { throw Failure(error.description) }
     }
 
     /// The leaf (first certificate) of a PEM chain file.

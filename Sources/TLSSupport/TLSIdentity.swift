@@ -37,9 +37,9 @@ public struct TLSIdentity: Sendable {
         }
         try fm.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let made = try selfSigned(names: names, label: prefix)
-        fm.createFile(atPath: identity.keyPath, contents: Data(made.key.utf8), attributes: [.posixPermissions: 0o600])
-        fm.createFile(atPath: identity.caPath!, contents: Data(made.ca.utf8), attributes: [.posixPermissions: 0o644])
-        fm.createFile(atPath: identity.certificatePath, contents: Data(made.certificate.utf8), attributes: [.posixPermissions: 0o644])
+        try ClusterCA.replace(identity.keyPath, made.key, mode: 0o600)
+        try ClusterCA.replace(identity.caPath!, made.ca, mode: 0o644)
+        try ClusterCA.replace(identity.certificatePath, made.certificate, mode: 0o644)
         return identity
     }
 

@@ -1,32 +1,12 @@
 import ArgumentParser
-import CMalloc
-import Dispatch
 import FoundationEssentials
 import HostAgent
 import Logging
 import ServiceLifecycle
 import TLSSupport
 
-/// The agent's entry point. The command runs on Swift's global executor while the main thread waits:
-/// an `async` main would end the main thread in dispatch_main's pthread_exit, whose forced unwind
-/// reads the unwind tables of the whole program, half a MiB of pages the agent then keeps for life.
-/// Nothing in the agent runs on the main actor.
 @main
-enum AgentMain {
-    static func main() {
-        // Two malloc arenas, not eight per core: the agent's threads (event loops, the libvirt pool)
-        // allocate little and seldom at once, and every arena keeps its own partly used heap.
-        _ = mallopt(M_ARENA_MAX, 2)
-        let done = DispatchSemaphore(value: 0)
-        Task.detached {
-            await AgentCommand.main()
-            done.signal()
-        }
-        done.wait()
-    }
-}
-
-struct AgentCommand: AsyncParsableCommand {
+struct AgentMain: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vsphere-agent",
         abstract: "Per-host agent: drives this host's libvirtd and serves the controller over HTTPS.",
@@ -98,7 +78,6 @@ struct AgentCommand: AsyncParsableCommand {
         // Shutdown runs in reverse order: the supervisor ends the event streams first, then the server drains.
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: app), .init(service: agent.supervisor)]
         if cfg.coreParking { services.append(.init(service: CoreParker(agent: agent))) }
-        if cfg.workingSetTrimSeconds > 0 { services.append(.init(service: WorkingSetTrimmer(intervalSeconds: cfg.workingSetTrimSeconds, logger: logger))) }
         let group = ServiceGroup(
             configuration: .init(
                 services: services,

@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import ServiceLifecycle
 import Store
+import SystemFiles
 import TLSSupport
 
 @main
@@ -133,8 +134,10 @@ struct Serve: AsyncParsableCommand {
 
     @Option(help: "Address to listen on.") var listen: String = "0.0.0.0"
     @Option(help: "HTTPS port.") var port: Int = 8443
-    @Option(help: "State store: a SQLite file path (default) or postgres://user@host:port/db.")
-    var database: String = "/var/lib/vsphere/controller/state.db"
+    @Option(help: "State store: a SQLite file path (default) or postgres://user@host:port/db. A URL with a password belongs in --database-file or VSPHERE_DATABASE_URL, not here (every process sees a command line).")
+    var database: String?
+    @Option(name: .customLong("database-file"), help: "File holding the store's URL or path (e.g. a systemd credential: LoadCredential=).")
+    var databaseFile: String?
     @OptionGroup var pki: PKIOptions
     @Option(name: .customLong("agent-ca"), help: "Another CA agents' server certificates may chain to (repeatable; the cluster CA always counts).")
     var agentCA: [String] = []
@@ -148,6 +151,21 @@ struct Serve: AsyncParsableCommand {
         if !(reconcileInterval >= 0.1 && reconcileInterval <= 3600) { throw ValidationError("--reconcile-interval: must be between 0.1 and 3600") }
         if Logger.Level(rawValue: logLevel) == nil { throw ValidationError("--log-level: unknown level \(logLevel)") }
         for ca in agentCA where !FileManager.default.fileExists(atPath: ca) { throw ValidationError("--agent-ca: \(ca) does not exist") }
+        if database != nil && databaseFile != nil { throw ValidationError("--database and --database-file: give one of them") }
+    }
+
+    /// The store's URL or path: --database, else --database-file, else VSPHERE_DATABASE_URL, else the
+    /// SQLite default.
+    func databaseURL() throws -> String {
+        if let database { return database }
+        if let databaseFile {
+            guard let text = TextFile.read(databaseFile, limit: 64 << 10) else { throw ValidationError("--database-file: cannot read \(databaseFile)") }
+            let url = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            if url.isEmpty { throw ValidationError("--database-file: \(databaseFile) is empty") }
+            return url
+        }
+        if let env = ProcessInfo.processInfo.environment["VSPHERE_DATABASE_URL"], !env.isEmpty { return env }
+        return "/var/lib/vsphere/controller/state.db"
     }
 
     func run() async throws {
@@ -158,6 +176,10 @@ struct Serve: AsyncParsableCommand {
             return h
         }
         let logger = Logger(label: "vsphere-controller")
+        let database = try databaseURL()
+        if self.database.map(Store.hasPassword) == true {
+            logger.warning("--database carries a password, which every user of this host can read in the process list; use --database-file or VSPHERE_DATABASE_URL")
+        }
         // The cluster CA (made on first start) issues the controller's identity: it serves the CLI with
         // it and presents it to agents, which accept nothing else.
         let ca = try ClusterCA.loadOrCreate(directory: pki.pkiDir)
@@ -178,7 +200,7 @@ struct Serve: AsyncParsableCommand {
             controller: controller, loop: loop, migrations: migrations, listen: listen, port: port, tls: try identity.serverConfiguration(), logger: logger)
         let schema = try await store.schemaVersion()
         logger.info("vsphere-controller starting", metadata: [
-            "listen": "\(listen):\(port)", "database": "\(database)", "schema": "\(schema)",
+            "listen": "\(listen):\(port)", "database": "\(Store.redacted(database))", "schema": "\(schema)",
             "certificate": "\(identity.certificatePath)", "clusterCA": "\(ca.certificatePath)",
         ])
         let collector = AgentEventCollector(controller: controller, loop: loop)

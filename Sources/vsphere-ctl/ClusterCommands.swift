@@ -60,10 +60,16 @@ struct Apply: AsyncParsableCommand {
     }
 }
 
+/// Waits until every named VM is in its wanted state. Stops early (exit 1) when every VM still waiting
+/// has had its last `failuresToGiveUp` tasks fail since the wait began (a start that keeps failing
+/// will not succeed by waiting), with each one's error.
 func waitFor(client: ControllerClient, names: Set<String>, want: [String: String], timeout: Int, quiet: Bool) async throws {
     let start = ContinuousClock.now
     let deadline = start + .seconds(timeout)
     let tty = isatty(1) == 1 && !quiet
+    // Tasks before the wait began are not this wait's failures.
+    let firstTask = ((try? await client.call(.GET, "/v1/tasks") as [TaskView]) ?? []).map(\.id).max().map { $0 + 1 } ?? 0
+    var lastTaskLook = start
     while true {
         let vms: [VMView] = try await client.call(.GET, "/v1/vms")
         let mine = vms.filter { names.contains($0.name) }
@@ -78,6 +84,19 @@ func waitFor(client: ControllerClient, names: Set<String>, want: [String: String
             if tty { print() }
             return
         }
+        if ContinuousClock.now - lastTaskLook > .seconds(2) {
+            lastTaskLook = ContinuousClock.now
+            let waiting = Set(names).subtracting(done.map(\.name))
+            let tasks: [TaskView] = (try? await client.call(.GET, "/v1/tasks")) ?? []
+            if let failing = keepsFailing(tasks.filter { $0.id >= firstTask }, waiting: waiting) {
+                if tty { print() }
+                for (vm, task) in failing.sorted(by: { $0.key < $1.key }) {
+                    stderr("\(vm): \(task.action) failed \(failuresToGiveUp) times in a row on \(task.host ?? "?"): \(task.error ?? "no error given")")
+                }
+                stderr("gave up waiting: every VM still waiting keeps failing (vsphere-ctl get tasks)")
+                throw ExitCode(Exit.failed)
+            }
+        }
         if ContinuousClock.now > deadline {
             if tty { print() }
             for vm in mine where want[vm.name] != vm.state {
@@ -89,6 +108,22 @@ func waitFor(client: ControllerClient, names: Set<String>, want: [String: String
         // Most VMs are up within seconds: look often at first, then every half second.
         try await Task.sleep(for: .milliseconds(ContinuousClock.now - start < .seconds(10) ? 100 : 500))
     }
+}
+
+/// How many failed tasks in a row, for a VM, end a wait.
+let failuresToGiveUp = 3
+
+/// The latest failed task of each waiting VM when every one of them has had only failures in its last
+/// `failuresToGiveUp` finished tasks; nil as soon as one of them may still get there.
+func keepsFailing(_ tasks: [TaskView], waiting: Set<String>) -> [String: TaskView]? {
+    guard !waiting.isEmpty else { return nil }
+    var out: [String: TaskView] = [:]
+    for vm in waiting {
+        let last = tasks.filter { $0.kind == "vm" && $0.name == vm && $0.state != "running" }.sorted { $0.id > $1.id }.prefix(failuresToGiveUp)
+        guard last.count == failuresToGiveUp, last.allSatisfy({ $0.state == "failed" }), let latest = last.first else { return nil }
+        out[vm] = latest
+    }
+    return out
 }
 
 /// `vsphere-ctl get hosts|vms|pools|networks|resource-pools|tasks|events`.

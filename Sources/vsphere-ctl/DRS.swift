@@ -2,6 +2,7 @@ import ArgumentParser
 import ClusterModel
 import ControllerAPI
 import Foundation
+import SystemFiles
 import TLSSupport
 
 /// `vsphere-ctl drs plan [-o json]` / `vsphere-ctl drs apply [--wait]`.
@@ -184,9 +185,10 @@ struct HostCommand: AsyncParsableCommand {
         defer { Task { await client.close() } }
         let r: JoinResponse = try await client.call(
             .POST, "/v1/join", body: try JSONEncoder().encode(JoinRequest(host: host, token: joinToken!, csr: request.csr)))
-        guard FileManager.default.createFile(atPath: dir + "/agent.key.new", contents: Data(request.key.utf8), attributes: [.posixPermissions: 0o600]),
-            rename(dir + "/agent.key.new", dir + "/agent.key") == 0
-        else { stderr("cannot write \(dir)/agent.key"); throw ExitCode(Exit.failed) }
+        do { try TextFile.replace(dir + "/agent.key", request.key, mode: 0o600) } catch {
+            stderr(error.description)
+            throw ExitCode(Exit.failed)
+        }
         try r.certificate.write(toFile: dir + "/agent.crt", atomically: true, encoding: .utf8)
         guard rename(caPath + ".new", caPath) == 0 else { stderr("cannot write \(caPath)"); throw ExitCode(Exit.failed) }
         if output == .json { return try printJSON(["certificate": dir + "/agent.crt", "key": dir + "/agent.key", "ca": caPath]) }

@@ -20,14 +20,8 @@ import Testing
         }
     }
 
-    @Test func workingSetTrimIntervalIsChecked() throws {
-        #expect(try load("{}").workingSetTrimSeconds == 600)
-        #expect(try load(#"{"workingSetTrimSeconds":0}"#).workingSetTrimSeconds == 0)
-        #expect(try load(#"{"workingSetTrimSeconds":3600}"#).workingSetTrimSeconds == 3600)
-        for bad in ["30", "-1", "86401"] {
-            #expect(problem(#"{"workingSetTrimSeconds":\#(bad)}"#) == "workingSetTrimSeconds: must be 0 (never) or between 60 and 86400")
-        }
-        #expect(problem(#"{"workingSetTrimSecs":600}"#)?.hasSuffix("workingSetTrimSecs: unknown field") == true)
-        #expect(problem(#"{"workingSetTrimSeconds":"often"}"#)?.hasSuffix("workingSetTrimSeconds: wrong type") == true)
+    @Test func unknownAndMistypedFieldsAreNamed() throws {
+        #expect(problem(#"{"uplinc":"eth0"}"#)?.hasSuffix("uplinc: unknown field") == true)
+        #expect(problem(#"{"coreParkingIntervalSeconds":"often"}"#)?.hasSuffix("coreParkingIntervalSeconds: wrong type") == true)
     }
 }

@@ -1,4 +1,3 @@
-import CMalloc
 import FoundationEssentials
 import Glibc
 import SystemFiles
@@ -60,15 +59,26 @@ import Testing
     }
 
     /// The reason this reader exists: FoundationEssentials' `String(contentsOfFile:)` keeps 4 KiB for
-    /// every empty file that reports a size of 0 (an empty cgroup file, an empty regular file): 16 MiB
-    /// for the 4000 reads here. The heap must stay as it was, give or take what tests running beside
-    /// this one hold at the time (mallinfo2 counts the whole process).
+    /// every empty file that reports a size of 0 (an empty cgroup file, an empty regular file): 160 MiB
+    /// for the 40,000 reads here. The process's anonymous memory must stay as it was, give or take what
+    /// tests running beside this one hold at the time (RssAnon counts the whole process).
     @Test func emptyFilesCostNothingToRead() throws {
         let empty = try scratch("empty-again", "")
         for _ in 0..<10 { _ = TextFile.read(empty) }
-        let before = mallinfo2().uordblks
-        for _ in 0..<4000 { #expect(TextFile.read(empty) == "") }
-        let grown = Int(mallinfo2().uordblks) - Int(before)
-        #expect(grown < 4 << 20, "the heap grew by \(grown) bytes over 4000 reads of an empty file")
+        let before = try #require(ProcessMemory.resident()).anonymous
+        for _ in 0..<40_000 where TextFile.read(empty) != "" { Issue.record("an empty file read as something") }
+        let grown = try #require(ProcessMemory.resident()).anonymous - before
+        #expect(grown < 48 << 10, "anonymous memory grew by \(grown) KiB over 40,000 reads of an empty file")
+    }
+
+    @Test func readsTheResidentSetFromStatus() throws {
+        let text = "Name:\tvsphere-agent\nVmHWM:\t   32396 kB\nVmRSS:\t   19028 kB\nRssAnon:\t    5904 kB\nRssFile:\t   13124 kB\nRssShmem:\t       0 kB\n"
+        #expect(ProcessMemory.parseStatus(text) == .init(total: 19028, anonymous: 5904, file: 13124, peak: 32396))
+        #expect(ProcessMemory.parseStatus("VmRSS:\t1 kB\n") == nil)
+        let mine = try #require(ProcessMemory.resident())
+        #expect(mine.total > 0 && mine.anonymous > 0 && mine.file > 0 && mine.anonymous + mine.file <= mine.total)
+        #expect(mine.peak >= mine.total)
+        let pss = try #require(mine.proportional)
+        #expect(pss > 0 && pss <= mine.total)
     }
 }
