@@ -40,13 +40,16 @@ let package = Package(
         .target(name: "ClusterModel", swiftSettings: strict),
         // Pure: the scheduler (filters and weights over a snapshot).
         .target(name: "Placement", dependencies: ["ClusterModel"], swiftSettings: strict),
-        // What both HTTPS servers share (JSON responses).
+        // What both HTTPS servers share: JSON responses, rate limits, systemd readiness, watchdog and
+        // journal priorities.
         .target(
             name: "ServerSupport",
             dependencies: [
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
         // posix_spawn attributes for children that start with no signal blocked.
@@ -139,7 +142,7 @@ let package = Package(
         .executableTarget(
             name: "vsphere-agent",
             dependencies: [
-                "HostAgent", "TLSSupport",
+                "HostAgent", "ServerSupport", "TLSSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -148,7 +151,7 @@ let package = Package(
         .executableTarget(
             name: "vsphere-controller",
             dependencies: [
-                "Controller", "Store", "SystemFiles", "TLSSupport",
+                "Controller", "ServerSupport", "Store", "SystemFiles", "TLSSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -176,7 +179,7 @@ let package = Package(
         .testTarget(name: "StoreTests", dependencies: ["Store", "ClusterModel"]),
         .testTarget(name: "HostAgentTests", dependencies: ["HostAgent", "AgentAPI", "DomainXML", "SystemFiles", "TestSupport"]),
         .testTarget(name: "HostNetworkTests", dependencies: ["HostNetwork", "AgentAPI", "TestSupport"]),
-        .testTarget(name: "ControllerTests", dependencies: ["Controller", "ClusterModel", "AgentAPI", "ControllerAPI", "Store", .product(name: "Logging", package: "swift-log"), "Planner", "Spawn", "TLSSupport", .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1")]),
+        .testTarget(name: "ControllerTests", dependencies: ["Controller", "ClusterModel", "AgentAPI", "ControllerAPI", "Store", .product(name: "Logging", package: "swift-log"), "Planner", "Spawn", "TLSSupport", .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"), .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "DomainXMLTests", dependencies: ["DomainXML", "ClusterModel", "TestSupport"]),
         .testTarget(name: "LibvirtTests", dependencies: ["Libvirt", "DomainXML", "ClusterModel"]),
         .testTarget(

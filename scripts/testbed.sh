@@ -207,7 +207,8 @@ write_agent_config() {
   "consoleLogDir": "/var/log/libvirt/qemu",
   "shutdownTimeoutSeconds": 30,
   "tlsSubjectAltNames": ["$addr", "$h"],
-  "templateDirs": ["$ROOT/guest/out"]$extra
+  "templateDirs": ["$ROOT/guest/out"],
+  "diskDirs": ["$TB"]$extra
 }
 EOF
 }
@@ -307,8 +308,10 @@ start_controller() {
     local n=$1 m=$2 dir="$TB/controller"
     [ -x "$CONTROLLER" ] || { log "no controller binary at $CONTROLLER"; return 1; }
     mkdir -p "$dir"
+    # The testbed power driver's script is the controller's own setting, never a manifest's.
+    (umask 022; printf '{"testbedScript": "%s"}\n' "$ROOT/scripts/testbed.sh" >"$dir/power.json")
     printf '%q ' "$CONTROLLER" --listen 10.250.1.254 --port 8443 --database "${VSPHERE_TESTBED_DATABASE:-$dir/state.db}" --data-dir "$dir" \
-        --reconcile-interval 1 >"$dir/controller.cmd"
+        --reconcile-interval 1 --power-config "$dir/power.json" >"$dir/controller.cmd"
     run_controller
     # The CLI authenticates with the first admin's token, which the controller wrote at its first start.
     for _ in $(seq 50); do [ -s "$dir/admin.token" ] && break; sleep 0.1; done
@@ -328,7 +331,7 @@ hosts = []
 for i in range(1, n + 1):
     s = (i - 1) // per + 1
     hosts.append({"name": f"h{i}", "site": f"dc{s}", "agent": f"https://10.250.{s}.{i}:7443",
-                  "power": {"driver": "testbed", "host": f"h{i}", "script": script}})
+                  "power": {"driver": "testbed", "host": f"h{i}"}})
 # Migration streams travel over plain TCP here (libvirtd listens on tcp only on the testbed), and the
 # shared pool is a local directory every host sees, which libvirt cannot verify as shared.
 print(json.dumps({"apiVersion": "vsphere/v1", "kind": "Cluster", "metadata": {"name": "testbed"},

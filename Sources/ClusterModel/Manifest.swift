@@ -43,16 +43,32 @@ public struct ClusterManifest: Codable, Sendable, Equatable {
         public var dpm: DPMSettings?
         public var security: SecuritySettings?
         public var compliance: ComplianceRules?
+        public var retention: RetentionSettings?
         public init(
             placement: PlacementSettings? = nil, migration: MigrationSettings? = nil, drs: DRSSettings? = nil, dpm: DPMSettings? = nil,
-            security: SecuritySettings? = nil, compliance: ComplianceRules? = nil
+            security: SecuritySettings? = nil, compliance: ComplianceRules? = nil, retention: RetentionSettings? = nil
         ) {
+            self.retention = retention
             self.placement = placement
             self.migration = migration
             self.drs = drs
             self.dpm = dpm
             self.security = security
             self.compliance = compliance
+        }
+    }
+
+    /// How long the controller keeps its history: finished tasks, events and closed alarms older than
+    /// this are deleted (the audit log is kept whole: it is the record of who changed what).
+    public struct RetentionSettings: Codable, Sendable, Equatable {
+        public var tasksDays: Int?
+        public var eventsDays: Int?
+        public var alarmsDays: Int?
+        public static let defaultTasksDays = 7, defaultEventsDays = 30, defaultAlarmsDays = 90
+        public init(tasksDays: Int? = nil, eventsDays: Int? = nil, alarmsDays: Int? = nil) {
+            self.tasksDays = tasksDays
+            self.eventsDays = eventsDays
+            self.alarmsDays = alarmsDays
         }
     }
 
@@ -222,8 +238,10 @@ public struct ClusterManifest: Codable, Sendable, Equatable {
         }
     }
 
-    /// A host power driver and its options (`ipmi`: address, username, passwordFile; `wol`: mac,
-    /// broadcast; `command`: on, off, status; `none`).
+    /// A host power driver and its options (`ipmi`: address, username, interface, credential; `wol`:
+    /// mac, broadcast, port, off; `command`: profile; `testbed`: host; `none`). Programs and files are
+    /// never options: `credential`, `profile` and `off` name entries of the controller's own power
+    /// configuration.
     public struct Power: Codable, Sendable, Equatable {
         public var driver: String
         public var options: [String: String]
@@ -257,10 +275,10 @@ public struct ClusterManifest: Codable, Sendable, Equatable {
         }
 
         static let optionsByDriver: [String: Set<String>] = [
-            "ipmi": ["address", "username", "passwordFile", "interface"],
+            "ipmi": ["address", "username", "credential", "interface"],
             "wol": ["mac", "broadcast", "port", "off"],
-            "command": ["on", "off", "status"],
-            "testbed": ["host", "script"],
+            "command": ["profile"],
+            "testbed": ["host"],
             "none": [],
         ]
     }

@@ -87,6 +87,11 @@ extension ClusterManifest {
         if let r = settings?.security?.driftRepair, !["restore", "alarm"].contains(r) {
             out.append(.init("settings.security.driftRepair", "must be restore or alarm"))
         }
+        if let r = settings?.retention {
+            for (key, v) in [("tasksDays", r.tasksDays), ("eventsDays", r.eventsDays), ("alarmsDays", r.alarmsDays)] {
+                if let v, !(1...3650).contains(v) { out.append(.init("settings.retention.\(key)", "must be between 1 and 3650")) }
+            }
+        }
         if let c = settings?.compliance {
             if let m = c.maxVCPUs, !(1...512).contains(m) { out.append(.init("settings.compliance.maxVCPUs", "must be between 1 and 512")) }
             for (i, n) in (c.allowedNetworks ?? []).enumerated() where !Names.isValid(n) {
@@ -270,10 +275,23 @@ extension ClusterManifest {
             return [.init("\(path).driver", "must be ipmi, wol, command, testbed or none")]
         }
         var out: [ValidationProblem] = []
+        // Options that once carried programs and files: a manifest may name neither (the controller would
+        // run or read them for whoever may apply one).
+        let moved: [String: String] = [
+            "passwordFile": "a manifest names no file the controller reads: put the file in the controller's power configuration (credentials) and give its name as credential",
+            "script": "the testbed script is the controller's (power configuration testbedScript)",
+            "on": "a manifest carries no commands: define them in the controller's power configuration (commands) and name the profile",
+            "status": "a manifest carries no commands: define them in the controller's power configuration (commands) and name the profile",
+        ]
         for key in power.options.keys.sorted() where !allowed.contains(key) {
-            out.append(.init("\(path).\(key)", "unknown option for the \(power.driver) driver"))
+            out.append(.init("\(path).\(key)", moved[power.driver == "command" && key == "off" ? "on" : key] ?? "unknown option for the \(power.driver) driver"))
         }
-        let required: [String: [String]] = ["ipmi": ["address"], "wol": ["mac"], "command": ["on", "off"], "testbed": ["host"]]
+        for key in ["profile", "off", "credential"] where allowed.contains(key) {
+            if let v = power.options[key], !Names.isValid(v) {
+                out.append(.init("\(path).\(key)", "must name an entry of the controller's power configuration (^[a-z][a-z0-9-]{0,62}$)"))
+            }
+        }
+        let required: [String: [String]] = ["ipmi": ["address"], "wol": ["mac"], "command": ["profile"], "testbed": ["host"]]
         for key in required[power.driver] ?? [] where power.options[key] == nil {
             out.append(.init("\(path).\(key)", "is required by the \(power.driver) driver"))
         }
@@ -289,7 +307,7 @@ extension ClusterManifest {
         if let i = power.options["interface"], !["lan", "lanplus"].contains(i) {
             out.append(.init("\(path).interface", "must be lan or lanplus"))
         }
-        for key in ["address", "username", "passwordFile", "script", "host"] {
+        for key in ["address", "username", "host"] {
             if let v = power.options[key], v.isEmpty || v.hasPrefix("-") || v.contains("\0") {
                 out.append(.init("\(path).\(key)", "must be non-empty and must not start with '-'"))
             }

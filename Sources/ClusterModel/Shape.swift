@@ -82,6 +82,7 @@ indirect enum Shape: Sendable {
                     "intervalSeconds": .integer, "demandWindowSeconds": .integer,
                 ]),
                 "security": .object(["driftRepair": .string]),
+                "retention": .object(["tasksDays": .integer, "eventsDays": .integer, "alarmsDays": .integer]),
                 "compliance": .object([
                     "requireResourcePool": .boolean, "requireMemoryLimit": .boolean, "requireCPULimit": .boolean, "maxVCPUs": .integer,
                     "allowedNetworks": .array(.string), "requireSite": .boolean,

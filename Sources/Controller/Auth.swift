@@ -1,5 +1,6 @@
 import ClusterModel
 import ControllerAPI
+import Crypto
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -61,48 +62,99 @@ extension Controller {
         return who
     }
 
-    /// At most this many refused anonymous calls are recorded per minute; the rest are counted and the
-    /// count recorded once the minute is over (a flood of unauthenticated calls must not grow the audit
-    /// log without bound, nor go unseen).
-    static let anonymousAuditPerMinute = 60
-
     /// Records a refused anonymous call, within the per-minute budget.
     func auditAnonymous(method: String, path: String) async {
-        let now = ContinuousClock.now
-        let (record, suppressedBefore) = anonymousAudit.withLock { w -> (Bool, Int) in
-            var carried = 0
-            if now - w.start >= .seconds(60) {
-                carried = w.suppressed
-                w = (now, 0, 0)
-            }
-            if w.written < Self.anonymousAuditPerMinute {
-                w.written += 1
-                return (true, carried)
-            }
-            w.suppressed += 1
-            return (false, carried)
-        }
+        let (record, suppressedBefore) = anonymousAudit.take()
         if suppressedBefore > 0 {
             await audit(actor: "anonymous", role: "-", method: "-", path: "(\(suppressedBefore) more refused anonymous calls in the minute before, not recorded one by one)", status: 401)
         }
         if record { await audit(actor: "anonymous", role: "-", method: method, path: path, status: 401) }
     }
 
-    /// Records a mutating call (or a refused one) in the hash-chained audit log.
-    func audit(actor: String, role: String, method: String, path: String, status: Int) async {
-        do {
-            try await store.appendAudit(actor: actor, role: role, method: method, path: path, status: status, genesis: AuditChain.genesis) { e in
-                AuditChain.hash(id: e.id, timeMs: e.timeMs, actor: e.actor, role: e.role, method: e.method, path: e.path, status: e.status, prev: e.prev)
-            }
-        } catch {
-            logger.error("audit record lost", metadata: ["error": "\(error)", "actor": "\(actor)", "path": "\(path)"])
+    /// Records a call in the audit log; throws when the record could not be stored.
+    func appendAudit(actor: String, role: String, method: String, path: String, status: Int) async throws {
+        let key = auditKey
+        try await store.appendAudit(actor: actor, role: role, method: method, path: path, status: status, genesis: AuditChain.genesis) { e in
+            AuditChain.hash(
+                id: e.id, timeMs: e.timeMs, actor: e.actor, role: e.role, method: e.method, path: e.path, status: e.status, prev: e.prev,
+                key: e.id >= key.keyedFrom ? key.key : nil)
         }
     }
 
-    public func auditRecords(after: Int64) async throws -> [AuditRecord] {
-        try await store.auditLog(after: after).map {
+    /// Records a refusal or an outcome; a record that cannot be stored is logged and raises an alarm
+    /// (the call it records was refused, or was already recorded as begun).
+    func audit(actor: String, role: String, method: String, path: String, status: Int) async {
+        do {
+            try await appendAudit(actor: actor, role: role, method: method, path: path, status: status)
+        } catch {
+            logger.error("audit record lost", metadata: ["error": "\(error)", "actor": "\(actor)", "path": "\(path)"])
+            await raise("audit-write", kind: "audit", name: nil, host: nil, message: "an audit record could not be written (\(method) \(path) by \(actor), status \(status)): \(error)")
+        }
+    }
+
+    public func auditRecords(after: Int64, limit: Int = 100_000) async throws -> [AuditRecord] {
+        try await store.auditLog(after: after, limit: limit).map {
             AuditRecord(id: $0.id, timeMs: $0.timeMs, actor: $0.actor, role: $0.role, method: $0.method, path: $0.path, status: $0.status, prev: $0.prev, hash: $0.hash)
         }
+    }
+
+    /// Verifies the whole audit log, page by page (it may hold millions of records).
+    public func verifyAudit(pageSize: Int = 10_000) async throws -> AuditChain.Verdict {
+        var v = AuditChain.Verifier(key: auditKey.key, keyedFrom: auditKey.keyedFrom)
+        var after: Int64 = 0
+        while v.broken == nil {
+            let page = try await auditRecords(after: after, limit: pageSize)
+            for r in page { v.add(r) }
+            guard let last = page.last, page.count == pageSize else { break }
+            after = last.id
+        }
+        return v.verdict
+    }
+}
+
+/// The audit chain's HMAC key and the first record it covers, in a file of the controller's data
+/// directory (0600) and never in its database.
+public struct AuditKey: Sendable {
+    public let key: SymmetricKey
+    /// Records with lower ids predate the key (plain SHA-256).
+    public let keyedFrom: Int64
+
+    /// A key of this process only (tests).
+    public init() {
+        key = SymmetricKey(size: .bits256)
+        keyedFrom = 1
+    }
+
+    init(key: SymmetricKey, keyedFrom: Int64) {
+        self.key = key
+        self.keyedFrom = keyedFrom
+    }
+
+    public struct Problem: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Reads the key file, or makes it: a new key covers the records from `nextID` on.
+    public static func loadOrCreate(path: String, nextID: Int64) throws -> AuditKey {
+        if let text = TextFile.read(path) {
+            let fields = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+            guard fields.count == 2, let bytes = Hex.decode(String(fields[0])), bytes.count == 32, let from = Int64(fields[1]), from >= 1 else {
+                throw Problem(description: "\(path): not an audit key (64 hex digits and the first record it covers)")
+            }
+            return AuditKey(key: SymmetricKey(data: bytes), keyedFrom: from)
+        }
+        guard !FileManager.default.fileExists(atPath: path) else { throw Problem(description: "\(path): cannot be read") }
+        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
+        do { try TextFile.replace(path, "\(Hex.encode(bytes)) \(nextID)\n", mode: 0o600) } catch { throw Problem(description: error.description) }
+        return AuditKey(key: SymmetricKey(data: bytes), keyedFrom: nextID)
+    }
+}
+
+extension AuthMiddleware {
+    static func tooMany() -> Response {
+        var r = Response.json(429, APIError(error: "too many requests without credentials from this address; retry in a second"))
+        r.headers[.retryAfter] = "1"
+        return r
     }
 }
 
@@ -117,13 +169,20 @@ struct AuthMiddleware: RouterMiddleware {
         var context = context
         let method = request.method.rawValue
         let path = request.uri.path
-        guard let need = Role.required(method: method, path: path) else { return try await next(request, context) }
+        let client = context.remoteAddress ?? "unknown"
+        guard let need = Role.required(method: method, path: path) else {
+            // Open to anyone (health, the CA, joining): rate limited per client.
+            guard controller.openRoutes.allow(client) else { return Self.tooMany() }
+            return try await next(request, context)
+        }
         let mutating = !(method == "GET" || method == "HEAD" || (method == "POST" && path == "/v1/plan"))
         var who: (name: String, role: Role)?
         if let header = request.headers[.authorization], header.hasPrefix("Bearer ") {
             who = try? await controller.authenticate(String(header.dropFirst("Bearer ".count)).trimmingCharacters(in: .whitespaces))
         }
         guard let who else {
+            // Guessing tokens costs a token of the client's bucket.
+            guard controller.openRoutes.allow(client) else { return Self.tooMany() }
             if mutating { await controller.auditAnonymous(method: method, path: path) }
             var r = Response.json(401, APIError(error: "credentials required: Authorization: Bearer TOKEN (vsphere-ctl --token, VSPHERE_TOKEN or the config's token)"))
             r.headers[.wwwAuthenticate] = "Bearer realm=\"vsphere\""
@@ -134,6 +193,15 @@ struct AuthMiddleware: RouterMiddleware {
             return Response.json(403, APIError(error: "\(who.name) is a \(who.role.rawValue); \(method) \(path) needs \(need.rawValue)"))
         }
         context.actor = who.name
+        if mutating {
+            // Recorded before it runs: a change the log cannot hold is not made.
+            do {
+                try await controller.appendAudit(actor: who.name, role: who.role.rawValue, method: method, path: path, status: 0)
+            } catch {
+                controller.logger.error("audit log unwritable; call refused", metadata: ["error": "\(error)", "path": "\(path)"])
+                return Response.json(503, APIError(error: "the audit log cannot be written (\(error)); nothing was done"))
+            }
+        }
         do {
             let response = try await next(request, context)
             if mutating { await controller.audit(actor: who.name, role: who.role.rawValue, method: method, path: path, status: Int(response.status.code)) }
@@ -149,8 +217,11 @@ struct AuthMiddleware: RouterMiddleware {
 public struct ControllerContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     public var actor: String?
+    /// The client's address (rate limits of calls without credentials).
+    public var remoteAddress: String?
     public init(source: Source) {
         coreContext = .init(source: source)
         actor = nil
+        remoteAddress = source.channel.remoteAddress?.ipAddress
     }
 }

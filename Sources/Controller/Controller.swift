@@ -35,8 +35,11 @@ public final class Controller: Sendable {
     /// Recently checked API tokens (digest → holder), for two seconds.
     let authCache = Mutex<[String: (who: (name: String, role: Role)?, at: ContinuousClock.Instant)]>([:])
 
-    /// The current minute's budget of recorded anonymous refusals (see `auditAnonymous`).
-    let anonymousAudit = Mutex<(start: ContinuousClock.Instant, written: Int, suppressed: Int)>((.now, 0, 0))
+    /// Refused anonymous calls recorded in the audit log: at most 60 a minute, the rest counted
+    /// (a flood of unauthenticated calls must not grow the log without bound, nor go unseen).
+    let anonymousAudit = MinuteBudget(perMinute: 60)
+    /// Refused joins recorded as events, likewise.
+    let refusedJoins = MinuteBudget(perMinute: 60)
     /// What each host last reported of its storage pools.
     let storageState = Mutex<[String: HostStorage]>([:])
     /// The revocation list each agent was last given (host → serials).
@@ -49,8 +52,20 @@ public final class Controller: Sendable {
     let networkState = Mutex<[String: HostNetworks]>([:])
     /// The names the controller's own certificate carries: no host's certificate may carry them.
     let controllerNames: [String]
+    /// What power drivers may run and read (the controller's own configuration, not a manifest's).
+    let power: PowerConfig
+    /// The audit chain's key, kept outside the store.
+    let auditKey: AuditKey
+    /// Calls without credentials (health, CA, join, failed sign-ins), per client address: 20 a second,
+    /// bursts of 100 (a monitoring system polls /healthz far below that).
+    let openRoutes = RateLimiter(rate: 20, burst: 100)
 
-    public init(store: Store, agents: AgentClient, logger: Logger, ca: ClusterCA? = nil, controllerNames: [String] = []) {
+    public init(
+        store: Store, agents: AgentClient, logger: Logger, ca: ClusterCA? = nil, controllerNames: [String] = [], power: PowerConfig = PowerConfig(),
+        auditKey: AuditKey = AuditKey()
+    ) {
+        self.power = power
+        self.auditKey = auditKey
         self.ca = ca
         self.controllerNames = controllerNames
         self.store = store
@@ -81,17 +96,32 @@ public final class Controller: Sendable {
     // MARK: Desired state
 
     /// The whole desired state as one manifest.
+    ///
+    /// A stored object that no longer decodes (written by a newer or broken version, or edited by hand)
+    /// stops everything that reads the desired state: taking it for absent would delete its VM.
     public func desired() async throws -> ClusterManifest {
-        func load<T: Decodable>(_ kind: String, _ type: T.Type) async throws -> [T] {
-            try await store.objects(kind: kind).compactMap { Self.decode(T.self, $0.spec) }
+        var undecodable: [UndecodableSpec.Object] = []
+        func decodeOrNote<T: Decodable>(_ kind: String, _ name: String, _ spec: String, _ type: T.Type) -> T? {
+            do {
+                return try JSONDecoder().decode(T.self, from: Data(spec.utf8))
+            } catch {
+                undecodable.append(.init(kind: kind, name: name, error: "\(error)"))
+                return nil
+            }
         }
-        return ClusterManifest(
-            metadata: nil, settings: try await store.object(kind: "settings", name: "cluster").flatMap { Self.decode(ClusterManifest.Settings.self, $0.spec) },
+        func load<T: Decodable>(_ kind: String, _ type: T.Type) async throws -> [T] {
+            try await store.objects(kind: kind).compactMap { decodeOrNote(kind, $0.name, $0.spec, T.self) }
+        }
+        let settings = try await store.object(kind: "settings", name: "cluster").flatMap { decodeOrNote("settings", "cluster", $0.spec, ClusterManifest.Settings.self) }
+        let manifest = ClusterManifest(
+            metadata: nil, settings: settings,
             sites: try await load("site", ClusterManifest.Site.self), hosts: try await load("host", ClusterManifest.Host.self),
             storagePools: try await load("storagePool", ClusterManifest.StoragePool.self),
             networks: try await load("network", ClusterManifest.Network.self),
             resourcePools: try await load("resourcePool", ClusterManifest.ResourcePool.self),
             vms: try await load("vm", VMSpec.self))
+        if !undecodable.isEmpty { throw UndecodableSpec(objects: undecodable) }
+        return manifest
     }
 
     /// Merges a document into the desired state by name (a VM absent from it is deleted only with
@@ -314,5 +344,19 @@ public final class Controller: Sendable {
 
     func agentURL(_ host: String) async throws -> String? {
         try await store.object(kind: "host", name: host).flatMap { Self.decode(ClusterManifest.Host.self, $0.spec) }?.agent
+    }
+}
+
+/// Stored desired state that does not decode: nothing is reconciled until an operator fixes or
+/// deletes it (an alarm per object says which and why).
+public struct UndecodableSpec: Error, CustomStringConvertible {
+    public struct Object: Sendable, Equatable {
+        public var kind: String
+        public var name: String
+        public var error: String
+    }
+    public var objects: [Object]
+    public var description: String {
+        "the stored desired state does not decode: " + objects.map { "\($0.kind) \($0.name): \($0.error)" }.joined(separator: "; ")
     }
 }

@@ -16,7 +16,20 @@ public enum ControllerServer {
     public static func router(controller: Controller, loop: ReconcileLoop, migrations: MigrationLoop) -> Router<ControllerContext> {
         let router = Router(context: ControllerContext.self)
         router.add(middleware: AuthMiddleware(controller: controller))
-        router.get("/healthz") { _, _ in Response.json(200, ["status": "ok"]) }
+        // 200 only while the reconcile loop's last pass succeeded (and recently): a controller whose store
+        // is gone or whose desired state does not decode is not healthy, whatever its HTTP server does.
+        router.get("/healthz") { _, _ in
+            let h = loop.lastHealth
+            var body: [String: String] = ["role": "leader"]
+            if let ms = h.lastSuccessMs { body["lastSuccessMs"] = String(ms) }
+            if loop.isHealthy() {
+                body["status"] = "ok"
+                return Response.json(200, body)
+            }
+            body["status"] = h.lastPassMs == nil ? "starting" : "failing"
+            if let e = h.error { body["error"] = e }
+            return Response.json(503, body)
+        }
         router.post("/v1/apply") { request, _ in
             await respond {
                 let body = try await request.body.collect(upTo: 16 << 20)
@@ -63,6 +76,8 @@ public enum ControllerServer {
             }
         }
         router.get("/v1/compliance") { _, _ in await respond { try await controller.complianceReport() } }
+        // The whole log checked by the only one who holds its key (admin, like the log).
+        router.get("/v1/audit/verify") { _, _ in await respond { try await controller.verifyAudit() } }
         router.get("/v1/audit") { request, _ in
             await respond {
                 try await controller.auditRecords(after: request.uri.queryParameters.get("after").flatMap { Int64($0) } ?? 0)
@@ -344,12 +359,13 @@ public enum ControllerServer {
 
     public static func application(
         controller: Controller, loop: ReconcileLoop, migrations: MigrationLoop, listen: String, port: Int, tls: TLSConfiguration,
-        logger: Logger
+        logger: Logger, onRunning: @escaping @Sendable () async -> Void = {}
     ) throws -> some ApplicationProtocol {
         Application(
             router: router(controller: controller, loop: loop, migrations: migrations),
             server: try .tls(.http1(), tlsConfiguration: tls),
             configuration: .init(address: .hostname(listen, port: port), serverName: "vsphere-controller"),
+            onServerRunning: { _ in await onRunning() },
             logger: logger)
     }
 }

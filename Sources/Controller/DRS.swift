@@ -141,7 +141,7 @@ extension Controller {
         let now = Int64(Date().timeIntervalSince1970 * 1000)
         return ctx.statuses.values.filter { st in
             guard st.state == "poweredOff", let p = powerRecord(st.name, ctx), p.state == "standby", let h = hosts[st.name],
-                PowerDrivers.can(true, h) == nil
+                PowerDrivers.can(true, h, power) == nil
             else { return false }
             return p.error == nil || now - p.sinceMs >= Self.powerOnRetryMs
         }.sorted { a, b in
@@ -183,7 +183,7 @@ extension Controller {
             let hosts = Dictionary(uniqueKeysWithValues: (ctx.manifest.hosts ?? []).map { ($0.name, $0) })
             var keepOn: [String: String] = [:]
             for h in ctx.state.hosts where h.state == .connected {
-                if let why = hosts[h.name].flatMap({ PowerDrivers.can(false, $0) }) { keepOn[h.name] = "cannot be powered off: \(why)" }
+                if let why = hosts[h.name].flatMap({ PowerDrivers.can(false, $0, self.power) }) { keepOn[h.name] = "cannot be powered off: \(why)" }
                 if h.vms.contains(where: { ctx.pinned.contains($0) }) { keepOn[h.name] = "runs a VM that cannot move now (migrating or not running)" }
                 if let p = powerRecord(h.name, ctx), p.state == "on", let e = p.error,
                     Int64(Date().timeIntervalSince1970 * 1000) - p.sinceMs < Self.powerOnRetryMs
@@ -342,7 +342,7 @@ extension Controller {
         }
         jobs.update(job) { $0.items[i].state = "running" }
         do {
-            _ = try await PowerDrivers.run(false, h)
+            _ = try await PowerDrivers.run(false, h, power)
         } catch {
             jobs.update(job) { $0.items[i].state = "failed"; $0.items[i].error = "\(error)" }
             try await store.addEvent(source: "controller", kind: "host", name: host, event: "power-off-failed", detail: h.power?.driver, message: "\(error)")
@@ -376,7 +376,7 @@ extension Controller {
         try await store.setHostStatus(.init(name: host, state: "poweredOff", inventory: prev?.inventory, message: "powering on", power: Self.json(record)))
         try await store.addEvent(source: "controller", kind: "host", name: host, event: "power-on-requested", detail: h.power?.driver, message: record.reason)
         do {
-            _ = try await PowerDrivers.run(true, h)
+            _ = try await PowerDrivers.run(true, h, power)
         } catch {
             let failed = PowerRecord(state: "standby", sinceMs: now, by: "dpm", reason: record.reason, error: "\(error)")
             try await store.setHostStatus(.init(name: host, state: "poweredOff", inventory: prev?.inventory, message: "power-on failed: \(error)", power: Self.json(failed)))

@@ -2,6 +2,7 @@ import ClusterModel
 import ControllerAPI
 import Crypto
 import Foundation
+import ServerSupport
 import TLSSupport
 import X509
 
@@ -44,7 +45,13 @@ extension Controller {
             throw ValidationFailure([ValidationProblem("csr", "must be a PEM certificate signing request signed by its key (\(error))")])
         }
         guard let (host, names) = try await store.useJoinToken(digest: Self.digest(req.token)), host == req.host else {
-            try await store.addEvent(source: "controller", kind: "host", name: req.host, event: "join-refused", detail: nil, message: "unknown, used or expired token")
+            let (record, before) = refusedJoins.take()
+            if before > 0 {
+                try await store.addEvent(source: "controller", kind: "host", name: nil, event: "join-refused", detail: nil, message: "\(before) more refused joins in the minute before, not recorded one by one")
+            }
+            if record {
+                try await store.addEvent(source: "controller", kind: "host", name: req.host, event: "join-refused", detail: nil, message: "unknown, used or expired token")
+            }
             throw Unauthorized("the token is unknown, used, expired or for another host")
         }
         let cert = try ca.sign(publicKey: key, commonName: host, names: names, role: .host)

@@ -6,6 +6,7 @@ import Logging
 import Placement
 import ServiceLifecycle
 import Store
+import Synchronization
 
 extension Controller {
     struct Observed {
@@ -454,6 +455,27 @@ extension Scheduler {
     }
 }
 
+extension Controller {
+    /// Deletes history past the cluster's retention settings (finished tasks, events, closed alarms).
+    func pruneHistory(_ settings: ClusterManifest.RetentionSettings?, nowMs: Int64) async throws {
+        typealias R = ClusterManifest.RetentionSettings
+        let day: Int64 = 86_400_000
+        let n = try await store.prune(
+            tasksBefore: nowMs - Int64(settings?.tasksDays ?? R.defaultTasksDays) * day,
+            eventsBefore: nowMs - Int64(settings?.eventsDays ?? R.defaultEventsDays) * day,
+            alarmsBefore: nowMs - Int64(settings?.alarmsDays ?? R.defaultAlarmsDays) * day)
+        if n.tasks + n.events + n.alarms > 0 {
+            logger.info("history pruned", metadata: ["tasks": "\(n.tasks)", "events": "\(n.events)", "alarms": "\(n.alarms)"])
+        }
+    }
+
+    /// Alarms about undecodable stored objects, cleared once the whole desired state decodes again.
+    func clearUndecodableAlarms() async {
+        guard let open = try? await store.openAlarmKeys(prefix: "undecodable:"), !open.isEmpty else { return }
+        for key in open { _ = try? await store.clearAlarm(key: key, note: "the stored desired state decodes again") }
+    }
+}
+
 /// Runs reconcile passes every `interval`, and at once when poked (after an apply).
 public final class ReconcileLoop: Service, Sendable {
     let controller: Controller
@@ -461,10 +483,28 @@ public final class ReconcileLoop: Service, Sendable {
     let poke: AsyncStream<Void>.Continuation
     let pokes: AsyncStream<Void>
 
+    /// How the last pass ended, for /healthz.
+    public struct Health: Sendable, Equatable {
+        /// When the last pass ended (ms since the epoch); nil before the first one.
+        public var lastPassMs: Int64?
+        public var lastSuccessMs: Int64?
+        public var error: String?
+    }
+    let health = Mutex(Health())
+
     public init(controller: Controller, interval: Duration = .seconds(2)) {
         self.controller = controller
         self.interval = interval
         (pokes, poke) = AsyncStream<Void>.makeStream(bufferingPolicy: .bufferingNewest(1))
+    }
+
+    public var lastHealth: Health { health.withLock { $0 } }
+
+    /// Healthy: the last pass succeeded, and recently (a loop stuck in one pass is not).
+    public func isHealthy(nowMs: Int64 = Int64(Date().timeIntervalSince1970 * 1000)) -> Bool {
+        let h = lastHealth
+        let patience = max(60_000, 10 * (interval.components.seconds * 1000 + interval.components.attoseconds / 1_000_000_000_000_000))
+        return h.error == nil && h.lastSuccessMs.map { nowMs - $0 <= patience } == true
     }
 
     public func trigger() { poke.yield() }
@@ -472,6 +512,7 @@ public final class ReconcileLoop: Service, Sendable {
     public func run() async throws {
         let interval = self.interval
         let poke = self.poke
+        poke.yield()  // the first pass at once: /healthz answers 200 only after one
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 while !Task.isCancelled {
@@ -480,12 +521,34 @@ public final class ReconcileLoop: Service, Sendable {
                 }
             }
             group.addTask { [self] in
+                var lastPrune: ContinuousClock.Instant?
                 for await _ in pokes.cancelOnGracefulShutdown() {
                     let started = ContinuousClock.now
                     do {
                         try await controller.reconcile()
+                        let now = Int64(Date().timeIntervalSince1970 * 1000)
+                        health.withLock { $0 = Health(lastPassMs: now, lastSuccessMs: now, error: nil) }
+                        await controller.clearUndecodableAlarms()
+                        // History pruned at start and every ten minutes.
+                        if lastPrune.map({ ContinuousClock.now - $0 >= .seconds(600) }) ?? true {
+                            lastPrune = ContinuousClock.now
+                            do {
+                                try await controller.pruneHistory(try await controller.desired().settings?.retention, nowMs: now)
+                            } catch {
+                                controller.logger.warning("pruning history failed", metadata: ["error": "\(error)"])
+                            }
+                        }
                     } catch {
                         controller.logger.error("reconcile failed", metadata: ["error": "\(error)"])
+                        let now = Int64(Date().timeIntervalSince1970 * 1000)
+                        health.withLock { $0.lastPassMs = now; $0.error = "\(error)" }
+                        if let u = error as? UndecodableSpec {
+                            for o in u.objects {
+                                await controller.raise(
+                                    "undecodable:\(o.kind)/\(o.name)", kind: "store", name: o.name, host: nil,
+                                    message: "\(o.kind) \(o.name) in the store does not decode (\(o.error)); nothing is reconciled until it is fixed or deleted")
+                            }
+                        }
                     }
                     // A burst of events pokes the loop for every one of them: passes start at most every
                     // 250 ms, so that recording the burst does not wait behind back-to-back passes.

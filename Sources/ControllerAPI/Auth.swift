@@ -72,20 +72,26 @@ public struct AuditRecord: Codable, Sendable, Equatable {
     }
 }
 
-/// The audit log's hash chain: each record's hash covers its fields and the previous hash, so changing,
-/// removing or reordering a record breaks every hash after it.
+/// The audit log's chain: each record's hash covers its fields and the previous hash, so changing,
+/// removing or reordering a record breaks every hash after it. The hash is an HMAC-SHA256 under a key
+/// the controller keeps outside its database (`DATA_DIR/audit.key`): whoever can write the database
+/// cannot re-hash a changed tail. Records written before the key existed (ids below `keyedFrom`) carry
+/// plain SHA-256 hashes and verify as such.
 public enum AuditChain {
     public static let genesis = String(repeating: "0", count: 64)
 
-    public static func hash(id: Int64, timeMs: Int64, actor: String, role: String, method: String, path: String, status: Int, prev: String) -> String {
+    public static func hash(
+        id: Int64, timeMs: Int64, actor: String, role: String, method: String, path: String, status: Int, prev: String, key: SymmetricKey? = nil
+    ) -> String {
         // Length-prefixed fields: no field can be shifted into another.
         let fields = [String(id), String(timeMs), actor, role, method, path, String(status), prev]
-        let text = fields.map { "\($0.utf8.count):\($0)" }.joined(separator: "|")
-        return SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
+        let text = Data(fields.map { "\($0.utf8.count):\($0)" }.joined(separator: "|").utf8)
+        if let key { return HMAC<SHA256>.authenticationCode(for: text, using: key).map { String(format: "%02x", $0) }.joined() }
+        return SHA256.hash(data: text).map { String(format: "%02x", $0) }.joined()
     }
 
-    public static func hash(of r: AuditRecord) -> String {
-        hash(id: r.id, timeMs: r.timeMs, actor: r.actor, role: r.role, method: r.method, path: r.path, status: r.status, prev: r.prev)
+    public static func hash(of r: AuditRecord, key: SymmetricKey? = nil) -> String {
+        hash(id: r.id, timeMs: r.timeMs, actor: r.actor, role: r.role, method: r.method, path: r.path, status: r.status, prev: r.prev, key: key)
     }
 
     public struct Verdict: Codable, Sendable, Equatable {
@@ -95,25 +101,52 @@ public enum AuditChain {
         public var head: String
         public var brokenAt: Int64?
         public var reason: String?
+        public init(ok: Bool, records: Int, head: String, brokenAt: Int64? = nil, reason: String? = nil) {
+            self.ok = ok
+            self.records = records
+            self.head = head
+            self.brokenAt = brokenAt
+            self.reason = reason
+        }
     }
 
-    /// Checks records in id order: consecutive ids, each `prev` the hash before it, each hash its own.
-    public static func verify(_ records: [AuditRecord]) -> Verdict {
-        var prev = genesis
+    /// Checks records in id order, as many as come, one page after another: consecutive ids, each
+    /// `prev` the hash before it, each hash its own.
+    public struct Verifier: Sendable {
+        let key: SymmetricKey?
+        let keyedFrom: Int64
+        var prev = AuditChain.genesis
         var lastID: Int64?
-        for r in records {
-            if let l = lastID, r.id != l + 1 {
-                return Verdict(ok: false, records: records.count, head: prev, brokenAt: r.id, reason: "record \(l + 1) is missing")
-            }
-            if r.prev != prev {
-                return Verdict(ok: false, records: records.count, head: prev, brokenAt: r.id, reason: "record \(r.id) does not follow the one before it")
-            }
-            if hash(of: r) != r.hash {
-                return Verdict(ok: false, records: records.count, head: prev, brokenAt: r.id, reason: "record \(r.id) was changed")
-            }
-            prev = r.hash
-            lastID = r.id
+        var count = 0
+        /// The first break found; nothing after it is looked at.
+        public private(set) var broken: Verdict?
+
+        public init(key: SymmetricKey? = nil, keyedFrom: Int64 = 1) {
+            self.key = key
+            self.keyedFrom = keyedFrom
         }
-        return Verdict(ok: true, records: records.count, head: prev, brokenAt: nil, reason: nil)
+
+        public mutating func add(_ r: AuditRecord) {
+            guard broken == nil else { return }
+            count += 1
+            if let l = lastID, r.id != l + 1 {
+                broken = Verdict(ok: false, records: count, head: prev, brokenAt: r.id, reason: "record \(l + 1) is missing")
+            } else if r.prev != prev {
+                broken = Verdict(ok: false, records: count, head: prev, brokenAt: r.id, reason: "record \(r.id) does not follow the one before it")
+            } else if hash(of: r, key: r.id >= keyedFrom ? key : nil) != r.hash {
+                broken = Verdict(ok: false, records: count, head: prev, brokenAt: r.id, reason: "record \(r.id) was changed")
+            } else {
+                prev = r.hash
+                lastID = r.id
+            }
+        }
+
+        public var verdict: Verdict { broken ?? Verdict(ok: true, records: count, head: prev) }
+    }
+
+    public static func verify(_ records: [AuditRecord], key: SymmetricKey? = nil, keyedFrom: Int64 = 1) -> Verdict {
+        var v = Verifier(key: key, keyedFrom: keyedFrom)
+        for r in records { v.add(r) }
+        return v.verdict
     }
 }

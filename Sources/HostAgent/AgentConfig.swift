@@ -34,6 +34,10 @@ public struct AgentConfig: Codable, Sendable, Equatable {
     /// Directories whose images may be templates of clones (besides every storage pool's directory):
     /// a clone's backing file is opened, and labelled, by QEMU and libvirt, so not any host file may be one.
     public var templateDirs: [String] = ["/var/lib/vsphere/templates"]
+    /// Directories, besides this host's storage pools, where a VM's disk images may be (a disk given
+    /// by `path`, an image prepared for an incoming migration). Anything else (a host file, a block
+    /// device) is refused.
+    public var diskDirs: [String] = ["/var/lib/vsphere/disks"]
     /// Where QEMU's serial console is logged, one file per VM.
     public var consoleLogDir: String = "/var/log/libvirt/qemu"
     /// How long a graceful (ACPI) shutdown may take before the VM is powered off.
@@ -65,7 +69,7 @@ public struct AgentConfig: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case listen, port, libvirtURI, accelerator, cpuModel, hostName, dataDir, tlsCertificate, tlsKey, clientCA, revokedCertificates
-        case tlsSubjectAltNames, templateDirs, consoleLogDir, shutdownTimeoutSeconds, hardLimitMode, hostReservedMemoryMiB, guestCPUs
+        case tlsSubjectAltNames, templateDirs, diskDirs, consoleLogDir, shutdownTimeoutSeconds, hardLimitMode, hostReservedMemoryMiB, guestCPUs
         case coreParking, coreParkingTargetUtilization, coreParkingIntervalSeconds, offlineParkedCPUs, uplink
     }
 
@@ -85,6 +89,7 @@ public struct AgentConfig: Codable, Sendable, Equatable {
         revokedCertificates = try c.decodeIfPresent(String.self, forKey: .revokedCertificates)
         tlsSubjectAltNames = try c.decodeIfPresent([String].self, forKey: .tlsSubjectAltNames) ?? d.tlsSubjectAltNames
         templateDirs = try c.decodeIfPresent([String].self, forKey: .templateDirs) ?? d.templateDirs
+        diskDirs = try c.decodeIfPresent([String].self, forKey: .diskDirs) ?? d.diskDirs
         consoleLogDir = try c.decodeIfPresent(String.self, forKey: .consoleLogDir) ?? d.consoleLogDir
         shutdownTimeoutSeconds = try c.decodeIfPresent(Int.self, forKey: .shutdownTimeoutSeconds) ?? d.shutdownTimeoutSeconds
         hardLimitMode = try c.decodeIfPresent(String.self, forKey: .hardLimitMode) ?? d.hardLimitMode
@@ -132,6 +137,11 @@ public struct AgentConfig: Codable, Sendable, Equatable {
         if offlineParkedCPUs && !coreParking { throw ConfigError("offlineParkedCPUs: needs coreParking") }
         if let g = guestCPUs, CPUList.parse(g) == nil { throw ConfigError("guestCPUs: must be a CPU list such as 0-3,6") }
         if let u = uplink, !VMSpec.isInterfaceName(u) { throw ConfigError("uplink: must be a Linux interface name") }
+        for (key, dirs) in [("templateDirs", templateDirs), ("diskDirs", diskDirs)] {
+            if let (i, bad) = dirs.enumerated().first(where: { !$0.element.hasPrefix("/") || $0.element == "/" }) {
+                throw ConfigError("\(key)[\(i)]: \(bad) must be an absolute directory other than /")
+            }
+        }
     }
 }
 

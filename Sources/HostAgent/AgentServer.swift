@@ -264,11 +264,14 @@ public enum AgentServer {
     /// The HTTPS application; run it with the supervisor in one ServiceGroup.
     /// Clients are checked in the handshake by `gate` (role and revocation), not by BoringSSL's chain
     /// verification alone.
-    public static func application(agent: HostAgent, tls: TLSConfiguration, gate: ClientGate, logger: Logger) throws -> some ApplicationProtocol {
+    public static func application(
+        agent: HostAgent, tls: TLSConfiguration, gate: ClientGate, logger: Logger, onRunning: @escaping @Sendable () async -> Void = {}
+    ) throws -> some ApplicationProtocol {
         Application(
             router: router(agent: agent, gate: gate),
             server: try .tls(.http1(), configuration: .init(tlsConfiguration: tls, customAsyncVerificationCallback: { chain in await gate.verify(chain) })),
             configuration: .init(address: .hostname(agent.config.listen, port: agent.config.port), serverName: "vsphere-agent"),
+            onServerRunning: { _ in await onRunning() },
             logger: logger)
     }
 }

@@ -36,12 +36,15 @@ public final class HostAgent: Sendable {
     public let metrics = AgentMetrics()
     /// Guest CPUs the core parker parked (empty until its first pass).
     let parkedCPUs = Mutex<[Int]>([])
+    /// Disk images this agent made for incoming migrations: the only ones `releaseDisks` removes.
+    let preparedDisks: PathRecord
 
     public init(config: AgentConfig, hub: EventHub, logger: Logger) {
         self.config = config
         self.hub = hub
         self.logger = logger
         self.supervisor = LibvirtSupervisor(uri: config.libvirtURI, hub: hub, logger: logger)
+        self.preparedDisks = PathRecord(file: config.dataDir + "/prepared-disks.txt")
         let migrations = self.migrations
         supervisor.setOnConnected { conn in await migrations.abortOrphans(conn, hub: hub, logger: logger) }
         self.accelerator = HostFacts.accelerator(setting: config.accelerator)
@@ -192,6 +195,13 @@ public final class HostAgent: Sendable {
                 ValidationProblem("disks[\($0)].path", "is required by the agent (the controller resolves pools into paths)")
             })
         }
+        // Disks only from pools (or the directories the host's operator allows): never a host file or
+        // a block device a manifest names.
+        var confined: [ValidationProblem] = []
+        for (i, d) in spec.disks.enumerated() {
+            if let path = d.path, let problem = try await diskPathProblem(path) { confined.append(.init("disks[\(i)].path", problem)) }
+        }
+        if !confined.isEmpty { throw AgentError.invalid(confined) }
         // The pool's partition must exist before the domain starts (or arrives by migration).
         if let path = spec.resourcePoolPath { try pools.ensure(path) }
         let fixed = spec
@@ -421,4 +431,33 @@ public final class HostAgent: Sendable {
 
 extension Array {
     subscript(safe i: Int) -> Element? { indices.contains(i) ? self[i] : nil }
+}
+
+/// A set of paths kept in a file (one per line, replaced atomically at each change), so that what the
+/// agent made survives its restart.
+final class PathRecord: Sendable {
+    let file: String
+    private let paths: Mutex<Set<String>>
+
+    init(file: String) {
+        self.file = file
+        let text = TextFile.read(file) ?? ""
+        paths = Mutex(Set(text.split(separator: "\n").map(String.init).filter { $0.hasPrefix("/") }))
+    }
+
+    func contains(_ path: String) -> Bool { paths.withLock { $0.contains(path) } }
+    func add(_ path: String) { change { $0.insert(path) } }
+    func remove(_ path: String) { change { $0.remove(path) } }
+
+    private func change(_ body: (inout Set<String>) -> Void) {
+        paths.withLock { set in
+            let before = set
+            body(&set)
+            guard set != before else { return }
+            if let slash = file.lastIndex(of: "/"), slash != file.startIndex {
+                try? FileManager.default.createDirectory(atPath: String(file[..<slash]), withIntermediateDirectories: true)
+            }
+            try? TextFile.replace(file, set.sorted().map { $0 + "\n" }.joined(), mode: 0o600)
+        }
+    }
 }

@@ -334,6 +334,10 @@ extension HostAgent {
             if let b = d.backingFile, !b.hasPrefix("/") { problems.append(.init("disks[\(i)].backingFile", "must be an absolute path")) }
         }
         if !problems.isEmpty { throw AgentError.invalid(problems) }
+        for (i, d) in req.disks.enumerated() {
+            if let problem = try await diskPathProblem(d.path) { problems.append(.init("disks[\(i)].path", problem)) }
+        }
+        if !problems.isEmpty { throw AgentError.invalid(problems) }
         let fm = FileManager.default
         if let missing = (req.mustExist ?? []).first(where: { !fm.fileExists(atPath: $0) }) {
             throw AgentError.conflict("\(missing) is not visible on this host: is its shared pool mounted here?")
@@ -351,17 +355,22 @@ extension HostAgent {
                     args += ["-b", b, "-F", d.backingFormat ?? "qcow2"]
                 }
                 args += ["--", d.path, String(d.virtualSize)]
+                // Recorded before it exists: only what this agent made may be released later.
+                preparedDisks.add(d.path)
                 _ = try await Subprocess.run("qemu-img", args)
                 created.append(d.path)
             }
         } catch {
             for p in created { try? fm.removeItem(atPath: p) }
+            for d in req.disks { preparedDisks.remove(d.path) }
             throw AgentError.internalError("\(error)")
         }
         return DiskPrepareResult(created: created, backingPresent: backingPresent)
     }
 
-    /// Removes images a failed migration had prepared, unless a VM on this host uses them.
+    /// Removes images a failed migration had prepared, unless a VM on this host uses them. Only paths
+    /// this agent prepared (`prepareDisks`, recorded in its data directory) are removed: anything else
+    /// is left as it is, whatever the caller says.
     public func releaseDisks(_ paths: [String]) async throws(AgentError) -> [String] {
         let inUse = try await withLibvirt { c -> Set<String> in
             var used = Set<String>()
@@ -372,8 +381,13 @@ extension HostAgent {
             return used
         }
         var removed: [String] = []
-        for p in paths where !inUse.contains(p) && FileManager.default.fileExists(atPath: p) {
-            if (try? FileManager.default.removeItem(atPath: p)) != nil { removed.append(p) }
+        for p in paths where preparedDisks.contains(p) && !inUse.contains(p) {
+            if !FileManager.default.fileExists(atPath: p) {
+                preparedDisks.remove(p)
+            } else if (try? FileManager.default.removeItem(atPath: p)) != nil {
+                preparedDisks.remove(p)
+                removed.append(p)
+            }
         }
         return removed
     }

@@ -155,6 +155,27 @@ extension HostAgent {
         }
     }
 
+    /// Whether a disk image path lies, symbolic links resolved, in one of this host's storage pools or
+    /// in a directory the agent's configuration allows (`diskDirs`). A path that does not exist yet is
+    /// judged by its directory. Returns the problem, or nil.
+    func diskPathProblem(_ path: String) async throws(AgentError) -> String? {
+        guard Self.isCleanAbsolutePath(path) else { return "must be an absolute path without .. or //" }
+        let parent = String(path[..<path.lastIndex(of: "/")!])
+        guard let real = Self.realPath(path) ?? Self.realPath(parent.isEmpty ? "/" : parent).map({ $0 + "/" + path.split(separator: "/").last! }) else {
+            return "\(path) is in no directory of this host"
+        }
+        let (poolDirs, known) = try await withLibvirt { c -> ([String], Bool) in
+            let dirs = try c.storagePools().compactMap { p -> String? in (try? StorageXML.parsePool(try p.xml()))?.path }
+            // A volume libvirt itself knows (an LVM volume's /dev/VG/LV resolves to /dev/dm-N, outside its
+            // pool's directory).
+            return (dirs, (try? c.storageVolume(path: path)) != nil)
+        }
+        if known { return nil }
+        let roots = (config.diskDirs + poolDirs).filter { $0 != "/" }.compactMap(Self.realPath).filter { $0 != "/" }
+        if roots.contains(where: { real.hasPrefix($0.hasSuffix("/") ? $0 : $0 + "/") }) { return nil }
+        return "\(path) is in no storage pool of this host nor in its diskDirs (\(config.diskDirs.joined(separator: ", "))): a VM's disks live in pools"
+    }
+
     /// Paths of every disk of every domain on this host → the domains using them.
     static func diskUsers(_ c: Connection) throws -> [String: [String]] {
         var users: [String: [String]] = [:]

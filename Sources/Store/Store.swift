@@ -21,6 +21,8 @@ public protocol SQLBackend: Sendable {
     var kind: String { get }
     func execute(_ sql: String, _ binds: [SQLValue]) async throws
     func query(_ sql: String, _ binds: [SQLValue]) async throws -> [SQLRow]
+    /// Runs the statements in one transaction on one connection: all of them, or none.
+    func transaction(_ statements: [(sql: String, binds: [SQLValue])]) async throws
     func close() async throws
 }
 
@@ -51,6 +53,17 @@ public final class SQLiteBackend: SQLBackend {
 
     public func execute(_ sql: String, _ binds: [SQLValue]) async throws {
         try await connection.query(sql, binds.map(Self.data)) { _ in }
+    }
+
+    public func transaction(_ statements: [(sql: String, binds: [SQLValue])]) async throws {
+        try await execute("BEGIN", [])
+        do {
+            for s in statements { try await execute(s.sql, s.binds) }
+            try await execute("COMMIT", [])
+        } catch {
+            try? await execute("ROLLBACK", [])
+            throw error
+        }
     }
 
     public func query(_ sql: String, _ binds: [SQLValue]) async throws -> [SQLRow] {
@@ -228,15 +241,9 @@ public actor Store {
         try await backend.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_ms BIGINT NOT NULL)", [])
         let done = Set(try await backend.query("SELECT version FROM schema_migrations", []).compactMap { $0["version"]?.int })
         for m in Migrations.all where !done.contains(Int64(m.version)) {
-            try await backend.execute("BEGIN", [])
-            do {
-                for s in m.statements { try await backend.execute(s, []) }
-                try await backend.execute("INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)", [.int(Int64(m.version)), .int(now())])
-                try await backend.execute("COMMIT", [])
-            } catch {
-                try? await backend.execute("ROLLBACK", [])
-                throw error
-            }
+            try await backend.transaction(
+                m.statements.map { ($0, []) }
+                    + [("INSERT INTO schema_migrations (version, applied_ms) VALUES ($1, $2)", [.int(Int64(m.version)), .int(now())])])
         }
     }
 
@@ -432,26 +439,65 @@ public actor Store {
         public var hash: String
     }
 
-    /// Appends to the audit log; `hash` gets the new record with its id, time and previous hash (the
-    /// store serializes appends, so the chain never forks).
+    /// Appends to the audit log; `hash` gets the new record with its id, time and previous hash. Appends
+    /// run one at a time (the chain never forks), and the head moves only once the record is stored: a
+    /// failed insert throws and leaves the chain as it was.
     @discardableResult
     public func appendAudit(actor: String, role: String, method: String, path: String, status: Int, genesis: String,
                             hash: @Sendable (AuditEntry) -> String) async throws -> AuditEntry {
+        await auditTurn()
+        defer { auditTurnDone() }
         if auditHead == nil {
             let last = try await backend.query("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1", []).first
-            // Another append may have loaded it meanwhile.
-            if auditHead == nil { auditHead = ((last?["id"]?.int ?? 0), last?["hash"]?.text ?? genesis) }
+            auditHead = ((last?["id"]?.int ?? 0), last?["hash"]?.text ?? genesis)
         }
-        // Id and link claimed before the insert's await: concurrent appends chain one after the other.
         var e = AuditEntry(
             id: auditHead!.id + 1, timeMs: now(), actor: actor, role: role, method: method, path: path, status: status,
             prev: auditHead!.hash, hash: "")
         e.hash = hash(e)
+        do {
+            try await backend.execute(
+                "INSERT INTO audit (id, time_ms, actor, role, method, path, status, prev, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                [.int(e.id), .int(e.timeMs), .text(e.actor), .text(e.role), .text(e.method), .text(e.path), .int(Int64(e.status)), .text(e.prev), .text(e.hash)])
+        } catch {
+            // Read the head again next time: the insert may have landed after all.
+            auditHead = nil
+            throw error
+        }
         auditHead = (e.id, e.hash)
-        try await backend.execute(
-            "INSERT INTO audit (id, time_ms, actor, role, method, path, status, prev, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            [.int(e.id), .int(e.timeMs), .text(e.actor), .text(e.role), .text(e.method), .text(e.path), .int(Int64(e.status)), .text(e.prev), .text(e.hash)])
         return e
+    }
+
+    /// The audit log's appends, one at a time (the actor alone would interleave them at each await).
+    private var auditBusy = false
+    private var auditWaiting: [CheckedContinuation<Void, Never>] = []
+
+    private func auditTurn() async {
+        if !auditBusy {
+            auditBusy = true
+            return
+        }
+        await withCheckedContinuation { auditWaiting.append($0) }
+    }
+
+    private func auditTurnDone() {
+        if auditWaiting.isEmpty { auditBusy = false } else { auditWaiting.removeFirst().resume() }
+    }
+
+    /// Deletes finished tasks, events and closed alarms older than their cut-offs (ms since the epoch);
+    /// returns how many rows of each went.
+    @discardableResult
+    public func prune(tasksBefore: Int64, eventsBefore: Int64, alarmsBefore: Int64) async throws -> (tasks: Int, events: Int, alarms: Int) {
+        let t = try await backend.query("DELETE FROM tasks WHERE created_ms < $1 AND state <> 'running' RETURNING id", [.int(tasksBefore)]).count
+        let e = try await backend.query("DELETE FROM events WHERE time_ms < $1 RETURNING id", [.int(eventsBefore)]).count
+        let a = try await backend.query(
+            "DELETE FROM alarms WHERE updated_ms < $1 AND state NOT IN ('active', 'acknowledged') RETURNING id", [.int(alarmsBefore)]).count
+        return (t, e, a)
+    }
+
+    /// The highest audit record id (0 for an empty log).
+    public func lastAuditID() async throws -> Int64 {
+        try await backend.query("SELECT id FROM audit ORDER BY id DESC LIMIT 1", []).first?["id"]?.int ?? 0
     }
 
     public func auditLog(after: Int64 = 0, limit: Int = 100_000) async throws -> [AuditEntry] {

@@ -2,6 +2,7 @@ import ArgumentParser
 import FoundationEssentials
 import HostAgent
 import Logging
+import ServerSupport
 import ServiceLifecycle
 import TLSSupport
 
@@ -51,7 +52,7 @@ struct AgentMain: AsyncParsableCommand {
         guard let level = Logger.Level(rawValue: logLevel) else { throw ValidationError("--log-level: unknown level \(logLevel)") }
 
         LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
+            var h = DaemonLogHandler(label: label)
             h.logLevel = level
             return h
         }
@@ -69,14 +70,18 @@ struct AgentMain: AsyncParsableCommand {
         }
         let identity = TLSIdentity(certificatePath: cfg.certificatePath, keyPath: cfg.keyPath, caPath: cfg.clientCAPath)
         let gate = try ClientGate(caPath: cfg.clientCAPath, revokedPath: cfg.revokedCertificatesPath, logger: logger)
+        let ready = Readiness()
         let app = try AgentServer.application(
-            agent: agent, tls: try identity.mutualServerConfiguration(clientCA: cfg.clientCAPath), gate: gate, logger: logger)
+            agent: agent, tls: try identity.mutualServerConfiguration(clientCA: cfg.clientCAPath), gate: gate, logger: logger,
+            onRunning: { ready.signal() })
         logger.info("vsphere-agent starting", metadata: [
             "listen": "\(cfg.listen):\(cfg.port)", "libvirt": "\(cfg.libvirtURI)", "accelerator": "\(agent.accelerator)",
             "certificate": "\(identity.certificatePath)", "clientCA": "\(cfg.clientCAPath)",
         ])
         // Shutdown runs in reverse order: the supervisor ends the event streams first, then the server drains.
-        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [.init(service: app), .init(service: agent.supervisor)]
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            .init(service: app), .init(service: agent.supervisor), .init(service: SystemdNotifier(logger: logger) { await ready.wait() }),
+        ]
         if cfg.coreParking { services.append(.init(service: CoreParker(agent: agent))) }
         let group = ServiceGroup(
             configuration: .init(

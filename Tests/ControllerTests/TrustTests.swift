@@ -1,9 +1,11 @@
+import Crypto
 import ClusterModel
 @testable import Controller
 import ControllerAPI
 import AgentAPI
 import Foundation
 import Logging
+import ServerSupport
 import Store
 import TLSSupport
 import SwiftASN1
@@ -36,13 +38,13 @@ import X509
 }
 
 @Suite struct AuditChainTests {
-    func chain(_ n: Int) -> [AuditRecord] {
+    func chain(_ n: Int, key: SymmetricKey? = nil, keyedFrom: Int64 = 1) -> [AuditRecord] {
         var out: [AuditRecord] = []
         var prev = AuditChain.genesis
         for i in 1...n {
             var r = AuditRecord(id: Int64(i), timeMs: 1_700_000_000_000 + Int64(i), actor: i % 2 == 0 ? "alice" : "bob", role: "operator",
                                 method: "DELETE", path: "/v1/vms/v\(i)", status: 200, prev: prev, hash: "")
-            r.hash = AuditChain.hash(of: r)
+            r.hash = AuditChain.hash(of: r, key: Int64(i) >= keyedFrom ? key : nil)
             prev = r.hash
             out.append(r)
         }
@@ -71,6 +73,53 @@ import X509
         rehashed[i - 1].hash = AuditChain.hash(of: rehashed[i - 1])
         // A forger who rehashes the record still breaks the next record's link.
         if i < 20 { #expect(AuditChain.verify(rehashed).brokenAt == Int64(i + 1)) }
+    }
+}
+
+/// The keyed chain: whoever writes the database but lacks the controller's key cannot re-hash a
+/// changed tail into one that verifies; records from before the key verify as plain SHA-256.
+@Suite struct KeyedAuditChainTests {
+    let key = SymmetricKey(size: .bits256)
+
+    @Test func keyedChainVerifiesOnlyWithItsKey() {
+        let records = AuditChainTests().chain(30, key: key, keyedFrom: 11)
+        #expect(AuditChain.verify(records, key: key, keyedFrom: 11).ok)
+        #expect(AuditChain.verify(records, key: SymmetricKey(size: .bits256), keyedFrom: 11).brokenAt == 11)
+        #expect(AuditChain.verify(records).brokenAt == 11, "SHA-256 alone does not verify keyed records")
+    }
+
+    /// A database writer changes record 20 and re-hashes it and every record after it with SHA-256,
+    /// the way the unkeyed chain allowed: detected at the changed record.
+    @Test func aRehashedTailIsDetected() {
+        var records = AuditChainTests().chain(30, key: key, keyedFrom: 11)
+        records[19].actor = "mallory"
+        for i in 19..<records.count {
+            if i > 19 { records[i].prev = records[i - 1].hash }
+            records[i].hash = AuditChain.hash(of: records[i])
+        }
+        let v = AuditChain.verify(records, key: key, keyedFrom: 11)
+        #expect(!v.ok && v.brokenAt == 20 && v.reason == "record 20 was changed")
+    }
+
+    /// Verified page by page, the verdict is the same as all at once, over any number of records.
+    @Test func pagedVerificationCoversEveryRecord() {
+        let records = AuditChainTests().chain(250, key: key)
+        var v = AuditChain.Verifier(key: key)
+        for page in stride(from: 0, to: records.count, by: 7) { for r in records[page..<min(page + 7, records.count)] { v.add(r) } }
+        #expect(v.verdict == AuditChain.verify(records, key: key) && v.verdict.ok && v.verdict.records == 250)
+    }
+
+    @Test func keyFileIsMadeOnceAndPrivate() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("audit-key-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let made = try AuditKey.loadOrCreate(path: dir + "/audit.key", nextID: 42)
+        let again = try AuditKey.loadOrCreate(path: dir + "/audit.key", nextID: 99)
+        #expect(made.keyedFrom == 42 && again.keyedFrom == 42 && made.key == again.key)
+        let mode = try #require(try FileManager.default.attributesOfItem(atPath: dir + "/audit.key")[.posixPermissions] as? Int)
+        #expect(mode == 0o600)
+        try "not a key\n".write(toFile: dir + "/bad.key", atomically: true, encoding: .utf8)
+        #expect(throws: AuditKey.Problem.self) { try AuditKey.loadOrCreate(path: dir + "/bad.key", nextID: 1) }
     }
 }
 
@@ -206,13 +255,55 @@ func withScratchController(
     /// Unknown tokens are not cached, and refused anonymous calls are recorded within a budget per
     /// minute: a flood of them grows neither the cache nor the audit log without bound.
     @Test func floodsAreBounded() async throws {
-        try await withScratchController("flood") { controller, _ in
+        try await withScratchController("flood", withCA: true) { controller, _ in
             for i in 0..<300 { #expect(try await controller.authenticate("guess-\(i)") == nil) }
             #expect(controller.authCache.withLock { $0.count } == 0)
             for i in 0..<200 { await controller.auditAnonymous(method: "POST", path: "/v1/apply?\(i)") }
             let records = try await controller.auditRecords(after: 0)
-            #expect(records.count == Controller.anonymousAuditPerMinute)
-            #expect(AuditChain.verify(records).ok)
+            #expect(records.count == controller.anonymousAudit.perMinute)
+            #expect(try await controller.verifyAudit().ok)
+            // Refused joins: as many events as the budget, whatever the flood.
+            let events = try await controller.store.events(limit: 10_000).count
+            let csr = try HostJoin.request(commonName: "h1").csr
+            for i in 0..<200 { _ = try? await controller.join(JoinRequest(host: "h\(i % 5 + 1)", token: "guess-\(i)", csr: csr)) }
+            #expect(try await controller.store.events(limit: 10_000).count - events == controller.refusedJoins.perMinute)
+        }
+    }
+
+    /// A client without credentials gets its burst, then 429 until its bucket refills; another client
+    /// is not held back by it.
+    @Test func openRoutesAreRateLimited() {
+        let limiter = RateLimiter(rate: 10, burst: 20, maxKeys: 3)
+        let t0 = ContinuousClock.now
+        #expect((0..<20).allSatisfy { _ in limiter.allow("10.0.0.1", now: t0) })
+        #expect(!limiter.allow("10.0.0.1", now: t0))
+        #expect(limiter.allow("10.0.0.2", now: t0))
+        #expect(limiter.allow("10.0.0.1", now: t0 + .milliseconds(150)), "one token back after 100 ms")
+        #expect(!limiter.allow("10.0.0.1", now: t0 + .milliseconds(150)))
+        // Many addresses: the table stays bounded and an exhausted client is not forgotten by them.
+        for i in 0..<50 { #expect(limiter.allow("10.0.1.\(i)", now: t0 + .milliseconds(160))) }
+        #expect(limiter.trackedKeys <= 3)
+        #expect(!limiter.allow("10.0.0.1", now: t0 + .milliseconds(160)))
+    }
+}
+
+/// A spec the store holds but cannot decode stops the reconciler and raises an alarm; it never counts
+/// as absent (which would undefine the VM).
+@Suite struct UndecodableSpecTests {
+    @Test func desiredStateRefusesUndecodableObjects() async throws {
+        try await withScratchController("undecodable") { controller, _ in
+            try await controller.store.put(kind: "vm", name: "web1", spec: #"{"name":"web1","cpus":"two"}"#)
+            await #expect(throws: UndecodableSpec.self) { _ = try await controller.desired() }
+            do {
+                _ = try await controller.reconcile()
+                Issue.record("a pass ran over an undecodable spec")
+            } catch let e as UndecodableSpec {
+                #expect(e.objects.map(\.name) == ["web1"] && e.description.contains("vm web1"))
+            }
+            await #expect(throws: UndecodableSpec.self, "apply merges nothing into a state it cannot read") {
+                _ = try await controller.apply(ClusterManifest(), prune: true, dryRun: false)
+            }
+            #expect(try await controller.store.object(kind: "vm", name: "web1") != nil, "still there")
         }
     }
 }

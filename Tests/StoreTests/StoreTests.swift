@@ -182,3 +182,46 @@ enum Backend: String, CaseIterable, Sendable {
         if ProcessInfo.processInfo.environment["VSPHERE_TESTBED"] != nil { #expect(!postgresURL.isEmpty, "make test must start PostgreSQL") }
     }
 }
+
+/// The controller's PostgreSQL goes away and comes back (a restart, a failover): the store answers
+/// again without the controller restarting, and nothing written before is lost. A server of its own
+/// (scripts/pg-test-server.sh), so the shared one stays up for the other tests.
+@Suite(.enabled(if: !postgresURL.isEmpty, "needs PostgreSQL (make test starts it)"))
+struct PostgresReconnect {
+    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../scripts/pg-test-server.sh").standardized.path
+
+    func pg(_ args: String...) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/bash")
+        p.arguments = [Self.script] + args
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw CocoaError(.executableLoad) }
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    @Test func storeAnswersAgainAfterTheServerRestarts() async throws {
+        let dir = "/tmp/vsphere-pg-reconnect-\(getpid())"
+        let port = String(56_000 + Int(getpid() % 1000))
+        let url = try pg("start", dir, port)
+        defer { _ = try? pg("stop", dir) }
+        let store = try await Store.open(url, logger: Logger(label: "test"))
+        try await store.put(kind: "vm", name: "before", spec: #"{"name":"before"}"#)
+        _ = try pg("kill", dir)
+        await #expect(throws: (any Error).self, "the server is down") { try await store.put(kind: "vm", name: "during", spec: "{}") }
+        _ = try pg("resume", dir, port)
+        // The pool replaces its dead connections: within a few tries the store works again.
+        var back = false
+        for _ in 0..<60 where !back {
+            back = (try? await store.put(kind: "vm", name: "after", spec: #"{"name":"after"}"#)) != nil
+            if !back { try await Task.sleep(for: .milliseconds(250)) }
+        }
+        #expect(back, "the store answered again after the server came back")
+        #expect(try await store.object(kind: "vm", name: "before") != nil)
+        #expect(try await store.object(kind: "vm", name: "after") != nil)
+        try await store.close()
+    }
+}
