@@ -29,7 +29,8 @@ command -v vsphere-ctl >/dev/null || fail "vsphere-ctl is not on the PATH after 
 vsphere-ctl get vms -o json | python3 -c '
 import json, sys
 vms = {v["name"]: v for v in json.load(sys.stdin)}
-bad = [f"{n}: {vms.get(n, {}).get(\"state\", \"absent\")}" for n in ("hello", "world") if vms.get(n, {}).get("state") != "running"]
+state = lambda n: vms.get(n, {}).get("state", "absent")
+bad = [n + ": " + state(n) for n in ("hello", "world") if state(n) != "running"]
 sys.exit("demo-check: not running per vsphere-ctl: " + ", ".join(bad) if bad else 0)'
 for vm in hello world; do
     [ "$(virsh -c qemu:///system domstate "$vm" 2>/dev/null)" = running ] || fail "$vm is not running per virsh"

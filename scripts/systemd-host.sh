@@ -15,8 +15,9 @@
 #                                            everything it left: processes, cgroups, state (idempotent)
 #   systemd-host.sh status                   list the containers
 #
-# The container shares this machine's network namespace (only loopback is used: nothing leaves the
-# machine); everything else is its own. nspawn runs with --register=no --keep-unit (there is no host
+# The container shares this machine's network namespace (the tests reach it on loopback; its ports are
+# this machine's ports, and libvirt's default network is off in the image so that nothing in it makes
+# bridges or NAT rules by itself); everything else is its own. nspawn runs with --register=no --keep-unit (there is no host
 # systemd) from a cgroup of its own in every hierarchy (a child of the caller's cgroup, so the container
 # stays inside whatever limits the caller runs under); the container's cgroup mounts are made writable
 # and systemd re-executed, so that resource control is enforced and libvirt can place guests.
@@ -26,7 +27,7 @@ IMAGE=${VSPHERE_SYSTEMD_IMAGE:-/var/cache/vsphere/systemd-host/bookworm}
 STATE=${VSPHERE_SYSTEMD_HOST_DIR:-/run/vsphere-systemd-host}
 SUITE=bookworm
 # Bump when the image customisation below changes: the stamp then no longer matches and image rebuilds.
-RECIPE=1
+RECIPE=2
 PACKAGES=(
     systemd systemd-sysv systemd-container dbus
     libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt0 libxml2
@@ -134,8 +135,12 @@ cmd_image() {
     # and dnsmasq) must not start by itself there.
     rm -f "$tmp/etc/libvirt/qemu/networks/autostart/default.xml"
     systemctl --root="$tmp" enable libvirtd.service virtlogd.service virtlogd.socket >/dev/null 2>&1
-    # A fresh machine ID on every boot; no getty on nspawn's console (its output goes to the log).
+    # A power-off waits at most 10 s for guests that ignore the ACPI power button (Debian: 300 s).
+    printf 'ON_SHUTDOWN=shutdown\nSHUTDOWN_TIMEOUT=10\n' >>"$tmp/etc/default/libvirt-guests"
+    # A fresh machine ID on every boot; the hostname is the container's name (not this machine's, which
+    # debootstrap copied); no getty on nspawn's console (its output goes to the log).
     : >"$tmp/etc/machine-id"
+    rm -f "$tmp/etc/hostname"
     systemctl --root="$tmp" mask console-getty.service >/dev/null 2>&1
 
     remove_tree "$IMAGE"
@@ -146,8 +151,12 @@ cmd_image() {
 
 # ------------------------------------------------------------------------------------------ containers
 
-alive() { # PID COMM: the process exists and is still that program
-    [ -n "$1" ] && [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ]
+alive() { # PID COMM: the process exists, is still that program and is not a zombie
+    local stat
+    [ -n "$1" ] && [ "$(cat "/proc/$1/comm" 2>/dev/null)" = "$2" ] || return 1
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [ "${stat%% *}" != Z ]
 }
 
 nspawn_pid() { cat "$STATE/$1/nspawn.pid" 2>/dev/null || true; }
@@ -228,7 +237,7 @@ in_container() { # NAME CMD...
 }
 
 cmd_up() {
-    local name=${1:-} t0 d binds=() pid leader_pid i state
+    local name=${1:-} t0 d binds=() pid leader_pid c i state
     [ -n "$name" ] || die "usage: up NAME [--bind-ro SRC:DST]..."
     shift
     [[ $name =~ ^[A-Za-z0-9][A-Za-z0-9-]*$ ]] || die "bad container name: $name"
@@ -312,22 +321,25 @@ on_up_exit() { # NAME: up stopped half-way (an unexpected error): remove what it
     exit $((rc == 0 ? 1 : rc))
 }
 
+still_up() { alive "$1" systemd-nspawn || alive "$2" systemd; } # NSPAWN LEADER
+
 # Powers NAME off and removes everything it left.
 teardown() {
     local name=$1 d=$STATE/$1 pid leader_pid i c left
     [ -d "$d" ] || return 0
     pid=$(nspawn_pid "$name")
     leader_pid=$(cat "$d/leader.pid" 2>/dev/null || true)
-    if alive "$pid" systemd-nspawn; then
-        # SIGRTMIN+4 asks systemd to power off; nspawn exits when its PID 1 does.
+    # SIGRTMIN+4 asks systemd to power off; nspawn exits when its PID 1 does (PID 1 may outlive a killed
+    # nspawn: it is then waited for alone).
+    if still_up "$pid" "$leader_pid"; then
         if alive "$leader_pid" systemd; then kill -s RTMIN+4 "$leader_pid" 2>/dev/null || true; fi
         for i in $(seq 200); do
-            alive "$pid" systemd-nspawn || break
+            still_up "$pid" "$leader_pid" || break
             sleep 0.1
         done
-        if alive "$pid" systemd-nspawn; then
+        if still_up "$pid" "$leader_pid"; then
             log "$name did not power off in 20 s: killing it"
-            kill -KILL "$pid" 2>/dev/null || true
+            if alive "$pid" systemd-nspawn; then kill -KILL "$pid" 2>/dev/null || true; fi
             if alive "$leader_pid" systemd; then kill -KILL "$leader_pid" 2>/dev/null || true; fi
         fi
     fi
@@ -350,8 +362,16 @@ teardown() {
     if awk '{print $4, $5}' /proc/self/mountinfo | grep -F -e "$IMAGE" -e "$d" >&2; then
         log "mounts left for $name (above)"
     fi
-    rm -rf "/run/systemd/nspawn/propagate/$name"
-    rm -rf "$d"
+    rm -rf "/run/systemd/nspawn/propagate/$name" "$d"
+    tidy_nspawn
+}
+
+# nspawn's directories and the image's lock once no container uses them (a killed nspawn leaves them).
+tidy_nspawn() {
+    [ -z "$(running_names)" ] || return 0
+    rm -f "/run/systemd/nspawn/locks/inode-$(stat -c %d:%i "$IMAGE" 2>/dev/null)"
+    rmdir /run/systemd/nspawn/locks /run/systemd/nspawn/propagate /run/systemd/nspawn "$STATE" \
+        2>/dev/null || true
 }
 
 cmd_down() {
@@ -363,11 +383,7 @@ cmd_down() {
             [ -d "$name" ] && teardown "$(basename "$name")"
         done
     fi
-    # nspawn's own directories (locks, propagate) once nothing uses them.
-    if [ -z "$(running_names)" ]; then
-        rmdir /run/systemd/nspawn/locks /run/systemd/nspawn/propagate /run/systemd/nspawn "$STATE" 2>/dev/null || true
-    fi
-    return 0
+    tidy_nspawn
 }
 
 cmd_status() {
