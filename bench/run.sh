@@ -29,3 +29,9 @@ VSPHERE_CTL=$PWD/.build/release/vsphere-ctl python3 bench/storage.py
 
 echo "== events (libvirt event on a host to the controller's event log)"
 VSPHERE_CTL=$PWD/.build/release/vsphere-ctl python3 bench/events.py
+
+# A long run, so only on request: SOAK_MINUTES=30 make bench
+if [ -n "${SOAK_MINUTES:-}" ]; then
+    echo "== agent-soak (the testbed agent's memory under its controller, ${SOAK_MINUTES} min)"
+    python3 bench/agent_soak.py "$(cat "$VSPHERE_TESTBED/h1/agent.pid")" "$SOAK_MINUTES"
+fi

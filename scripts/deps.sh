@@ -10,6 +10,7 @@ packages=(
     busybox-static cpio e2fsprogs
     iproute2 ebtables iptables libvirt-daemon-config-nwfilter iputils-ping util-linux procps curl openssl python3 python3-jsonschema pkg-config
     systemd python3-venv
+    debootstrap systemd-container
     postgresql
 )
 missing=()

@@ -11,7 +11,8 @@
 #      power driver, wake-up under load, maintenance mode).
 #   0. First, the README's quick start as a new user runs it (scripts/demo-check.sh): `make demo` (the
 #      release build of all three daemons, on this machine's own libvirtd and cgroup layout), both VMs
-#      running, `make demo-down` leaving nothing.
+#      running, `make demo-down` leaving nothing. Then the release daemons on a real systemd host
+#      (scripts/systemd-host-check.sh: a Debian 12 container with systemd as PID 1).
 # Every phase must run at least its minimum number of tests (a filter that matches nothing fails) and
 # ends within its time limit.
 set -euo pipefail
@@ -55,6 +56,9 @@ trap cleanup EXIT
 
 echo "== the quick start: make demo, make demo-down (release build, this machine's libvirtd)"
 timeout --kill-after=30 2400 bash scripts/demo-check.sh
+
+echo "== a real systemd host: the units as installed, a VM in a resource pool's slice"
+timeout --kill-after=30 900 bash scripts/systemd-host-check.sh
 
 export VSPHERE_TEST_POSTGRES=$(bash scripts/pg-test-server.sh start "$PG_DIR" "$PG_PORT")
 bash scripts/testbed.sh up 2 1

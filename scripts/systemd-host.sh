@@ -5,9 +5,11 @@
 #
 #   systemd-host.sh image                    build (once) and cache the root image; rebuilt when the
 #                                            package list or the recipe changes
-#   systemd-host.sh up NAME [--bind-ro SRC:DST]...
+#   systemd-host.sh up NAME [--bind-ro SRC:DST]... [--private-network]
 #                                            boot a clean (volatile overlay) container NAME from the
-#                                            image in the background; prints its PID 1 (as seen here)
+#                                            image in the background; prints its PID 1 (as seen here);
+#                                            --private-network: its own network namespace with only
+#                                            loopback (what runs inside cannot touch this machine's)
 #   systemd-host.sh exec NAME CMD...         run CMD inside (all its namespaces, its cgroups); exit status
 #                                            passed through
 #   systemd-host.sh shell NAME               an interactive shell inside
@@ -15,12 +17,13 @@
 #                                            everything it left: processes, cgroups, state (idempotent)
 #   systemd-host.sh status                   list the containers
 #
-# The container shares this machine's network namespace (the tests reach it on loopback; its ports are
+# The container shares this machine's network namespace: the tests reach it on loopback, its ports are
 # this machine's ports, and libvirt's default network is off in the image so that nothing in it makes
-# bridges or NAT rules by itself); everything else is its own. nspawn runs with --register=no --keep-unit (there is no host
-# systemd) from a cgroup of its own in every hierarchy (a child of the caller's cgroup, so the container
-# stays inside whatever limits the caller runs under); the container's cgroup mounts are made writable
-# and systemd re-executed, so that resource control is enforced and libvirt can place guests.
+# bridges or NAT rules by itself. Everything else is its own. nspawn runs with --register=no
+# --keep-unit (there is no host systemd) from a cgroup of its own in every hierarchy (a child of the
+# caller's cgroup, so the container stays inside whatever limits the caller runs under); the
+# container's cgroup mounts are made writable and systemd re-executed, so that resource control is
+# enforced and libvirt can place guests.
 set -euo pipefail
 
 IMAGE=${VSPHERE_SYSTEMD_IMAGE:-/var/cache/vsphere/systemd-host/bookworm}
@@ -238,13 +241,14 @@ in_container() { # NAME CMD...
 
 cmd_up() {
     local name=${1:-} t0 d binds=() pid leader_pid c i state
-    [ -n "$name" ] || die "usage: up NAME [--bind-ro SRC:DST]..."
+    [ -n "$name" ] || die "usage: up NAME [--bind-ro SRC:DST]... [--private-network]"
     shift
     [[ $name =~ ^[A-Za-z0-9][A-Za-z0-9-]*$ ]] || die "bad container name: $name"
     while [ $# -gt 0 ]; do
         case $1 in
         --bind-ro) [ $# -ge 2 ] || die "--bind-ro needs SRC:DST"; binds+=("--bind-ro=$2"); shift 2 ;;
         --bind-ro=*) binds+=("$1"); shift ;;
+        --private-network) binds+=("--private-network"); shift ;;
         *) die "unknown option: $1" ;;
         esac
     done

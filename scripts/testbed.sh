@@ -208,7 +208,7 @@ write_agent_config() {
   "shutdownTimeoutSeconds": 30,
   "tlsSubjectAltNames": ["$addr", "$h"],
   "templateDirs": ["$ROOT/guest/out"],
-  "diskDirs": ["$TB"]$extra
+  "diskDirs": ["$TB", "/var/lib/libvirt/images"]$extra
 }
 EOF
 }

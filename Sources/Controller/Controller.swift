@@ -256,6 +256,11 @@ public final class Controller: Sendable {
             guard let host = s.host, let i = index[host], let spec = specs[s.name] else { continue }
             state.commit(ClusterSnapshot.vm(spec), to: i)
         }
+        // Networks a host said it cannot build keep VMs that need them away from it.
+        for (name, h) in networkState.withLock({ $0 }) {
+            guard let i = index[name] else { continue }
+            for n in h.networks { if let e = n.error { state.hosts[i].unusableNetworks[n.name] = e } }
+        }
         // Storage after the VMs already placed: the hosts' free space already counts their volumes.
         let free = storageFree()
         for (name, i) in index where statuses[name] != nil {

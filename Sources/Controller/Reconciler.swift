@@ -402,6 +402,18 @@ extension Controller {
                 statuses[name] = status
                 continue
             }
+            // A host that cannot build one of the VM's networks cannot start it: say which and why,
+            // instead of failing the same start at every pass.
+            let unbuildable = networkState.withLock { $0[loc.host] }.flatMap { h in
+                spec.nics.compactMap(\.network).sorted().lazy.compactMap { n in h.networks.first { $0.name == n && $0.error != nil } }.first
+            }
+            if wantRunning && !active, let n = unbuildable {
+                status.message = "\(loc.host) cannot build network \(n.name): \(n.error!)"
+                status.state = Self.viewState(state)
+                if status != statuses[name] { try await store.setVMStatus(status) }
+                statuses[name] = status
+                continue
+            }
             if wantRunning && !active {
                 if try await run("start", name, loc.host, "desired power state is running", {
                     state = try await agents.action(agent, name, "start").state

@@ -37,7 +37,7 @@ public struct AgentConfig: Codable, Sendable, Equatable {
     /// Directories, besides this host's storage pools, where a VM's disk images may be (a disk given
     /// by `path`, an image prepared for an incoming migration). Anything else (a host file, a block
     /// device) is refused.
-    public var diskDirs: [String] = ["/var/lib/vsphere/disks"]
+    public var diskDirs: [String] = ["/var/lib/vsphere/disks", "/var/lib/libvirt/images"]
     /// Where QEMU's serial console is logged, one file per VM.
     public var consoleLogDir: String = "/var/log/libvirt/qemu"
     /// How long a graceful (ACPI) shutdown may take before the VM is powered off.

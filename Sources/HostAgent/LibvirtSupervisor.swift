@@ -48,7 +48,7 @@ public final class LibvirtSupervisor: Service, Sendable {
         }
         guard case .some(let registration) = dropped else { return }
         registration?.cancel()
-        logger.warning("libvirt connection lost", metadata: ["uri": "\(uri)", "reason": "\(reason)"])
+        logger.error("libvirt connection lost", metadata: ["uri": "\(uri)", "reason": "\(reason)"])
         hub.publish(kind: "agent", event: "libvirt-disconnected", detail: reason, info: ["uri": uri])
     }
 

@@ -2,6 +2,7 @@ import AgentAPI
 import ClusterModel
 import FoundationEssentials
 import Synchronization
+import Spawn
 import SystemFiles
 
 #if canImport(Glibc)
@@ -29,18 +30,27 @@ public final class PoolPartitions: Sendable {
     /// The controllers libvirt creates a domain's cgroup in (cgroup v1).
     static let libvirtControllers: Set<String> = ["cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "net_cls", "perf_event", "name=systemd"]
 
-    private let desired = Mutex<[HostPoolSetting]>([])
+    let desired = Mutex<[HostPoolSetting]>([])
     private let problems = Mutex<[String: [String]]>([:])
     private let mountinfo: @Sendable () -> String?
     private let systemd: @Sendable () -> Bool
+    /// Runs `systemctl` with these arguments; returns its output or throws its error.
+    let systemctl: @Sendable ([String]) throws -> String
+    /// Where `systemctl set-property --runtime` keeps its drop-ins: a slice with one is the agent's.
+    let runtimeControlDir: String
 
-    /// The host's own cgroups; tests give a recorded mountinfo whose mounts are scratch directories.
+    /// The host's own cgroups; tests give a recorded mountinfo whose mounts are scratch directories,
+    /// and a stand-in for systemctl.
     public init(
         mountinfo: @escaping @Sendable () -> String? = { TextFile.read("/proc/self/mountinfo") },
-        systemd: @escaping @Sendable () -> Bool = { FileManager.default.fileExists(atPath: "/run/systemd/system") }
+        systemd: @escaping @Sendable () -> Bool = { FileManager.default.fileExists(atPath: "/run/systemd/system") },
+        systemctl: @escaping @Sendable ([String]) throws -> String = { try Spawn.run("systemctl", $0, timeoutSeconds: 30) },
+        runtimeControlDir: String = "/run/systemd/system.control"
     ) {
         self.mountinfo = mountinfo
         self.systemd = systemd
+        self.systemctl = systemctl
+        self.runtimeControlDir = runtimeControlDir
     }
 
     /// Whether systemd runs this host (libvirt then places domains in machined's slices).
@@ -106,7 +116,14 @@ public final class PoolPartitions: Sendable {
     /// Makes the partition's directories (and `machine`) where they are missing, in every hierarchy.
     /// A new cpuset directory gets its parent's CPUs and memory nodes (the kernel leaves them empty).
     func ensure(_ path: [String]) throws(AgentError) {
-        if systemdManaged { return }
+        if systemdManaged {
+            // The slice started (with its parents), so its cgroup exists before the domain's scope.
+            let slice = PoolSlices.name(path)
+            do { _ = try systemctl(["start", slice]) } catch {
+                throw AgentError.internalError("cannot start \(slice): \(error)")
+            }
+            return
+        }
         for h in hierarchies() {
             var dir = h.mount
             for component in Self.directory(path).split(separator: "/") {
@@ -140,12 +157,11 @@ public final class PoolPartitions: Sendable {
         // Parents before children, whatever order they came in.
         let ordered = pools.sorted { $0.path.count != $1.path.count ? $0.path.count < $1.path.count : $0.name < $1.name }
         if systemdManaged {
-            // libvirt asks systemd-machined for slices (machine-gold.slice) there; cgroupfs partitions
-            // would sit beside them unused. Say so instead of pretending.
+            // libvirt asks systemd-machined for slices there (/machine/gold → machine-gold.slice): the
+            // pools are tuned through systemd, which owns those cgroups (PoolSlices.swift).
+            let problems = applySlices(ordered, coreMHz: coreMHz)
             desired.withLock { $0 = ordered }
-            self.problems.withLock { p in
-                p = Dictionary(uniqueKeysWithValues: ordered.map { ($0.name, ["this host runs systemd: its pool partitions are systemd slices, which the agent does not tune yet"]) })
-            }
+            self.problems.withLock { $0 = problems }
             return read()
         }
         for p in ordered { try ensure(p.path) }
@@ -221,7 +237,7 @@ public final class PoolPartitions: Sendable {
     /// would fail). Memory limits are raised to what the partition uses plus the footprint, CPU quotas to
     /// the VM's, parents first; the controller's next division settles them.
     func admit(path: [String], footprintBytes: Int64, cpuQuotaMicros: Int?) {
-        if systemdManaged { return }
+        if systemdManaged { return admitInSlices(path: path, footprintBytes: footprintBytes, cpuQuotaMicros: cpuQuotaMicros) }
         let hierarchies = self.hierarchies()
         let chain = (1...path.count).map { Self.directory(Array(path.prefix($0))) }
         if let cpu = hierarchies.first(where: { $0.controllers.contains("cpu") && !$0.v2 }), let want = cpuQuotaMicros {
@@ -268,11 +284,15 @@ public final class PoolPartitions: Sendable {
         let mem = hierarchies.first { $0.controllers.contains("memory") }
         var out: [PoolPartition] = []
         var listed = Set<String>()
+        let slices = systemdManaged
         func entry(name: String, dir: String, setting: HostPoolSetting?, partition: String) -> PoolPartition {
             var shares: Int?, period: Int?, quota: Int?, limit: Int64?, reservation: Int64?
             if let cpu {
                 if cpu.v2 {
-                    shares = Self.read("\(cpu.mount)/\(dir)/cpu.weight").flatMap(Int.init).map(PoolCgroupValues.shares(weight:))
+                    // systemd maps CPUWeight to the kernel's weight as it is; the agent's own v2 partitions
+                    // carry the kernel's mapping of shares.
+                    let toShares = slices ? PoolSlices.shares(weight:) : PoolCgroupValues.shares(weight:)
+                    shares = Self.read("\(cpu.mount)/\(dir)/cpu.weight").flatMap(Int.init).map(toShares)
                     let max = Self.read("\(cpu.mount)/\(dir)/cpu.max")?.split(separator: " ") ?? []
                     quota = max.first.flatMap { Int($0) }
                     period = max.count > 1 ? Int(max[1]) : nil
@@ -288,18 +308,26 @@ public final class PoolPartitions: Sendable {
                 reservation = Self.read("\(mem.mount)/\(dir)/\(rf)").flatMap(Int64.init).flatMap { $0 >= Int64.max / 2 ? nil : $0 }
             }
             let names = cpu.flatMap { try? FileManager.default.contentsOfDirectory(atPath: "\($0.mount)/\(dir)") } ?? []
-            let domains = names.filter { $0.hasSuffix(".libvirt-qemu") }.map(Self.domainName).sorted()
+            let domains = slices
+                ? names.filter { $0.hasPrefix("machine-qemu") && $0.hasSuffix(".scope") }.map(PoolSlices.domainName(scope:)).sorted()
+                : names.filter { $0.hasSuffix(".libvirt-qemu") }.map(Self.domainName).sorted()
             return PoolPartition(
                 name: name, partition: partition, directory: dir, setting: setting, cpuShares: shares, cpuPeriodMicros: period,
                 cpuQuotaMicros: quota, memoryLimitBytes: limit, memoryReservationBytes: reservation, domains: domains,
                 errors: problems[name] ?? [])
         }
         for p in pools {
-            let dir = Self.directory(p.path)
+            let dir = slices ? PoolSlices.directory(p.path) : Self.directory(p.path)
             listed.insert(dir)
             out.append(entry(name: p.name, dir: dir, setting: p, partition: PoolDivvy.partition(p.path)))
         }
-        if let cpu {
+        if slices, let cpu {
+            for (dir, path) in PoolSlices.sliceDirectories(under: cpu.mount) where !listed.contains(dir) && isOurs(PoolSlices.name(path)) {
+                var e = entry(name: path.last ?? dir, dir: dir, setting: nil, partition: PoolDivvy.partition(path))
+                e.errors.append("no longer a resource pool of the cluster; removed once its domains leave")
+                out.append(e)
+            }
+        } else if let cpu {
             for dir in Self.partitionDirectories(under: cpu.mount) where !listed.contains(dir) {
                 let comps = dir.split(separator: "/").dropFirst().map { c -> String in
                     var s = String(c.dropLast(".partition".count))

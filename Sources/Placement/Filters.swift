@@ -74,6 +74,20 @@ public struct StorageFilter: PlacementFilter {
     }
 }
 
+/// Every network the VM's NICs plug into can be built on the host (as the host last reported).
+public struct NetworkFilter: PlacementFilter {
+    public let name = "network"
+    public init() {}
+    public func applies(to c: VMContext) -> Bool { !c.vm.networks.isEmpty }
+    public func admits(_ c: VMContext, host: PlacementHost, index: Int) -> Bool {
+        host.unusableNetworks.isEmpty || c.vm.networks.allSatisfy { host.unusableNetworks[$0] == nil }
+    }
+    public func reason(_ c: VMContext, host: PlacementHost, index: Int) -> String {
+        let n = c.vm.networks.sorted().first { host.unusableNetworks[$0] != nil } ?? "?"
+        return "cannot build network \(n): \(host.unusableNetworks[n] ?? "")"
+    }
+}
+
 /// The VM's site, when it names one.
 public struct SiteFilter: PlacementFilter {
     public let name = "site"
@@ -122,6 +136,6 @@ public struct AffinityFilter: PlacementFilter {
 public enum Filters {
     /// The default chain, cheapest and most selective first.
     public static let all: [any PlacementFilter] = [
-        HostStateFilter(), CapacityFilter(), StorageFilter(), SiteFilter(), HostListFilter(), AntiAffinityFilter(), AffinityFilter(),
+        HostStateFilter(), CapacityFilter(), StorageFilter(), NetworkFilter(), SiteFilter(), HostListFilter(), AntiAffinityFilter(), AffinityFilter(),
     ]
 }

@@ -29,6 +29,7 @@ public enum ClusterSnapshot {
         for d in spec.disks where d.path == nil {
             if let pool = d.pool { v.storageGiB[pool, default: 0] += d.sizeGiB ?? 1 }
         }
+        v.networks = Set(spec.nics.compactMap(\.network))
         return v
     }
 

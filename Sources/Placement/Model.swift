@@ -17,6 +17,8 @@ public struct PlacementHost: Sendable, Equatable {
     public var vms: Set<String> = []
     /// Free space of each storage pool this host has (GiB); nil: not known, storage is not checked.
     public var storageFreeGiB: [String: Int]?
+    /// Networks this host reported it cannot build, with why (a VLAN without 802.1q, a missing uplink).
+    public var unusableNetworks: [String: String] = [:]
 
     public init(name: String, site: String? = nil, state: State = .connected, vcpuCapacity: Int, memoryCapacityMiB: Int, cpuMHzCapacity: Int) {
         self.name = name
@@ -69,6 +71,8 @@ public struct PlacementVM: Sendable, Equatable {
     public var affinity: Set<String>
     /// Space its new volumes need in each storage pool (GiB).
     public var storageGiB: [String: Int] = [:]
+    /// The networks its NICs plug into.
+    public var networks: Set<String> = []
 
     public init(
         name: String, cpus: Int, memoryMiB: Int, reservationMHz: Int = 0, site: String? = nil, hosts: Set<String>? = nil,

@@ -112,11 +112,110 @@ import Testing
         #expect(exists("unified/machine/gold.partition"))
     }
 
-    @Test func systemdHostsMakeNoCgroupfsPartitions() throws {
-        let text = Self.v2.replacingOccurrences(of: " /sys/fs/cgroup", with: " \(root)/sys/fs/cgroup")
-        try FileManager.default.createDirectory(atPath: "\(root)/sys/fs/cgroup", withIntermediateDirectories: true)
-        let pools = PoolPartitions(mountinfo: { text }, systemd: { true })
-        try pools.ensure(["gold"])
+    /// What the agent asked systemctl, in order.
+    final class Calls: @unchecked Sendable {
+        var list: [[String]] = []
+        let lock = NSLock()
+        func add(_ a: [String]) { lock.withLock { list.append(a) } }
+        var all: [[String]] { lock.withLock { list } }
+    }
+
+    func systemdHost(_ recorded: String, calls: Calls, fail: Set<String> = []) throws -> PoolPartitions {
+        let text = recorded.replacingOccurrences(of: " /sys/fs/cgroup", with: " \(root)/sys/fs/cgroup")
+        for h in PoolPartitions.hierarchies(mountinfo: text, read: { _ in nil }) {
+            try FileManager.default.createDirectory(atPath: h.mount, withIntermediateDirectories: true)
+            if h.v2 && !recorded.contains(" - cgroup cgroup ") {
+                try "cpuset cpu io memory pids\n".write(toFile: "\(h.mount)/cgroup.controllers", atomically: false, encoding: .utf8)
+            }
+        }
+        try FileManager.default.createDirectory(atPath: "\(root)/run/systemd/system.control", withIntermediateDirectories: true)
+        return PoolPartitions(
+            mountinfo: { text }, systemd: { true },
+            systemctl: { args in
+                calls.add(args)
+                if let slice = args.dropFirst().first(where: { $0.hasSuffix(".slice") }), fail.contains(slice) {
+                    throw AgentError.internalError("Unit \(slice) failed")
+                }
+                return ""
+            },
+            runtimeControlDir: "\(root)/run/systemd/system.control")
+    }
+
+    /// libvirt's naming of a partition's slice (virSystemdMakeSliceName): levels joined by `-`, a `-`
+    /// inside a name escaped; the cgroup directories nest.
+    @Test func sliceNamesFollowLibvirt() {
+        #expect(PoolSlices.name(["gold"]) == "machine-gold.slice")
+        #expect(PoolSlices.name(["gold", "silver"]) == "machine-gold-silver.slice")
+        #expect(PoolSlices.name(["gold-tier"]) == "machine-gold\\x2dtier.slice")
+        #expect(PoolSlices.directory(["gold", "silver"]) == "machine.slice/machine-gold.slice/machine-gold-silver.slice")
+        #expect(PoolSlices.domainName(scope: "machine-qemu\\x2d3\\x2dweb\\x2d1.scope") == "web-1")
+        #expect(PoolSlices.unescape(PoolSlices.escape("a-b-c")) == "a-b-c")
+    }
+
+    @Test func slicePropertiesCarryTheShare() {
+        let s = HostPoolSetting(name: "gold", parent: nil, path: ["gold"], cpuShares: 2048, cpuLimitMHz: 1500, cpuReservationMHz: 0,
+                                memoryLimitMiB: 512, memoryReservationMiB: 128, vms: 1)
+        #expect(PoolSlices.properties(s, coreMHz: 3000) == [
+            "CPUWeight=200", "CPUQuota=50.00%", "CPUQuotaPeriodSec=100ms", "MemoryMax=536870912", "MemoryLow=134217728",
+        ])
+        var open = s
+        open.cpuLimitMHz = nil
+        open.memoryLimitMiB = nil
+        #expect(PoolSlices.properties(open, coreMHz: 3000).contains("CPUQuota="), "an empty CPUQuota lifts the limit")
+        #expect(PoolSlices.properties(open, coreMHz: 3000).contains("MemoryMax=infinity"))
+        #expect(PoolSlices.percent(micros: 1000) == "1.00%" && PoolSlices.percent(micros: 250_000) == "250.00%")
+        // systemd caps CPUWeight at 10000 (102400 shares).
+        for shares in [2, 100, 1024, 5000, 102_400] {
+            #expect(abs(PoolSlices.shares(weight: PoolSlices.weight(shares: shares)) - shares) <= max(11, shares / 50), "\(shares)")
+        }
+    }
+
+    /// On a systemd host the pools are slices tuned through systemd, parents first; no cgroupfs
+    /// partition is made; a slice of a pool that is gone is stopped only when it is the agent's and empty.
+    @Test func systemdHostsTuneSlices() throws {
+        let calls = Calls()
+        let pools = try systemdHost(Self.v2, calls: calls)
+        let gold = HostPoolSetting(name: "gold", parent: nil, path: ["gold"], cpuShares: 1024, cpuLimitMHz: nil, cpuReservationMHz: 0,
+                                   memoryLimitMiB: 1024, memoryReservationMiB: 0, vms: 0)
+        var silver = gold
+        silver.name = "silver"
+        silver.parent = "gold"
+        silver.path = ["gold", "silver"]
+        _ = try pools.apply([silver, gold], coreMHz: 2000)
+        #expect(calls.all.map { Array($0.prefix(3)) } == [
+            ["set-property", "--runtime", "machine-gold.slice"], ["start", "machine-gold.slice"],
+            ["set-property", "--runtime", "machine-gold-silver.slice"], ["start", "machine-gold-silver.slice"],
+        ])
         #expect(!exists("machine"))
+        // Gone: bronze's slice (the agent's, empty) is stopped; an operator's own slice is left alone.
+        let cg = "\(root)/sys/fs/cgroup/machine.slice"
+        for d in ["machine-bronze.slice", "machine-theirs.slice", "machine-busy.slice/machine-qemu\\x2d1\\x2dvm.scope"] {
+            try FileManager.default.createDirectory(atPath: "\(cg)/\(d)", withIntermediateDirectories: true)
+        }
+        for ours in ["machine-bronze.slice", "machine-busy.slice"] {
+            try FileManager.default.createDirectory(atPath: "\(root)/run/systemd/system.control/\(ours).d", withIntermediateDirectories: true)
+        }
+        calls.list.removeAll()
+        let read = try pools.apply([gold], coreMHz: 2000)
+        #expect(calls.all.contains(["stop", "machine-bronze.slice"]) && calls.all.contains(["revert", "machine-bronze.slice"]))
+        #expect(!calls.all.contains { $0.contains("machine-theirs.slice") })
+        #expect(!calls.all.contains(["stop", "machine-busy.slice"]), "a VM still runs in it")
+        let busy = try #require(read.first { $0.name == "busy" })
+        #expect(busy.domains == ["vm"] && busy.errors.contains { $0.contains("no longer a resource pool") })
+    }
+
+    /// What systemd refuses is the pool's error, and a v1 memory controller cannot enforce MemoryLow.
+    @Test func sliceProblemsAreReported() throws {
+        let calls = Calls()
+        let pools = try systemdHost(Self.hybrid, calls: calls, fail: ["machine-gold.slice"])
+        let gold = HostPoolSetting(name: "gold", parent: nil, path: ["gold"], cpuShares: 1024, cpuLimitMHz: nil, cpuReservationMHz: 0,
+                                   memoryLimitMiB: nil, memoryReservationMiB: 256, vms: 0)
+        let read = try pools.apply([gold], coreMHz: 2000)
+        let errors = try #require(read.first { $0.name == "gold" }).errors
+        #expect(errors.contains { $0.hasPrefix("systemctl machine-gold.slice:") && $0.contains("failed") })
+        #expect(errors.contains { $0.contains("MemoryLow needs cgroup v2") })
+        #expect(throws: AgentError.self) { try pools.ensure(["gold"]) }
+        try pools.ensure(["silver"])
+        #expect(calls.all.last == ["start", "machine-silver.slice"])
     }
 }

@@ -519,3 +519,41 @@ struct SystemdUnits {
         #expect(unit.contains("NoNewPrivileges=yes") && unit.contains("ProtectHome=yes") && unit.contains("PrivateTmp=yes"))
     }
 }
+
+extension ClusterOnTestbed.AgentOnTestbed {
+    /// A VM's disks come from pools (or the host's diskDirs): a host file or a block device named as a
+    /// disk is refused with its field, and nothing is defined; `disks/release` removes only images the
+    /// agent itself prepared for a migration, never a file it is merely told about.
+    @Test func disksAreConfinedToPools() async throws {
+        let agent = try Testbed.agent("h1")
+        for bad in ["/etc/shadow", "/dev/sda", "\(Testbed.dir)/../../../etc/passwd", "/var/lib/vsphere-testbed-evil/x.qcow2"] {
+            let spec = VMSpec(
+                name: "confined", cpus: 1, memoryMiB: 128,
+                boot: .init(kernel: Testbed.guestDir + "/vmlinuz", initrd: Testbed.guestDir + "/initrd.img", cmdline: "console=ttyS0"),
+                disks: [.init(path: bad, format: "raw")])
+            let r = try await agent.put("/v1/vms/confined", spec)
+            #expect(r.status == 400 && r.text.contains("disks[0].path"), "\(bad): \(r.status) \(r.text)")
+        }
+        #expect(try await agent.get("/v1/vms/confined").status == 404, "nothing was defined")
+
+        // A file the agent did not prepare survives a release, whatever the caller says.
+        let victim = "\(Testbed.dir)/h1/not-prepared.qcow2"
+        try "precious".write(toFile: victim, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: victim) }
+        let release = try await agent.post("/v1/disks/release", ["paths": [victim, "/etc/hostname"]])
+        #expect(release.status == 200 && release.text.contains("\"removed\":[]"), "\(release.text)")
+        #expect(FileManager.default.fileExists(atPath: victim) && FileManager.default.fileExists(atPath: "/etc/hostname"))
+
+        // One it prepared (outside any VM) is released.
+        let prepared = "\(Testbed.dir)/h1/prepared-\(UInt32.random(in: 0...UInt32.max)).qcow2"
+        let prep = try await agent.post("/v1/disks/prepare", DiskPrepare(disks: [.init(target: "vda", path: prepared, format: "qcow2", virtualSize: 1 << 20, actualSize: 0)]))
+        #expect(prep.status == 200, "\(prep.text)")
+        #expect(FileManager.default.fileExists(atPath: prepared))
+        let again = try await agent.post("/v1/disks/release", ["paths": [prepared]])
+        #expect(again.text.contains(prepared), "\(again.text)")
+        #expect(!FileManager.default.fileExists(atPath: prepared))
+        // And preparing outside the pools is refused like a definition.
+        let outside = try await agent.post("/v1/disks/prepare", DiskPrepare(disks: [.init(target: "vda", path: "/etc/cron.d/x", format: "raw", virtualSize: 1 << 20, actualSize: 0)]))
+        #expect(outside.status == 400 && outside.text.contains("disks[0].path"), "\(outside.text)")
+    }
+}

@@ -37,6 +37,31 @@ struct ControllerOnTestbed {
         return out.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
     }
 
+    /// An operator's manifest cannot make the controller run a program or read a file: power commands
+    /// and password files in it are refused (exit 2, each with its field and the reason), nothing is
+    /// applied; and a VM whose start keeps failing ends `apply --wait` early with the error.
+    @Test func manifestsCannotRunCodeAndFailuresEndTheWait() throws {
+        let doc = #"{"apiVersion":"vsphere/v1","kind":"Cluster","hosts":[{"name":"h9","agent":"https://10.250.1.9:7443","power":{"driver":"command","on":"touch /tmp/pwned","off":"touch /tmp/pwned"}},{"name":"h8","power":{"driver":"ipmi","address":"10.250.1.8","passwordFile":"/var/lib/vsphere-testbed/controller/pki/ca.key"}}]}"#
+        let path = "\(Testbed.dir)/power-code.json"
+        try doc.write(toFile: path, atomically: true, encoding: .utf8)
+        let (rc, out) = try ctl("apply", "-f", path)
+        #expect(rc == 2, "\(out)")
+        #expect(out.contains("hosts[0].power.on: a manifest carries no commands") && out.contains("hosts[1].power.passwordFile: a manifest names no file"), "\(out)")
+        let hosts = try JSONDecoder().decode([HostView].self, from: Data(ctl("get", "hosts", "-o", "json").1.utf8))
+        #expect(!hosts.contains { $0.name == "h9" || $0.name == "h8" }, "nothing applied")
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/pwned"))
+
+        // A VM whose kernel is not on the host: every start fails, and the wait says so early.
+        let g = Testbed.guestDir
+        let broken = #"{"apiVersion":"vsphere/v1","kind":"Cluster","vms":[{"name":"nokernel","cpus":1,"memoryMiB":128,"boot":{"kernel":"\#(g)/no-such-vmlinuz","initrd":"\#(g)/initrd.img","cmdline":"console=ttyS0"},"nics":[{"network":"lan"}]}]}"#
+        let brokenPath = "\(Testbed.dir)/nokernel.json"
+        try broken.write(toFile: brokenPath, atomically: true, encoding: .utf8)
+        defer { _ = try? ctl("delete", "vm", "nokernel") }
+        let (wrc, wout) = try ctl("apply", "-f", brokenPath, "--wait", "--timeout", "600")
+        #expect(wrc == 1 && wout.contains("nokernel: ") && wout.contains("failed 3 times in a row") && wout.contains("gave up waiting"), "\(wout)")
+        #expect(wout.contains("no-such-vmlinuz"), "the host's own error names what is missing: \(wout)")
+    }
+
     @Test func hostsAreRegistered() throws {
         let (rc, out) = try ctl("get", "hosts", "-o", "json")
         #expect(rc == 0)

@@ -103,6 +103,23 @@ func randomCluster(_ seed: Int) -> (ClusterState, [PlacementVM]) {
         #expect(r.unplaced.first?.summary.contains("memory: needs 8192 MiB, 4096 MiB free") == true)
     }
 
+    /// A host that reported it cannot build a network (a VLAN on a kernel without 802.1q) takes no VM
+    /// on that network, and the reason names the host's own words.
+    @Test func hostsThatCannotBuildANetworkAreAvoided() {
+        var state = hosts(2, mib: 4096)
+        state.hosts[0].unusableNetworks = ["legacy": "802.1q VLAN devices are not supported by this kernel"]
+        var vm = PlacementVM(name: "web", cpus: 1, memoryMiB: 512)
+        vm.networks = ["legacy"]
+        #expect(Scheduler().place([vm], on: state).placements.map(\.host) == [state.hosts[1].name])
+        state.hosts[1].unusableNetworks = ["legacy": "no uplink bond0"]
+        let r = Scheduler().place([vm], on: state)
+        #expect(r.placements.isEmpty)
+        #expect(r.unplaced.first?.summary.contains("cannot build network legacy: 802.1q VLAN devices are not supported") == true, "\(r.unplaced)")
+        var other = vm
+        other.networks = ["lan"]
+        #expect(Scheduler().place([other], on: state).placements.count == 1, "other networks are not affected")
+    }
+
     /// Golden: the reference shape (8 cores at 4:1, 64 GiB) holds exactly 32 VMs of 1 vCPU / 2 GiB per host.
     @Test func fillsExactlyTheCapacity() {
         let state = hosts(16)
