@@ -87,9 +87,14 @@ check "controller runs as a dynamic user, not root" test "$(inside ps -o user= -
 check "controller holds no capability" inside grep -qx 'CapEff:[[:space:]]*0000000000000000' "/proc/$cpid/status"
 capbnd=$(inside awk '/^CapBnd/ {print $2}' "/proc/$apid/status")
 check "agent may build bridges and tunnels (CAP_NET_ADMIN in its bounding set: $capbnd)" test $(((16#$capbnd >> 12) & 1)) = 1
+# The unit asks for 65536 descriptors; a process gets that, or the most its container may have (here the
+# container inherits the hard limit of whoever started it).
+ceiling=$(inside awk '/^Max open files/ {print $5}' /proc/1/limits)
+want=$((ceiling < 65536 ? ceiling : 65536))
 for u in vsphere-controller vsphere-agent; do
     pid=$(prop $u MainPID)
-    check "$u: LimitNOFILE 65536" inside grep -Eq '^Max open files +65536 +65536' "/proc/$pid/limits"
+    check "$u: LimitNOFILE=65536 in its unit" test "$(prop $u LimitNOFILE)" = 65536
+    check "$u: its process may open $want files" inside grep -Eq "^Max open files +$want +$want" "/proc/$pid/limits"
 done
 check "controller took its database from the credential" inside sh -c "tr '\0' ' ' </proc/$cpid/cmdline | grep -q -- '--database-file /run/credentials/vsphere-controller.service/database'"
 
