@@ -18,6 +18,7 @@
 # The container is removed afterwards, whatever happens (nothing of it is left).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+unset VSPHERE_CONFIG VSPHERE_SERVER
 ROOT=$PWD
 SH="$ROOT/scripts/systemd-host.sh"
 NAME=vsphere-sd

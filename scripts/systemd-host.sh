@@ -230,7 +230,8 @@ in_container() { # NAME CMD...
     local name=$1 pid
     shift
     pid=$(leader "$name")
-    exec env PATH=$CONTAINER_PATH sh -c '
+    # A clean environment: nothing of the caller's (a test runner's VSPHERE_CONFIG, say) leaks inside.
+    exec env -i PATH=$CONTAINER_PATH HOME=/root LANG=C.UTF-8 TERM="${TERM:-dumb}" sh -c '
         while read -r c; do
             if [ -d "$c/payload" ]; then c=$c/payload; fi
             echo $$ >"$c/cgroup.procs"

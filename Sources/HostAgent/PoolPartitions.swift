@@ -30,7 +30,7 @@ public final class PoolPartitions: Sendable {
     /// The controllers libvirt creates a domain's cgroup in (cgroup v1).
     static let libvirtControllers: Set<String> = ["cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "net_cls", "perf_event", "name=systemd"]
 
-    let desired = Mutex<[HostPoolSetting]>([])
+    private let desired = Mutex<[HostPoolSetting]>([])
     private let problems = Mutex<[String: [String]]>([:])
     private let mountinfo: @Sendable () -> String?
     private let systemd: @Sendable () -> Bool
@@ -106,7 +106,6 @@ public final class PoolPartitions: Sendable {
         }
         return String(decoding: out, as: UTF8.self)
     }
-
 
     /// The partition's directory below a hierarchy's root: `machine/gold.partition/silver.partition`.
     public static func directory(_ path: [String]) -> String {

@@ -125,6 +125,16 @@ extension PoolPartitions {
             } catch {
                 problems[p.name, default: []].append("systemctl \(slice): \(error)")
             }
+            // systemd records a MemoryMax the kernel refused (below what the guests use) as if it held:
+            // the kernel's file says what does.
+            if let limit = p.memoryLimitMiB, let mem = hierarchies().first(where: { $0.controllers.contains("memory") }) {
+                let dir = "\(mem.mount)/\(PoolSlices.directory(p.path))"
+                let want = PoolCgroupValues.bytes(mib: limit)
+                if let have = Self.read("\(dir)/\(mem.v2 ? "memory.max" : "memory.limit_in_bytes")").map({ Int64($0) ?? Int64.max }), have != want {
+                    let used = Self.read("\(dir)/\(mem.v2 ? "memory.current" : "memory.usage_in_bytes")") ?? "?"
+                    problems[p.name, default: []].append("MemoryMax \(want) not applied: the kernel keeps \(have) (the pool's guests use \(used) bytes here)")
+                }
+            }
             if !unified && p.memoryReservationMiB > 0 {
                 problems[p.name, default: []].append(
                     "memory reservation not enforced here: MemoryLow needs cgroup v2 (this host's memory controller is v1); it counts in admission only")

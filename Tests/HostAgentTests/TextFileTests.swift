@@ -71,6 +71,24 @@ import Testing
         #expect(grown < 48 << 10, "anonymous memory grew by \(grown) KiB over 40,000 reads of an empty file")
     }
 
+    /// A secret is created with its mode, whatever the umask: never readable by others, even for an
+    /// instant; a file is replaced whole, and a symbolic link planted at the temporary name is not followed.
+    @Test func secretsAreCreatedPrivate() throws {
+        let path = try scratch("secret", nil)
+        let old = umask(0)
+        defer { umask(old) }
+        try TextFile.replace(path, "s3cret\n", mode: 0o600)
+        var st = stat()
+        #expect(stat(path, &st) == 0 && st.st_mode & 0o777 == 0o600)
+        #expect(TextFile.read(path) == "s3cret\n")
+        try TextFile.replace(path, "again\n", mode: 0o600)
+        #expect(TextFile.read(path) == "again\n")
+        let elsewhere = try scratch("elsewhere", "untouched")
+        symlink(elsewhere, path + ".new")
+        try TextFile.replace(path, "third\n", mode: 0o600)
+        #expect(TextFile.read(elsewhere) == "untouched" && TextFile.read(path) == "third\n")
+    }
+
     @Test func readsTheResidentSetFromStatus() throws {
         let text = "Name:\tvsphere-agent\nVmHWM:\t   32396 kB\nVmRSS:\t   19028 kB\nRssAnon:\t    5904 kB\nRssFile:\t   13124 kB\nRssShmem:\t       0 kB\n"
         #expect(ProcessMemory.parseStatus(text) == .init(total: 19028, anonymous: 5904, file: 13124, peak: 32396))

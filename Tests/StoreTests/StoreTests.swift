@@ -29,6 +29,38 @@ enum Backend: String, CaseIterable, Sendable {
 }
 
 @Suite(.serialized) struct StoreBackends {
+    /// Retention: finished tasks, events and closed alarms before their cut-offs go; running tasks,
+    /// open alarms and anything newer stay.
+    @Test(arguments: Backend.available)
+    func historyIsPruned(_ backend: Backend) async throws {
+        let path = try await backend.fresh()
+        defer { if backend == .sqlite { try? FileManager.default.removeItem(atPath: (path as NSString).deletingLastPathComponent) } }
+        let store = try await Store.open(path, logger: Logger(label: "test"))
+        defer { Task { try? await store.close() } }
+        let done = try await store.addTask(action: "define", kind: "vm", name: "a", host: "h1", reason: "test")
+        try await store.finishTask(done, error: nil)
+        _ = try await store.addTask(action: "start", kind: "vm", name: "a", host: "h1", reason: "still running")
+        _ = try await store.addEvent(source: "test", kind: "vm", name: "a", event: "placed", detail: nil, message: nil)
+        _ = try await store.raiseAlarm(key: "open", kind: "drift", name: "a", host: nil, message: "open")
+        _ = try await store.raiseAlarm(key: "closed", kind: "drift", name: "a", host: nil, message: "closed")
+        _ = try await store.clearAlarm(key: "closed", note: "fixed")
+        let future = Int64(Date().timeIntervalSince1970 * 1000) + 60_000
+        let none = try await store.prune(tasksBefore: 0, eventsBefore: 0, alarmsBefore: 0)
+        #expect(none.tasks == 0 && none.events == 0 && none.alarms == 0, "nothing is older than the epoch")
+        let n = try await store.prune(tasksBefore: future, eventsBefore: future, alarmsBefore: future)
+        #expect(n.tasks == 1 && n.events == 1 && n.alarms == 1, "\(n)")
+        #expect(try await store.tasks().map(\.state) == ["running"])
+        #expect(try await store.alarms().map(\.key) == ["open"])
+    }
+
+    /// A database URL's password never reaches a log or an error.
+    @Test func passwordsAreRedacted() {
+        #expect(Store.redacted("postgres://vsphere:s3cr:et@db.example:5432/vsphere") == "postgres://vsphere:***@db.example:5432/vsphere")
+        #expect(Store.hasPassword("postgresql://u:p@h/d") && !Store.hasPassword("postgres://u@h/d") && !Store.hasPassword("/var/lib/x:y@z/state.db"))
+        #expect(Store.redacted("postgres://vsphere@db/vsphere") == "postgres://vsphere@db/vsphere")
+        #expect(Store.redacted("/var/lib/vsphere/controller/state.db") == "/var/lib/vsphere/controller/state.db")
+    }
+
     /// A join token works once, for its host, until it expires.
     @Test(arguments: Backend.available)
     func joinTokensWorkOnce(_ backend: Backend) async throws {
