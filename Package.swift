@@ -176,7 +176,7 @@ let package = Package(
         .testTarget(name: "MigrationPolicyTests", dependencies: ["MigrationPolicy", "Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "PlannerTests", dependencies: ["Planner", "Placement", "ClusterModel", "TestSupport"]),
         .testTarget(name: "PlacementTests", dependencies: ["Placement", "ClusterModel", "TestSupport"]),
-        .testTarget(name: "StoreTests", dependencies: ["Store", "ClusterModel"]),
+        .testTarget(name: "StoreTests", dependencies: ["Store", "ClusterModel", "Spawn"]),
         .testTarget(name: "HostAgentTests", dependencies: ["HostAgent", "AgentAPI", "DomainXML", "SystemFiles", "TestSupport"]),
         .testTarget(name: "HostNetworkTests", dependencies: ["HostNetwork", "AgentAPI", "TestSupport"]),
         .testTarget(name: "ControllerTests", dependencies: ["Controller", "ClusterModel", "AgentAPI", "ControllerAPI", "Store", .product(name: "Logging", package: "swift-log"), "Planner", "Spawn", "TLSSupport", .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"), .product(name: "Crypto", package: "swift-crypto")]),

@@ -160,10 +160,7 @@ extension HostAgent {
     /// judged by its directory. Returns the problem, or nil.
     func diskPathProblem(_ path: String) async throws(AgentError) -> String? {
         guard Self.isCleanAbsolutePath(path) else { return "must be an absolute path without .. or //" }
-        let parent = String(path[..<path.lastIndex(of: "/")!])
-        guard let real = Self.realPath(path) ?? Self.realPath(parent.isEmpty ? "/" : parent).map({ $0 + "/" + path.split(separator: "/").last! }) else {
-            return "\(path) is in no directory of this host"
-        }
+        guard let real = Self.resolved(path) else { return "\(path) is in no directory of this host" }
         let (poolDirs, known) = try await withLibvirt { c -> ([String], Bool) in
             let dirs = try c.storagePools().compactMap { p -> String? in (try? StorageXML.parsePool(try p.xml()))?.path }
             // A volume libvirt itself knows (an LVM volume's /dev/VG/LV resolves to /dev/dm-N, outside its
@@ -171,9 +168,24 @@ extension HostAgent {
             return (dirs, (try? c.storageVolume(path: path)) != nil)
         }
         if known { return nil }
-        let roots = (config.diskDirs + poolDirs).filter { $0 != "/" }.compactMap(Self.realPath).filter { $0 != "/" }
+        let roots = (config.diskDirs + poolDirs).filter { $0 != "/" && Self.isCleanAbsolutePath($0) }.compactMap(Self.resolved).filter { $0 != "/" && !$0.isEmpty }
         if roots.contains(where: { real.hasPrefix($0.hasSuffix("/") ? $0 : $0 + "/") }) { return nil }
         return "\(path) is in no storage pool of this host nor in its diskDirs (\(config.diskDirs.joined(separator: ", "))): a VM's disks live in pools"
+    }
+
+    /// A clean absolute path with its symbolic links resolved, also when it does not exist yet (an image
+    /// about to be made, in directories about to be made): its nearest existing ancestor resolved, the
+    /// rest appended (a clean path holds no `..`).
+    static func resolved(_ path: String) -> String? {
+        var components = path.split(separator: "/").map(String.init)
+        var rest: [String] = []
+        while true {
+            if let base = realPath("/" + components.joined(separator: "/")) {
+                return ([base == "/" ? "" : base] + rest).joined(separator: "/")
+            }
+            guard let last = components.popLast() else { return nil }
+            rest.insert(last, at: 0)
+        }
     }
 
     /// Paths of every disk of every domain on this host → the domains using them.

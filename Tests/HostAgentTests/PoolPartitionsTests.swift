@@ -219,3 +219,18 @@ import Testing
         #expect(calls.all.last == ["start", "machine-silver.slice"])
     }
 }
+
+/// Disk paths are judged with their links resolved, also before they exist.
+@Suite struct DiskPathTests {
+    @Test func pathsResolveThroughLinksAndMissingTails() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("disk-paths-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: dir + "/pool", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        symlink("/etc", dir + "/pool/escape")
+        let real = try #require(HostAgent.realPath(dir))
+        #expect(HostAgent.resolved(dir + "/pool/new/sub/disk.qcow2") == real + "/pool/new/sub/disk.qcow2")
+        #expect(HostAgent.resolved(dir + "/pool/escape/shadow") == "/etc/shadow", "a link out of the pool is followed, so it is judged outside")
+        #expect(HostAgent.resolved("/no-such-dir/x") == "/no-such-dir/x")
+        #expect(HostAgent.resolved("/") == "")
+    }
+}

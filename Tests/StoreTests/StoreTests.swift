@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Spawn
 import Store
 import Testing
 
@@ -222,17 +223,9 @@ enum Backend: String, CaseIterable, Sendable {
 struct PostgresReconnect {
     static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../scripts/pg-test-server.sh").standardized.path
 
-    /// Runs the script to its exit; its output goes nowhere (the server it starts inherits it: a pipe
-    /// would never reach its end).
+    /// Runs the script to its exit (posix_spawn; a server it leaves running holds no pipe of ours open).
     func pg(_ args: String...) throws {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/bin/bash")
-        p.arguments = [Self.script] + args
-        p.standardOutput = FileHandle.nullDevice
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw CocoaError(.executableLoad) }
+        _ = try Spawn.run("/bin/bash", [Self.script] + args, timeoutSeconds: 120)
     }
 
     @Test func storeAnswersAgainAfterTheServerRestarts() async throws {
@@ -246,9 +239,11 @@ struct PostgresReconnect {
         try pg("kill", dir)
         await #expect(throws: (any Error).self, "the server is down") { try await store.put(kind: "vm", name: "during", spec: "{}") }
         try pg("resume", dir, port)
-        // The pool replaces its dead connections: within a few tries the store works again.
+        // The pool replaces its dead connections and retries with a growing backoff (postgres-nio: 100 ms
+        // growing by 1.25 per failure, at most 60 s; requests fail at once while its circuit breaker is
+        // open): the store answers again within about a minute of the server's return.
         var back = false
-        for _ in 0..<60 where !back {
+        for _ in 0..<480 where !back {
             back = (try? await store.put(kind: "vm", name: "after", spec: #"{"name":"after"}"#)) != nil
             if !back { try await Task.sleep(for: .milliseconds(250)) }
         }
