@@ -368,9 +368,10 @@ extension HostAgent {
         return DiskPrepareResult(created: created, backingPresent: backingPresent)
     }
 
-    /// Removes images a failed migration had prepared, unless a VM on this host uses them. Only paths
-    /// this agent prepared (`prepareDisks`, recorded in its data directory) are removed: anything else
-    /// is left as it is, whatever the caller says.
+    /// Removes disk images no VM on this host uses: those a failed migration had prepared here, or the
+    /// source's copies once a migration moved them away. Only images this agent prepared
+    /// (`prepareDisks`, recorded in its data directory) or that lie in its storage pools and diskDirs
+    /// are removed: a host file, a device or anything elsewhere is left as it is, whatever the caller says.
     public func releaseDisks(_ paths: [String]) async throws(AgentError) -> [String] {
         let inUse = try await withLibvirt { c -> Set<String> in
             var used = Set<String>()
@@ -381,7 +382,11 @@ extension HostAgent {
             return used
         }
         var removed: [String] = []
-        for p in paths where preparedDisks.contains(p) && !inUse.contains(p) {
+        var removable: [String] = []
+        for p in paths where !inUse.contains(p) {
+            if preparedDisks.contains(p) { removable.append(p) } else if try await diskPathProblem(p) == nil { removable.append(p) }
+        }
+        for p in removable {
             if !FileManager.default.fileExists(atPath: p) {
                 preparedDisks.remove(p)
             } else if (try? FileManager.default.removeItem(atPath: p)) != nil {

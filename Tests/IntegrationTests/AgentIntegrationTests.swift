@@ -523,7 +523,7 @@ struct SystemdUnits {
 extension ClusterOnTestbed.AgentOnTestbed {
     /// A VM's disks come from pools (or the host's diskDirs): a host file or a block device named as a
     /// disk is refused with its field, and nothing is defined; `disks/release` removes only images the
-    /// agent itself prepared for a migration, never a file it is merely told about.
+    /// agent prepared or that lie in its pools, never any other file it is told about.
     @Test func disksAreConfinedToPools() async throws {
         let agent = try Testbed.agent("h1")
         for bad in ["/etc/shadow", "/dev/sda", "\(Testbed.dir)/../../../etc/passwd", "/var/lib/vsphere-testbed-evil/x.qcow2"] {
@@ -536,11 +536,13 @@ extension ClusterOnTestbed.AgentOnTestbed {
         }
         #expect(try await agent.get("/v1/vms/confined").status == 404, "nothing was defined")
 
-        // A file the agent did not prepare survives a release, whatever the caller says.
-        let victim = "\(Testbed.dir)/h1/not-prepared.qcow2"
+        // A file outside the pools that the agent did not prepare survives a release, whatever the caller says.
+        let victimDir = "/var/lib/vsphere-confinement-\(UInt32.random(in: 0...UInt32.max))"
+        let victim = "\(victimDir)/precious.qcow2"
+        try FileManager.default.createDirectory(atPath: victimDir, withIntermediateDirectories: true)
         try "precious".write(toFile: victim, atomically: true, encoding: .utf8)
-        defer { try? FileManager.default.removeItem(atPath: victim) }
-        let release = try await agent.post("/v1/disks/release", ["paths": [victim, "/etc/hostname"]])
+        defer { try? FileManager.default.removeItem(atPath: victimDir) }
+        let release = try await agent.post("/v1/disks/release", ["paths": [victim, "/etc/hostname", "\(Testbed.dir)/h1/../../../etc/hostname"]])
         #expect(release.status == 200, "\(release.text)")
         #expect(try JSONDecoder().decode([String: [String]].self, from: release.body)["removed"] == [], "\(release.text)")
         #expect(FileManager.default.fileExists(atPath: victim) && FileManager.default.fileExists(atPath: "/etc/hostname"))
