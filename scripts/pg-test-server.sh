@@ -3,6 +3,7 @@
 #   pg-test-server.sh start DIR PORT   initdb in DIR (as the postgres user), listen on 127.0.0.1:PORT,
 #                                      create database vsphere; prints its URL
 #   pg-test-server.sh stop DIR         stop it and remove DIR
+#   pg-test-server.sh reset DIR PORT   drop and create database vsphere again (an empty store)
 #   pg-test-server.sh kill DIR         stop it at once (immediate shutdown), keeping DIR
 #   pg-test-server.sh resume DIR PORT  start it again on its data (after kill)
 set -euo pipefail
@@ -18,6 +19,9 @@ case "$1" in
         su postgres -s /bin/sh -c "$bin/createdb -h 127.0.0.1 -p $port -U postgres vsphere"
         echo "postgres://postgres@127.0.0.1:$port/vsphere"
         ;;
+    reset)
+        su postgres -s /bin/sh -c "$bin/dropdb -h 127.0.0.1 -p $3 -U postgres --if-exists vsphere && $bin/createdb -h 127.0.0.1 -p $3 -U postgres vsphere"
+        ;;
     kill)
         su postgres -s /bin/sh -c "$bin/pg_ctl -D '$2/data' -m immediate -w stop >/dev/null"
         ;;
@@ -30,5 +34,5 @@ case "$1" in
         [ -d "$dir/data" ] && su postgres -s /bin/sh -c "$bin/pg_ctl -D '$dir/data' -m immediate -w stop >/dev/null 2>&1" || true
         rm -rf "$dir"
         ;;
-    *) echo "usage: $0 start DIR PORT | stop DIR | kill DIR | resume DIR PORT" >&2; exit 2 ;;
+    *) echo "usage: $0 start DIR PORT | stop DIR | reset DIR PORT | kill DIR | resume DIR PORT" >&2; exit 2 ;;
 esac

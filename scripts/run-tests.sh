@@ -70,6 +70,8 @@ timeout --kill-after=30 900 bash scripts/fuzz-api.sh
 
 echo "== two sites; the controller suite with its state in PostgreSQL"
 bash scripts/testbed.sh down
+# An empty store: the store tests leave their last rows (specs no controller could decode) behind.
+bash scripts/pg-test-server.sh reset "$PG_DIR" "$PG_PORT"
 VSPHERE_TESTBED_DATABASE="$VSPHERE_TEST_POSTGRES" bash scripts/testbed.sh up 2 2
 grep -q -- "--database postgres://" "$VSPHERE_TESTBED/controller/controller.cmd"
 swift_test /tmp/vsphere-test-pg.log 10 900 --filter "ControllerOnTestbed|TwoSites|VMotionAcrossSites|OverlayAcrossSites"

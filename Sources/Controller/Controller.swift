@@ -57,13 +57,14 @@ public final class Controller: Sendable {
     /// The audit chain's key, kept outside the store.
     let auditKey: AuditKey
     /// Calls without credentials (health, CA, join, failed sign-ins), per client address: 20 a second,
-    /// bursts of 100 (a monitoring system polls /healthz far below that).
-    let openRoutes = RateLimiter(rate: 20, burst: 100)
+    /// bursts of 100 by default (a monitoring system polls /healthz far below that).
+    let openRoutes: RateLimiter
 
     public init(
         store: Store, agents: AgentClient, logger: Logger, ca: ClusterCA? = nil, controllerNames: [String] = [], power: PowerConfig = PowerConfig(),
-        auditKey: AuditKey = AuditKey()
+        auditKey: AuditKey = AuditKey(), openRequestsPerSecond: Double = 20
     ) {
+        openRoutes = RateLimiter(rate: openRequestsPerSecond, burst: max(1, openRequestsPerSecond * 5))
         self.power = power
         self.auditKey = auditKey
         self.ca = ca

@@ -146,6 +146,8 @@ struct Serve: AsyncParsableCommand {
     var tlsSAN: [String] = []
     @Option(name: .customLong("power-config"), help: "The power drivers' commands and credentials (JSON, owned by root or the controller's user; default /etc/vsphere/power.json when present).")
     var powerConfig: String?
+    @Option(name: .customLong("open-rate-limit"), help: "Requests a second each client may make without valid credentials (health, CA, join, failed sign-ins); bursts of five times that.")
+    var openRateLimit: Double = 20
     @Option(name: .customLong("reconcile-interval"), help: "Seconds between reconcile passes.") var reconcileInterval: Double = 2
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error.") var logLevel: String = "info"
 
@@ -154,6 +156,7 @@ struct Serve: AsyncParsableCommand {
         if !(reconcileInterval >= 0.1 && reconcileInterval <= 3600) { throw ValidationError("--reconcile-interval: must be between 0.1 and 3600") }
         if Logger.Level(rawValue: logLevel) == nil { throw ValidationError("--log-level: unknown level \(logLevel)") }
         for ca in agentCA where !FileManager.default.fileExists(atPath: ca) { throw ValidationError("--agent-ca: \(ca) does not exist") }
+        if !(openRateLimit >= 1 && openRateLimit <= 1_000_000) { throw ValidationError("--open-rate-limit: must be between 1 and 1000000") }
         if database != nil && databaseFile != nil { throw ValidationError("--database and --database-file: give one of them") }
     }
 
@@ -201,7 +204,8 @@ struct Serve: AsyncParsableCommand {
             throw error
         }
         let agents = try AgentClient(tls: identity.clientConfiguration(trusting: ca.certificatePath, also: agentCA))
-        let controller = Controller(store: store, agents: agents, logger: logger, ca: ca, controllerNames: names + ["vsphere-controller"], power: power, auditKey: auditKey)
+        let controller = Controller(store: store, agents: agents, logger: logger, ca: ca, controllerNames: names + ["vsphere-controller"], power: power, auditKey: auditKey,
+            openRequestsPerSecond: openRateLimit)
         // Every API call needs a token: the first admin's is written next to the state, once.
         let tokenFile = pki.dataDir + "/admin.token"
         if try await controller.bootstrapAdmin(tokenFile: tokenFile) {

@@ -62,6 +62,21 @@ struct ControllerOnTestbed {
         #expect(wout.contains("no-such-vmlinuz"), "the host's own error names what is missing: \(wout)")
     }
 
+    /// A flood of calls without credentials gets 429 once the client's burst is spent, never a 5xx,
+    /// and the controller goes on serving everyone else.
+    @Test func callsWithoutCredentialsAreRateLimited() throws {
+        let ca = "\(Testbed.dir)/controller/tls/controller-ca.crt"
+        let url = "https://10.250.1.254:8443/v1/ca"
+        // One output per URL: curl pairs each -o with a URL in turn.
+        let (rc, out) = try Testbed.run(["curl", "-s", "--cacert", ca, "--parallel", "--parallel-max", "40", "-w", "%{http_code}\n"]
+            + (0..<400).flatMap { _ in [url, "-o", "/dev/null"] })
+        #expect(rc == 0, "\(out)")
+        let codes = out.split(separator: "\n").map(String.init)
+        #expect(codes.count == 400 && codes.contains("429") && codes.contains("200"), "\(Set(codes))")
+        #expect(!codes.contains { $0.hasPrefix("5") })
+        #expect(try ctl("get", "hosts").0 == 0, "an authenticated client is served meanwhile")
+    }
+
     @Test func hostsAreRegistered() throws {
         let (rc, out) = try ctl("get", "hosts", "-o", "json")
         #expect(rc == 0)
