@@ -17,9 +17,13 @@ leftovers() {
     printf '%s\n' "${out[@]}"
 }
 # libvirtd and virtlogd are left as they were found (the demo starts them where nothing runs them).
-daemons_before=$(pgrep -x 'libvirtd|virtlogd' || true)
+# Only this machine's own (a container's or a test host's libvirtd is not the demo's).
+ours() { local p; for p in $(pgrep -x 'libvirtd|virtlogd' || true); do [ "$(readlink "/proc/$p/ns/mnt")" = "$(readlink /proc/self/ns/mnt)" ] && echo "$p"; done; }
+daemons_before=$(ours)
 stop_daemons() {
-    [ -z "$daemons_before" ] && [ "$(cat /proc/1/comm 2>/dev/null)" != systemd ] && pkill -x 'libvirtd|virtlogd' || true
+    if [ -z "$daemons_before" ] && [ "$(cat /proc/1/comm 2>/dev/null)" != systemd ]; then
+        for p in $(ours); do kill "$p" 2>/dev/null || true; done
+    fi
 }
 trap 'make -s demo-down >/dev/null 2>&1 || true; stop_daemons' EXIT
 start=$(date +%s)

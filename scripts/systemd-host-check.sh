@@ -21,7 +21,9 @@ cd "$(dirname "$0")/.."
 unset VSPHERE_CONFIG VSPHERE_SERVER
 ROOT=$PWD
 SH="$ROOT/scripts/systemd-host.sh"
-NAME=vsphere-sd
+NAME=${VSPHERE_SD_NAME:-vsphere-sd}
+# VSPHERE_SD_KEEP=1: stop after the VM runs and leave the container up (bench/agent_soak.py measures its agent).
+KEEP=${VSPHERE_SD_KEEP:-}
 BIN="$ROOT/.build/release"
 for b in vsphere-agent vsphere-controller vsphere-ctl; do
     [ -x "$BIN/$b" ] || { echo "systemd-host-check: $BIN/$b missing (make release)" >&2; exit 1; }
@@ -45,7 +47,7 @@ inside() { bash "$SH" exec "$NAME" "$@"; }
 # A unit's property, e.g. prop vsphere-agent MainPID.
 prop() { inside systemctl show "$1" -p "$2" --value; }
 
-cleanup() { bash "$SH" down "$NAME" >/dev/null 2>&1 || true; }
+cleanup() { [ -n "$KEEP" ] || bash "$SH" down "$NAME" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 t0=$(date +%s)
 bash "$SH" image >/dev/null || { echo "systemd-host-check: the image could not be built" >&2; exit 1; }
@@ -142,6 +144,15 @@ check "the VXLAN segment is built (CAP_NET_ADMIN)" python3 -c '
 import json, sys
 seg = [n for n in json.loads(sys.argv[1]) if n["name"] == "seg"][0]
 sys.exit(0 if all(h["up"] and not h.get("error") for h in seg["hosts"]) else f"{seg}")' "$nets"
+
+if [ -n "$KEEP" ]; then
+    leader=$(cat "${VSPHERE_SYSTEMD_HOST_DIR:-/run/vsphere-systemd-host}/$NAME/leader.pid")
+    for p in $(pgrep -f '^/usr/local/bin/vsphere-agent' || true); do
+        [ "$(readlink "/proc/$p/ns/pid")" = "$(readlink "/proc/$leader/ns/pid")" ] && echo "$p" >"${VSPHERE_SYSTEMD_HOST_DIR:-/run/vsphere-systemd-host}/$NAME/agent.pid"
+    done
+    echo "systemd-host-check: $NAME left up (its agent's pid here in ${VSPHERE_SYSTEMD_HOST_DIR:-/run/vsphere-systemd-host}/$NAME/agent.pid); $passed passed, $failed failed"
+    exit $((failed > 0))
+fi
 
 # The journal: priorities. libvirtd goes away: the agent's error is found by -p err, its info lines are not.
 inside systemctl stop libvirtd.service libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket >/dev/null 2>&1
