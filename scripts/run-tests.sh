@@ -97,5 +97,5 @@ if want drs; then
     echo "== three hosts, guests on CPU 0: DRS and DPM"
     bash scripts/testbed.sh down
     GUEST_CPUS=0 bash scripts/testbed.sh up 3 1
-    swift_test /tmp/vsphere-test-drs.log 3 900 --filter "DRSOnTestbed"
+    swift_test /tmp/vsphere-test-drs.log 2 900 --filter "DRSOnTestbed"
 fi
