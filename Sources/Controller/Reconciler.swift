@@ -534,13 +534,19 @@ public final class ReconcileLoop: Service, Sendable {
             }
             group.addTask { [self] in
                 var lastPrune: ContinuousClock.Instant?
+                // Whether undecodable-spec alarms may be open (also from before a restart): cleared after
+                // the next good pass, not looked for at every one.
+                var undecodableAlarms = true
                 for await _ in pokes.cancelOnGracefulShutdown() {
                     let started = ContinuousClock.now
                     do {
                         try await controller.reconcile()
                         let now = Int64(Date().timeIntervalSince1970 * 1000)
                         health.withLock { $0 = Health(lastPassMs: now, lastSuccessMs: now, error: nil) }
-                        await controller.clearUndecodableAlarms()
+                        if undecodableAlarms {
+                            await controller.clearUndecodableAlarms()
+                            undecodableAlarms = false
+                        }
                         // History pruned at start and every ten minutes.
                         if lastPrune.map({ ContinuousClock.now - $0 >= .seconds(600) }) ?? true {
                             lastPrune = ContinuousClock.now
@@ -555,6 +561,7 @@ public final class ReconcileLoop: Service, Sendable {
                         let now = Int64(Date().timeIntervalSince1970 * 1000)
                         health.withLock { $0.lastPassMs = now; $0.error = "\(error)" }
                         if let u = error as? UndecodableSpec {
+                            undecodableAlarms = true
                             for o in u.objects {
                                 await controller.raise(
                                     "undecodable:\(o.kind)/\(o.name)", kind: "store", name: o.name, host: nil,
