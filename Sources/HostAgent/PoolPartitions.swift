@@ -38,6 +38,8 @@ public final class PoolPartitions: Sendable {
     let systemctl: @Sendable ([String]) throws -> String
     /// Where `systemctl set-property --runtime` keeps its drop-ins: a slice with one is the agent's.
     let runtimeControlDir: String
+    /// The properties each slice was last given (systemd hosts).
+    let slicesApplied = Mutex<[String: [String]]>([:])
 
     /// The host's own cgroups; tests give a recorded mountinfo whose mounts are scratch directories,
     /// and a stand-in for systemctl.

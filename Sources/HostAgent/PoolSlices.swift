@@ -117,13 +117,22 @@ extension PoolPartitions {
     func applySlices(_ ordered: [HostPoolSetting], coreMHz: Int) -> [String: [String]] {
         var problems: [String: [String]] = [:]
         let unified = hierarchies().contains { $0.v2 && $0.controllers.contains("memory") }
+        let cpuMount = hierarchies().first(where: { $0.controllers.contains("cpu") })?.mount
         for p in ordered {
             let slice = PoolSlices.name(p.path)
-            do {
-                _ = try systemctl(["set-property", "--runtime", slice] + PoolSlices.properties(p, coreMHz: coreMHz))
-                _ = try systemctl(["start", slice])
-            } catch {
-                problems[p.name, default: []].append("systemctl \(slice): \(error)")
+            let properties = PoolSlices.properties(p, coreMHz: coreMHz)
+            // systemd is asked again only when the share changed or the slice is gone (the controller
+            // sends the pools at every pass; a systemctl per pool and pass would keep systemd busy).
+            let realized = cpuMount.map { FileManager.default.fileExists(atPath: "\($0)/\(PoolSlices.directory(p.path))") } ?? false
+            if !(realized && slicesApplied.withLock({ $0[slice] == properties })) {
+                do {
+                    _ = try systemctl(["set-property", "--runtime", slice] + properties)
+                    _ = try systemctl(["start", slice])
+                    slicesApplied.withLock { $0[slice] = properties }
+                } catch {
+                    slicesApplied.withLock { $0[slice] = nil }
+                    problems[p.name, default: []].append("systemctl \(slice): \(error)")
+                }
             }
             // systemd records a MemoryMax the kernel refused (below what the guests use) as if it held:
             // the kernel's file says what does.
@@ -150,6 +159,7 @@ extension PoolPartitions {
                 guard inside.isEmpty else { continue }
                 _ = try? systemctl(["stop", slice])
                 _ = try? systemctl(["revert", slice])
+                slicesApplied.withLock { $0[slice] = nil }
             }
         }
         return problems
@@ -176,7 +186,10 @@ extension PoolPartitions {
                     : Self.read("\(cpu.mount)/\(dir)/cpu.cfs_quota_us").flatMap(Int.init).flatMap { $0 < 0 ? nil : $0 }
                 if let q = quota, q < want { props.append("CPUQuota=" + PoolSlices.percent(micros: want)) }
             }
-            if !props.isEmpty { _ = try? systemctl(["set-property", "--runtime", slice] + props) }
+            if !props.isEmpty {
+                _ = try? systemctl(["set-property", "--runtime", slice] + props)
+                slicesApplied.withLock { $0[slice] = nil }  // the next division puts the share back
+            }
         }
     }
 }

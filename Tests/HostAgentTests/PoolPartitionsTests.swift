@@ -187,6 +187,17 @@ import Testing
             ["set-property", "--runtime", "machine-gold-silver.slice"], ["start", "machine-gold-silver.slice"],
         ])
         #expect(!exists("machine"))
+        // The same share again, the slices realized: systemd is not asked again; a changed one is.
+        for d in ["machine-gold.slice/machine-gold-silver.slice"] {
+            try FileManager.default.createDirectory(atPath: "\(root)/sys/fs/cgroup/machine.slice/\(d)", withIntermediateDirectories: true)
+        }
+        calls.list.removeAll()
+        _ = try pools.apply([silver, gold], coreMHz: 2000)
+        #expect(calls.all.isEmpty, "\(calls.all)")
+        var richer = gold
+        richer.cpuShares = 4096
+        _ = try pools.apply([silver, richer], coreMHz: 2000)
+        #expect(calls.all.map { Array($0.prefix(3)) } == [["set-property", "--runtime", "machine-gold.slice"], ["start", "machine-gold.slice"]])
         // Gone: bronze's slice (the agent's, empty) is stopped; an operator's own slice is left alone.
         let cg = "\(root)/sys/fs/cgroup/machine.slice"
         for d in ["machine-bronze.slice", "machine-theirs.slice", "machine-busy.slice/machine-qemu\\x2d1\\x2dvm.scope"] {
