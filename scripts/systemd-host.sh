@@ -17,9 +17,10 @@
 #                                            everything it left: processes, cgroups, state (idempotent)
 #   systemd-host.sh status                   list the containers
 #
-# The container shares this machine's network namespace: the tests reach it on loopback, its ports are
-# this machine's ports, and libvirt's default network is off in the image so that nothing in it makes
-# bridges or NAT rules by itself. Everything else is its own. nspawn runs with --register=no
+# Without --private-network the container shares this machine's network namespace: its ports are this
+# machine's ports, and libvirt's default network is off in the image so that nothing in it makes bridges
+# or NAT rules by itself. With it (as make test runs it), the container has only its own loopback and
+# whatever runs inside (the agent's bridges and VXLAN devices) stays there. Everything else is its own. nspawn runs with --register=no
 # --keep-unit (there is no host systemd) from a cgroup of its own in every hierarchy (a child of the
 # caller's cgroup, so the container stays inside whatever limits the caller runs under); the
 # container's cgroup mounts are made writable and systemd re-executed, so that resource control is
@@ -134,8 +135,8 @@ cmd_image() {
     # QEMU as root without a security driver, as on this sandbox's own libvirt (scripts/deps.sh).
     printf '\n# vsphere: sandbox settings\nuser = "root"\ngroup = "root"\nsecurity_driver = "none"\n' \
         >>"$tmp/etc/libvirt/qemu.conf"
-    # The container shares this machine's network namespace: libvirt's default network (a bridge, NAT
-    # and dnsmasq) must not start by itself there.
+    # The container may share this machine's network namespace: libvirt's default network (a bridge,
+    # NAT and dnsmasq) must not start by itself there.
     rm -f "$tmp/etc/libvirt/qemu/networks/autostart/default.xml"
     systemctl --root="$tmp" enable libvirtd.service virtlogd.service virtlogd.socket >/dev/null 2>&1
     # A power-off waits at most 10 s for guests that ignore the ACPI power button (Debian: 300 s).

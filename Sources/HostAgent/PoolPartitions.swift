@@ -91,16 +91,20 @@ public final class PoolPartitions: Sendable {
         return v1 + v2.prefix(1)
     }
 
-    /// mountinfo escapes space, tab, newline and backslash in paths as octal.
-    static func unescape(_ s: String) -> String {
-        guard s.contains("\\") else { return s }
+    /// mountinfo escapes space, tab, newline and backslash in paths as octal (`\040`).
+    static func unescape(_ s: String) -> String { decodeEscapes(s, lead: "\\", width: 3, radix: 8) }
+
+    /// Decodes each `lead` followed by `width` digits in `radix` into that byte (mountinfo's `\040`,
+    /// systemd's `\x2d`); anything else is kept as it is.
+    static func decodeEscapes(_ s: String, lead: String, width: Int, radix: Int) -> String {
+        let b = Array(s.utf8), l = Array(lead.utf8)
         var out: [UInt8] = []
-        let b = Array(s.utf8)
         var i = 0
         while i < b.count {
-            if b[i] == UInt8(ascii: "\\"), i + 3 < b.count, let v = UInt8(String(decoding: b[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
+            if i + l.count + width <= b.count, Array(b[i..<(i + l.count)]) == l,
+               let v = UInt8(String(decoding: b[(i + l.count)..<(i + l.count + width)], as: UTF8.self), radix: radix) {
                 out.append(v)
-                i += 4
+                i += l.count + width
             } else {
                 out.append(b[i])
                 i += 1
