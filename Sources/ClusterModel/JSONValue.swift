@@ -41,6 +41,13 @@ public enum JSONValue: Sendable, Hashable {
         if case .object(let o) = self { return o }
         return nil
     }
+    /// The first key (in sorted order) of a top-level JSON object that is not among `known`: a settings
+    /// file's misspelt field, reported by name. Nil for a document that is not an object.
+    public static func firstUnknownKey(in data: Data, known: some Sequence<String>) throws -> String? {
+        guard let obj = try JSONValue(parsing: data).object else { return nil }
+        let known = Set(known)
+        return obj.keys.sorted().first { !known.contains($0) }
+    }
     /// The value as a signed integer: an integer, or a number with no fraction that fits.
     public var int64: Int64? {
         switch self {

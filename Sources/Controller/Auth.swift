@@ -144,9 +144,10 @@ public struct AuditKey: Sendable {
             return AuditKey(key: SymmetricKey(data: bytes), keyedFrom: from)
         }
         guard !FileManager.default.fileExists(atPath: path) else { throw Problem(description: "\(path): cannot be read") }
-        let bytes = (0..<32).map { _ in UInt8.random(in: 0...255) }
-        do { try TextFile.replace(path, "\(Hex.encode(bytes)) \(nextID)\n", mode: 0o600) } catch { throw Problem(description: error.description) }
-        return AuditKey(key: SymmetricKey(data: bytes), keyedFrom: nextID)
+        let key = SymmetricKey(size: .bits256)
+        let hex = key.withUnsafeBytes { Hex.encode($0) }
+        do { try TextFile.replace(path, "\(hex) \(nextID)\n", mode: 0o600) } catch { throw Problem(description: error.description) }
+        return AuditKey(key: key, keyedFrom: nextID)
     }
 }
 

@@ -91,8 +91,7 @@ public struct PowerConfig: Codable, Sendable, Equatable {
         guard let text = TextFile.read(path, limit: 1 << 20) else { throw Problem(description: "\(path): cannot be read") }
         let config: PowerConfig
         do {
-            if let obj = try JSONValue(parsing: Data(text.utf8)).object,
-               let unknown = obj.keys.sorted().first(where: { k in !CodingKeys.allCases.contains { $0.rawValue == k } }) {
+            if let unknown = try JSONValue.firstUnknownKey(in: Data(text.utf8), known: CodingKeys.allCases.map(\.rawValue)) {
                 throw Problem(description: "\(path): \(unknown): unknown field")
             }
             config = try JSONDecoder().decode(PowerConfig.self, from: Data(text.utf8))

@@ -105,11 +105,8 @@ public struct AgentConfig: Codable, Sendable, Equatable {
     /// Loads a config file; unknown fields and bad values are reported with their names.
     public static func load(path: String) throws -> AgentConfig {
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
-        if let obj = try JSONValue(parsing: data).object {
-            let known = Set(CodingKeys.allCases.map(\.rawValue))
-            if let unknown = obj.keys.sorted().first(where: { !known.contains($0) }) {
-                throw ConfigError("\(path): \(unknown): unknown field")
-            }
+        if let unknown = try JSONValue.firstUnknownKey(in: data, known: CodingKeys.allCases.map(\.rawValue)) {
+            throw ConfigError("\(path): \(unknown): unknown field")
         }
         let config: AgentConfig
         do {

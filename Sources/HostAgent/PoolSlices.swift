@@ -101,8 +101,12 @@ extension PoolPartitions {
     /// problems per pool.
     func applySlices(_ ordered: [HostPoolSetting], coreMHz: Int) -> [String: [String]] {
         var problems: [String: [String]] = [:]
-        let unified = hierarchies().contains { $0.v2 && $0.controllers.contains("memory") }
-        let cpuMount = hierarchies().first(where: { $0.controllers.contains("cpu") })?.mount
+        // The layout read once per pass (mountinfo and the unified root's controllers), not per pool.
+        let hierarchies = self.hierarchies()
+        let unified = hierarchies.contains { $0.v2 && $0.controllers.contains("memory") }
+        let cpu = hierarchies.first { $0.controllers.contains("cpu") }
+        let mem = hierarchies.first { $0.controllers.contains("memory") }
+        let cpuMount = cpu?.mount
         for p in ordered {
             let slice = PoolSlices.name(p.path)
             let properties = PoolSlices.properties(p, coreMHz: coreMHz)
@@ -121,7 +125,7 @@ extension PoolPartitions {
             }
             // systemd records a MemoryMax the kernel refused (below what the guests use) as if it held:
             // the kernel's file says what does.
-            if let limit = p.memoryLimitMiB, let mem = hierarchies().first(where: { $0.controllers.contains("memory") }) {
+            if let limit = p.memoryLimitMiB, let mem {
                 let dir = "\(mem.mount)/\(PoolSlices.directory(p.path))"
                 let want = PoolCgroupValues.bytes(mib: limit)
                 if let have = Self.read("\(dir)/\(mem.v2 ? "memory.max" : "memory.limit_in_bytes")").map({ Int64($0) ?? Int64.max }), have != want {
@@ -135,7 +139,7 @@ extension PoolPartitions {
             }
         }
         let keep = Set(ordered.map { PoolSlices.name($0.path) })
-        if let cpu = hierarchies().first(where: { $0.controllers.contains("cpu") }) {
+        if let cpu {
             for (dir, path) in PoolSlices.sliceDirectories(under: cpu.mount).reversed() {
                 let slice = PoolSlices.name(path)
                 guard !keep.contains(slice), isOurs(slice) else { continue }
